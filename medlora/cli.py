@@ -1,0 +1,118 @@
+"""The ``medlora`` command: a thin shell over the library's stage functions.
+
+Imports are lazy so that ``medlora --help`` answers at once; torch, MONAI and MLflow load only
+for the subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import MedloraError
+
+log = logging.getLogger("medlora")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname).1s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "filelock", "PIL", "matplotlib", "timm", "monai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .config import SynthConfig
+    from .io.synth import write_phantoms
+
+    res = write_phantoms(Path(args.out), SynthConfig(patients=args.patients, images_per_patient=args.images,
+                                                     size=args.size, seed=args.seed))
+    print(f"wrote {res.studies} studies ({res.abnormal_studies} abnormal), {res.images} DICOM images, labels {res.labels_csv}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from .config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import importlib
+
+    cfg = _load(args)
+    try:
+        pipeline = importlib.import_module(f"pipelines.{cfg.pipeline}")
+    except ModuleNotFoundError:
+        import pipelines
+
+        names = sorted(p.stem for p in Path(pipelines.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+        raise MedloraError(f"pipeline {cfg.pipeline!r} does not exist; available: {', '.join(names)}") from None
+    out = Path(args.out) if args.out else Path("runs") / cfg.data.name
+    summary = pipeline.run(cfg, out)
+    print(summary.describe())
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from .io.prepare import prepare_dataset
+
+    cfg = _load(args)
+    if args.strict:
+        cfg.data.strict = True
+    data = prepare_dataset(cfg.data)
+    out = Path(args.out) if args.out else Path("runs") / cfg.data.name
+    out.mkdir(parents=True, exist_ok=True)
+    data.manifest.to_csv(out / "manifest.csv", index=False)
+    data.skipped.to_csv(out / "ingest_report.csv", index=False)
+    print(f"{len(data.manifest)} samples in the manifest ({out / 'manifest.csv'}), {len(data.skipped)} skipped "
+          f"({out / 'ingest_report.csv'}); split file {data.split_file}")
+    for row in data.skipped.head(20).itertuples():
+        print(f"  skipped {row.path or '<labels>'}: {row.reason}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="medlora", description="LoRA adaptation of vision transformers to medical imaging studies.")
+    p.add_argument("--version", action="version", version=f"medlora {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write the synthetic phantom DICOM dataset")
+    s.add_argument("--out", required=True, help="folder to write the studies and labels.csv into")
+    s.add_argument("--patients", type=int, default=60)
+    s.add_argument("--images", type=int, default=3, help="images (slices) per patient")
+    s.add_argument("--size", type=int, default=64, help="image rows/columns")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_synth)
+
+    for name, func, help_ in (("run", _cmd_run, "run a config's pipeline end to end"),
+                              ("ingest", _cmd_ingest, "scan, label, split and audit a dataset; write its manifest")):
+        r = sub.add_parser(name, help=help_)
+        r.add_argument("config", help="YAML config file")
+        r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+        r.add_argument("--out", help="output folder (default runs/<dataset name>)")
+        if name == "ingest":
+            r.add_argument("--strict", action="store_true", help="fail if any input is skipped")
+        r.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except MedloraError as err:
+        print(f"medlora: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medlora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Typed, validated configuration. YAML is read here and nowhere else.
+
+A config file becomes a :class:`Config` (pydantic models with ``extra="forbid"``): an unknown or
+mistyped key is a :class:`~medlora.errors.ConfigError` that names the key and the allowed keys.
+``--set a.b=c`` overrides are applied to the raw mapping before validation, so they are validated
+exactly like the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(_Strict):
+    """Synthetic phantom dataset written when ``data.root`` does not exist yet."""
+
+    patients: int = Field(60, ge=6)
+    images_per_patient: int = Field(3, ge=1)
+    size: int = Field(64, ge=16)
+    abnormal_fraction: float = Field(0.34, gt=0, lt=1)
+    seed: int = 0
+
+
+class SplitConfig(_Strict):
+    """Patient-level, label-stratified split fractions; persisted beside the data and reused."""
+
+    train: float = Field(0.6, gt=0, lt=1)
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    file: Path | None = None  # where the split is persisted; default <out>/../splits/<dataset>.csv
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions train+val+test must sum to 1, got {total:.3f}")
+        return self
+
+
+LabelKey = Literal["path", "patient_id", "study_uid", "series_uid", "accession"]
+
+
+class DataConfig(_Strict):
+    """Where the studies are and how their labels are joined."""
+
+    name: str = "dataset"
+    root: Path
+    labels: Path | None = None  # CSV; default <root>/labels.csv
+    label_key: LabelKey = "study_uid"
+    key_column: str | None = None  # CSV column holding the key; default = label_key
+    label_column: str = "label"
+    classes: list[str] = Field(default_factory=lambda: ["normal", "abnormal"])
+    abnormal: str = "abnormal"
+    card: Path | None = None
+    synth: SynthConfig | None = None  # if set and root is missing, synthesise phantoms there
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    cache: Literal["memory", "disk", "none"] = "memory"
+    cache_dir: Path | None = None
+    salt: str = "medlora"  # salt of the hashed patient/study keys; set a secret per site
+    strict: bool = False  # any skipped input fails the ingest
+
+    @model_validator(mode="after")
+    def _abnormal_is_a_class(self) -> DataConfig:
+        if self.abnormal not in self.classes:
+            raise ValueError(f"data.abnormal={self.abnormal!r} is not one of data.classes={self.classes}")
+        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
+            raise ValueError(f"data.classes must hold at least two distinct names, got {self.classes}")
+        return self
+
+
+class WindowConfig(_Strict):
+    """Intensity windowing. ``mode``: ``dicom`` (the file's VOI LUT / window, else min-max),
+    ``preset`` (named CT window), ``manual`` (center/width), ``percentile`` (lower/upper)."""
+
+    mode: Literal["dicom", "preset", "manual", "percentile"] = "dicom"
+    preset: str | None = None
+    center: float | None = None
+    width: float | None = None
+    lower: float = 0.5
+    upper: float = 99.5
+
+    @model_validator(mode="after")
+    def _complete(self) -> WindowConfig:
+        if self.mode == "preset" and not self.preset:
+            raise ValueError("preprocess.window.mode=preset needs preprocess.window.preset")
+        if self.mode == "manual" and (self.center is None or self.width is None or self.width <= 0):
+            raise ValueError("preprocess.window.mode=manual needs center and a positive width")
+        return self
+
+
+class ViewConfig(_Strict):
+    """How a volume becomes 2D samples: ``slice`` (central), ``every_k``, ``slab``, ``2.5d``, ``mip``."""
+
+    kind: Literal["slice", "every_k", "slab", "2.5d", "mip"] = "slice"
+    k: int = Field(4, ge=1)
+    slab: int = Field(5, ge=1)
+    axis: int = Field(2, ge=0, le=2)
+    aggregate: Literal["max", "mean"] = "max"
+
+
+class PreprocessConfig(_Strict):
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    view: ViewConfig = Field(default_factory=ViewConfig)
+    image_size: int | None = None  # default: the model's input size
+    spacing: list[float] | None = None  # resample volumes (mm) before views
+    augment: bool = True
+
+
+class LoraConfigModel(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: float = 16.0
+    dropout: float = Field(0.1, ge=0, lt=1)
+    targets: str | list[str] = "attn_qkv"  # a preset name or explicit module names
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+class ModelConfig(_Strict):
+    backbone: str = "vit_small_patch16_224"
+    pretrained: bool = False
+    weights: Path | None = None  # local .safetensors/.pth (air-gapped sites)
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to timm.create_model
+    method: Literal["lora", "linear_probe", "full"] = "lora"
+    lora: LoraConfigModel = Field(default_factory=LoraConfigModel)
+
+    @model_validator(mode="after")
+    def _one_weight_source(self) -> ModelConfig:
+        if self.pretrained and self.weights is not None:
+            raise ValueError("set model.pretrained: true or model.weights: PATH, not both")
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    patience: int = Field(5, ge=1)
+    num_workers: int = Field(0, ge=0)
+    device: str = "auto"
+    compile: bool = False
+    threads: int | None = None
+    seed: int = 0
+
+
+class EvaluateConfig(_Strict):
+    operating_point: str = "youden"  # youden | sensitivity:0.95 | specificity:0.90
+    bootstrap: int = Field(2000, ge=0)
+    ci: float = Field(0.95, gt=0, lt=1)
+    subgroups: list[str] = Field(default_factory=list)
+
+    @field_validator("operating_point")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        name, _, value = v.partition(":")
+        if name == "youden" and not value:
+            return v
+        if name in {"sensitivity", "specificity"}:
+            try:
+                target = float(value)
+            except ValueError:
+                target = -1.0
+            if 0 < target < 1:
+                return v
+        raise ValueError(f"evaluate.operating_point={v!r}; allowed: youden, sensitivity:T, specificity:T (0<T<1)")
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = None  # default: MLFLOW_TRACKING_URI, else MLflow's default local store
+    experiment: str | None = None  # default: the dataset name
+
+
+class FewShotConfig(_Strict):
+    shots: list[int | Literal["all"]] = Field(default_factory=lambda: [1, 5, 10, "all"])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    methods: list[Literal["lora", "linear_probe", "full"]] = Field(
+        default_factory=lambda: ["lora", "linear_probe", "full"]
+    )
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-method train.* values
+
+
+class Config(_Strict):
+    pipeline: str = "classify"
+    data: DataConfig
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    fewshot: FewShotConfig | None = None
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value the way YAML would (numbers, booleans, lists, null)."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides to a raw config mapping (in place, and returned)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed at ``loc`` (a pydantic error location) of ``model``."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = field.annotation
+        for arg in getattr(current, "__args__", ()):  # Optional[Model]
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(Config, e["loc"])
+            lines.append(f"  unknown key {key!r}; allowed here: {', '.join(allowed)}")
+        elif e["type"] == "missing":
+            lines.append(f"  missing required key {key!r}")
+        else:
+            lines.append(f"  {key or '<root>'}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> Config:
+    """Validate a raw mapping into a :class:`Config`; relative data paths resolve against ``base_dir``."""
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    if base_dir is not None:
+        _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def _resolve_paths(cfg: Config, base_dir: Path) -> None:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base_dir / p)
+
+    cfg.data.root = fix(cfg.data.root)
+    cfg.data.labels = fix(cfg.data.labels)
+    cfg.data.card = fix(cfg.data.card)
+    cfg.data.cache_dir = fix(cfg.data.cache_dir)
+    cfg.data.split.file = fix(cfg.data.split.file)
+    cfg.model.weights = fix(cfg.model.weights)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides, validate.
+
+    Relative paths inside the config resolve against ``base_dir`` (default: the current directory,
+    so configs in ``configs/`` can name ``data_cards/...`` as a user reads them from the repo root).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, str(path), base_dir or Path.cwd())
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain YAML-able data (paths as strings)."""
+    return cfg.model_dump(mode="json")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into ``a.b.c`` keys (MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

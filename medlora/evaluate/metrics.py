@@ -1,0 +1,252 @@
+"""Binary and one-vs-rest multi-class metrics, computed in numpy and equal to scikit-learn's.
+
+They are written out (rather than calling scikit-learn per metric) because the bootstrap calls them
+thousands of times; the tests check every value against scikit-learn.
+
+Metric names (they become MLflow metric names, hence no dots):
+
+``auroc``, ``auprc``
+    Area under the ROC curve (trapezoidal, ties count one half: ``roc_auc_score``) and average
+    precision (step-wise, ``average_precision_score``). Threshold-free.
+``sensitivity``, ``specificity``, ``ppv``, ``npv``, ``f1``, ``balanced_accuracy``, ``accuracy``,
+``tp``, ``fp``, ``tn``, ``fn``
+    At the given (frozen) threshold; a sample is predicted positive iff ``score >= threshold``.
+    ``balanced_accuracy`` is ``(sensitivity + specificity) / 2``.
+``brier``, ``ece``
+    Only when ``probabilities=True``; see :mod:`medlora.evaluate.calibration` (ECE: 10 equal-width bins).
+``sensitivity_at_specificity_90`` / ``_95``, ``specificity_at_sensitivity_90`` / ``_95``
+    Best sensitivity among the empirical ROC points whose specificity is at least 0.90 / 0.95 (and
+    the converse). These pick their own threshold on the data they are computed on, so they are
+    descriptive, not a frozen operating point.
+
+A value that is undefined for the data (``ppv`` with no predicted positives, ``npv`` with no
+predicted negatives, ``sensitivity`` with no positives, ...) is ``float("nan")``. Threshold-free
+ranking metrics with a single class present raise :class:`~medlora.errors.MetricUndefinedError`
+(or are NaN with ``on_one_class="nan"``, which the subgroup analysis uses).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Literal
+
+import numpy as np
+
+from medlora.errors import MedloraError, MetricUndefinedError
+
+from .calibration import DEFAULT_BINS, _check_probabilities, _ece_unchecked
+
+logger = logging.getLogger(__name__)
+
+#: Targets of the ``sensitivity_at_specificity_XX`` / ``specificity_at_sensitivity_XX`` metrics.
+FIXED_TARGETS: tuple[float, ...] = (0.90, 0.95)
+
+RANKING_METRICS: tuple[str, ...] = ("auroc", "auprc") + tuple(
+    f"{a}_at_{b}_{round(t * 100)}"
+    for a, b in (("sensitivity", "specificity"), ("specificity", "sensitivity"))
+    for t in FIXED_TARGETS
+)
+THRESHOLD_METRICS: tuple[str, ...] = (
+    "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "accuracy", "tp", "fp", "tn", "fn",
+)  # fmt: skip
+CALIBRATION_METRICS: tuple[str, ...] = ("brier", "ece")
+_EPS = 1e-12  # tolerance when comparing a rate such as 19/20 with a target such as 0.95
+
+
+def check_binary(
+    y_true: np.ndarray, scores: np.ndarray, what: str = "scores"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(y, s)`` as 1-D int64/float64 arrays; labels must be 0/1 and scores finite."""
+    y = np.asarray(y_true).ravel()
+    s = np.asarray(scores, dtype=float).ravel()
+    if y.shape != s.shape:
+        raise MedloraError(f"labels and {what} differ in length: {y.size} vs {s.size}")
+    if y.size == 0:
+        raise MetricUndefinedError(f"no samples: metrics of {what} are undefined on an empty set")
+    if not np.isin(y, (0, 1)).all():
+        raise MedloraError(
+            f"labels must be 0 (normal) / 1 (abnormal), got values {np.unique(y)[:10].tolist()}"
+        )
+    if not np.isfinite(s).all():
+        raise MedloraError(f"{what} contain {int((~np.isfinite(s)).sum())} non-finite values (NaN or inf)")
+    return y.astype(np.int64), s
+
+
+def require_both_classes(y: np.ndarray, metric: str) -> None:
+    """Raise :class:`MetricUndefinedError` naming ``metric`` unless both classes are present."""
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
+        only = "positive (1)" if n_pos else "negative (0)"
+        raise MetricUndefinedError(
+            f"{metric} is undefined: all {y.size} labels are {only}; it needs both classes"
+        )
+
+
+def binary_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative ``(fps, tps, thresholds)`` at each distinct score, highest threshold first.
+
+    Entry ``k`` counts the samples with ``score >= thresholds[k]`` (scikit-learn's ``_binary_clf_curve``).
+    """
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    idx = np.r_[np.flatnonzero(np.diff(s_sorted)), y.size - 1]
+    tps = np.cumsum(y_sorted)[idx].astype(float)
+    fps = idx + 1.0 - tps
+    return fps, tps, s_sorted[idx]
+
+
+def _ranking(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    fps, tps, _ = binary_curve(y, s)
+    n_pos, n_neg = tps[-1], fps[-1]
+    tpr = np.r_[0.0, tps / n_pos]
+    fpr = np.r_[0.0, fps / n_neg]
+    out = {
+        "auroc": float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0),
+        "auprc": float(np.sum(np.diff(tpr) * np.r_[1.0, tps / (tps + fps)][1:])),
+    }
+    spec = 1.0 - fpr
+    for t in FIXED_TARGETS:
+        out[f"sensitivity_at_specificity_{round(t * 100)}"] = float(tpr[spec >= t - _EPS].max())
+    for t in FIXED_TARGETS:
+        out[f"specificity_at_sensitivity_{round(t * 100)}"] = float(spec[tpr >= t - _EPS].max())
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def _at_threshold(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
+    pred = s >= threshold
+    tp = float(np.sum(pred & (y == 1)))
+    fp = float(np.sum(pred & (y == 0)))
+    fn = float(np.sum(~pred & (y == 1)))
+    tn = float(y.size - tp - fp - fn)
+    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    return {
+        "sensitivity": sens,
+        "specificity": spec,
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "balanced_accuracy": (sens + spec) / 2.0,
+        "accuracy": (tp + tn) / y.size,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
+
+
+def auroc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC alone (equal to ``sklearn.metrics.roc_auc_score``); raises with a single class."""
+    y, s = check_binary(y_true, scores)
+    require_both_classes(y, "AUROC")
+    return _ranking(y, s)["auroc"]
+
+
+def binary_metrics(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    probabilities: bool = True,
+    *,
+    on_one_class: Literal["raise", "nan"] = "raise",
+) -> dict[str, float]:
+    """All binary metrics (see the module docstring for names and definitions) at a frozen threshold.
+
+    ``scores`` are probabilities of the positive (abnormal) class when ``probabilities`` is true
+    (then ``brier`` and ``ece`` are included); with unbounded scores such as anomaly distances pass
+    ``probabilities=False`` and those two are omitted.
+    """
+    y, s = check_binary(y_true, scores)
+    if probabilities:
+        _check_probabilities(y, s)
+    return _binary_metrics_unchecked(y, s, float(threshold), probabilities, on_one_class)
+
+
+def _binary_metrics_unchecked(
+    y: np.ndarray, s: np.ndarray, threshold: float, probabilities: bool, on_one_class: str
+) -> dict[str, float]:
+    n_pos = int(y.sum())
+    if n_pos in (0, y.size):
+        if on_one_class == "raise":
+            require_both_classes(y, "AUROC (and AUPRC, sensitivity-at-specificity)")
+        out = dict.fromkeys(RANKING_METRICS, float("nan"))
+    else:
+        out = _ranking(y, s)
+    out.update(_at_threshold(y, s, threshold))
+    if probabilities:
+        out["brier"] = float(np.mean((s - y) ** 2))
+        out["ece"] = _ece_unchecked(y, s, DEFAULT_BINS)
+    return out
+
+
+def metric_names(probabilities: bool = True) -> tuple[str, ...]:
+    """Names :func:`binary_metrics` returns, in its order."""
+    return RANKING_METRICS + THRESHOLD_METRICS + (CALIBRATION_METRICS if probabilities else ())
+
+
+def _safe_name(name: str) -> str:
+    """A class name made safe for an MLflow metric name (letters, digits, ``_``, ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(name)).strip("_") or "class"
+
+
+def multiclass_metrics(
+    y_true: np.ndarray, prob_matrix: np.ndarray, class_names: list[str]
+) -> dict[str, float]:
+    """One-vs-rest metrics for ``K`` classes; ``y_true`` holds class indices ``0..K-1``.
+
+    Per class ``c`` (name made MLflow-safe): ``auroc_<c>``, ``auprc_<c>`` (class ``c`` against the
+    rest, scored by column ``c``) and ``sensitivity_<c>`` (recall of ``c`` under the arg-max rule).
+    Overall: ``auroc_macro`` / ``auprc_macro`` (unweighted mean over classes; equal to
+    ``roc_auc_score(multi_class="ovr", average="macro")``), ``accuracy``, ``balanced_accuracy``
+    (mean recall over the classes present) and ``f1_macro`` (arg-max predictions).
+    A class absent from ``y_true`` gets NaN per-class ranking metrics and is left out of the macro
+    means, with a logged warning; fewer than two classes present raises.
+    """
+    y = np.asarray(y_true).ravel()
+    p = np.asarray(prob_matrix, dtype=float)
+    k = len(class_names)
+    if p.ndim != 2 or p.shape != (y.size, k):
+        raise MedloraError(f"prob_matrix must have shape (n={y.size}, classes={k}), got {p.shape}")
+    if not np.isfinite(p).all():
+        raise MedloraError("prob_matrix contains non-finite values (NaN or inf)")
+    if not np.issubdtype(y.dtype, np.integer) or (y.size and (y.min() < 0 or y.max() >= k)):
+        raise MedloraError(
+            f"y_true must hold class indices 0..{k - 1}, got values {np.unique(y)[:10].tolist()}"
+        )
+    present = np.unique(y)
+    if present.size < 2:
+        raise MetricUndefinedError(
+            f"multi-class AUROC is undefined: only class(es) {present.tolist()} present"
+        )
+    out: dict[str, float] = {}
+    pred = p.argmax(axis=1)
+    aucs, aps, recalls, f1s = [], [], [], []
+    for c, name in enumerate(class_names):
+        key = _safe_name(name)
+        yc = (y == c).astype(np.int64)
+        if 0 < yc.sum() < yc.size:
+            r = _ranking(yc, p[:, c])
+            aucs.append(r["auroc"])
+            aps.append(r["auprc"])
+            out[f"auroc_{key}"], out[f"auprc_{key}"] = r["auroc"], r["auprc"]
+        else:
+            logger.warning("class %r is absent from y_true: its one-vs-rest AUROC/AUPRC are NaN", name)
+            out[f"auroc_{key}"] = out[f"auprc_{key}"] = float("nan")
+        tp = float(np.sum((pred == c) & (yc == 1)))
+        recall = _ratio(tp, float(yc.sum()))
+        out[f"sensitivity_{key}"] = recall
+        if yc.sum():
+            recalls.append(recall)
+        f1 = _ratio(2 * tp, float((pred == c).sum() + yc.sum()))
+        if not np.isnan(f1):  # like scikit-learn, macro F1 covers classes that are true or predicted
+            f1s.append(f1)
+    out["auroc_macro"] = float(np.mean(aucs))
+    out["auprc_macro"] = float(np.mean(aps))
+    out["accuracy"] = float(np.mean(pred == y))
+    out["balanced_accuracy"] = float(np.mean(recalls))
+    out["f1_macro"] = float(np.mean(f1s))
+    return out

@@ -1,0 +1,143 @@
+"""PNG figures of an evaluation: ROC with a bootstrap band, PR curve, reliability diagram, histograms.
+
+matplotlib is imported inside each function and used through its object API (``Figure`` rendered by
+the Agg canvas, never pyplot), so importing this module is cheap, plotting works on headless
+machines and no global backend state is touched. Each function writes one PNG to ``path``
+(parent folders created) and returns the path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .calibration import DEFAULT_BINS, reliability_diagram
+from .intervals import bootstrap_roc_band
+from .metrics import _at_threshold, _ranking, binary_curve, check_binary, require_both_classes
+from .operating_point import OperatingPoint
+
+logger = logging.getLogger(__name__)
+
+DPI = 150
+
+
+def _figure() -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _op_label(op: OperatingPoint) -> str:
+    return f"{op.policy} threshold {op.threshold:.3g}"
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    logger.info("wrote %s", path)
+    return path
+
+
+def plot_roc(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    path: Path,
+    operating_point: OperatingPoint | None = None,
+    clusters: np.ndarray | None = None,
+    n_bootstrap: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+    title: str = "ROC",
+) -> Path:
+    """ROC curve with a pointwise clustered-bootstrap band; the frozen operating point is marked."""
+    y, s = check_binary(y_true, scores)
+    require_both_classes(y, "ROC curve")
+    fps, tps, _ = binary_curve(y, s)
+    fpr, tpr = np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+    fig, ax = _figure()
+    if n_bootstrap > 0:
+        grid, low, high = bootstrap_roc_band(y, s, clusters, n_bootstrap, ci, seed)
+        ax.fill_between(grid, low, high, step="post", alpha=0.25, label=f"{ci:.0%} bootstrap band")
+    ax.plot(fpr, tpr, drawstyle="steps-post", label=f"AUROC {_ranking(y, s)['auroc']:.3f}")
+    if operating_point is not None:
+        at = _at_threshold(y, s, operating_point.threshold)
+        ax.plot(1 - at["specificity"], at["sensitivity"], "o", color="k", label=_op_label(operating_point))
+    ax.plot([0, 1], [0, 1], ls=":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_pr(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    path: Path,
+    operating_point: OperatingPoint | None = None,
+    title: str = "Precision-recall",
+) -> Path:
+    """Precision-recall curve with the prevalence baseline; the frozen operating point is marked."""
+    y, s = check_binary(y_true, scores)
+    require_both_classes(y, "PR curve")
+    fps, tps, _ = binary_curve(y, s)
+    recall, precision = np.r_[0.0, tps / tps[-1]], np.r_[1.0, tps / (tps + fps)]
+    fig, ax = _figure()
+    ax.plot(recall, precision, drawstyle="steps-pre", label=f"AUPRC {_ranking(y, s)['auprc']:.3f}")
+    ax.axhline(y.mean(), ls=":", color="grey", label=f"prevalence {y.mean():.3f}")
+    if operating_point is not None:
+        at = _at_threshold(y, s, operating_point.threshold)
+        ax.plot(at["sensitivity"], at["ppv"], "o", color="k", label=_op_label(operating_point))
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower left")
+    return _save(fig, path)
+
+
+def plot_reliability(
+    y_true: np.ndarray, prob: np.ndarray, path: Path, n_bins: int = DEFAULT_BINS, title: str = "Reliability"
+) -> Path:
+    """Reliability diagram: observed positive rate against mean probability per equal-width bin."""
+    rel = reliability_diagram(y_true, prob, n_bins)
+    fig, ax = _figure()
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
+    ax.plot(rel.mean_predicted, rel.fraction_positive, "o-", label="model")
+    for x, yv, c in zip(rel.mean_predicted, rel.fraction_positive, rel.count, strict=True):
+        ax.annotate(str(int(c)), (x, yv), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed fraction positive",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title=title,
+    )
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def plot_score_histograms(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    path: Path,
+    operating_point: OperatingPoint | None = None,
+    class_names: Sequence[str] = ("normal", "abnormal"),
+    bins: int = 30,
+    title: str = "Scores by class",
+) -> Path:
+    """Overlaid score histograms of the two classes (``class_names`` for labels 0 and 1)."""
+    y, s = check_binary(y_true, scores)
+    edges = np.histogram_bin_edges(s, bins=bins)
+    fig, ax = _figure()
+    for label, name in enumerate(class_names):
+        ax.hist(s[y == label], bins=edges, alpha=0.5, label=f"{name} (n={int((y == label).sum())})")
+    if operating_point is not None:
+        ax.axvline(operating_point.threshold, color="k", ls="--", label=_op_label(operating_point))
+    ax.set(xlabel="score", ylabel="count", title=title)
+    ax.legend()
+    return _save(fig, path)

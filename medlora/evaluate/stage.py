@@ -1,0 +1,54 @@
+"""The evaluation stage of a run: sample scores → study scores → frozen operating point → metrics.
+
+Labels belong to studies, so sample (slice) scores are aggregated per study (``max`` or
+``mean``) before anything is measured. The operating point is chosen on the validation
+studies alone and then applied, frozen, to the test studies; confidence intervals resample
+patients (clusters), not images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..config import EvaluateConfig
+from .aggregate import aggregate_attribute, aggregate_scores
+from .metrics import auroc
+from .report import EvaluationResult, evaluate_binary
+
+
+@dataclass
+class StudyScores:
+    study_key: np.ndarray
+    patient_key: np.ndarray
+    label: np.ndarray
+    score: np.ndarray
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"study_key": self.study_key, "patient_key": self.patient_key,
+                             "label": self.label, "score": self.score})
+
+
+def study_scores(frame: pd.DataFrame, how: str = "max") -> StudyScores:
+    """Aggregate a per-sample frame (``study_key, patient_key, label, score``) to one row per study."""
+    keys, scores, labels = aggregate_scores(frame["study_key"].to_numpy(), frame["score"].to_numpy(),
+                                            frame["label"].to_numpy(), how=how)
+    patients = aggregate_attribute(frame["study_key"].to_numpy(), frame["patient_key"].to_numpy(), name="patient_key")
+    return StudyScores(keys, patients, labels.astype(int), scores)
+
+
+def study_auroc(frame: pd.DataFrame, how: str = "max") -> float:
+    """Study-level AUROC (the validation metric for early stopping)."""
+    s = study_scores(frame, how)
+    return auroc(s.label, s.score)
+
+
+def run_evaluate(val: pd.DataFrame, test: pd.DataFrame, cfg: EvaluateConfig, how: str = "max",
+                 seed: int = 0, probabilities: bool = True) -> tuple[EvaluationResult, StudyScores, StudyScores]:
+    """Evaluate per-sample validation and test frames at the study level."""
+    v, t = study_scores(val, how), study_scores(test, how)
+    result = evaluate_binary(v.label, v.score, t.label, t.score, clusters_test=t.patient_key, policy=cfg.operating_point,
+                             n_bootstrap=cfg.bootstrap, ci=cfg.ci, seed=seed, probabilities=probabilities)
+    return result, v, t

@@ -1,0 +1,1 @@
+"""Exports: peft adapters with the metadata that pins their base and preprocessing."""

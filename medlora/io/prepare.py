@@ -1,0 +1,68 @@
+"""The data stage of a run: (synthesise) → ingest → patient-level split → leakage audit.
+
+Returns a manifest with a ``split`` column and a fingerprint of manifest + split, which tags
+MLflow runs so that runs on the same data can be recognised as such.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import DataConfig
+from .ingest import IngestResult, run_ingest
+from .split import assign_splits, audit_leakage, check_splits_usable
+
+log = logging.getLogger(__name__)
+
+# columns that describe a sample without identifying anyone: safe to log
+PUBLIC_COLUMNS = ["sample_id", "patient_key", "study_key", "series_key", "modality", "rows", "columns", "frames",
+                  "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label", "split"]
+
+
+@dataclass
+class PreparedData:
+    manifest: pd.DataFrame
+    skipped: pd.DataFrame
+    root: Path
+    fingerprint: str
+    split_file: Path
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.manifest[self.manifest["split"] == name]
+
+    def public_manifest(self) -> pd.DataFrame:
+        """The manifest without file paths (folder names can carry identifiers)."""
+        return self.manifest[[c for c in PUBLIC_COLUMNS if c in self.manifest.columns]]
+
+
+def fingerprint(manifest: pd.DataFrame) -> str:
+    """sha256 over the sorted (sample, patient, study, label, split) rows."""
+    cols = [c for c in ("sample_id", "patient_key", "study_key", "label", "split") if c in manifest.columns]
+    blob = manifest[cols].sort_values(cols).to_csv(index=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def default_split_file(cfg: DataConfig) -> Path:
+    return Path(cfg.split.file) if cfg.split.file else Path(".medlora") / "splits" / f"{cfg.name}.csv"
+
+
+def prepare_dataset(cfg: DataConfig) -> PreparedData:
+    """Synthesise the phantoms if configured and missing, ingest, split by patient, audit."""
+    root = Path(cfg.root)
+    if cfg.synth is not None and not (root / "labels.csv").exists():
+        from .synth import write_phantoms
+
+        write_phantoms(root, cfg.synth)
+    ingest: IngestResult = run_ingest(cfg)
+    split_file = default_split_file(cfg)
+    manifest = assign_splits(ingest.manifest, cfg.split, split_file)
+    audit_leakage(manifest)
+    check_splits_usable(manifest, len(cfg.classes))
+    counts = manifest.groupby("split")["patient_key"].nunique().to_dict()
+    log.info("split (patients): %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    return PreparedData(manifest, ingest.skipped, root, fingerprint(manifest), split_file)

@@ -1,0 +1,101 @@
+"""Patient-level, label-stratified, seeded splits that are persisted and reused.
+
+A patient is never in two splits. Patients are stratified by their label (a patient is
+abnormal if any of their studies is). The split is written to a CSV of pseudonymous patient
+keys; a later run of the same dataset with the same fractions and seed reuses it, and patients
+that were not there before are added without moving anyone who was.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import SplitConfig
+from ..errors import InputError, LeakageError
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def _draw(patients: pd.Series, cfg: SplitConfig) -> dict[str, str]:
+    """Assign patients (index = key, value = label) to splits, stratified by label."""
+    rng = np.random.default_rng(cfg.seed)
+    out: dict[str, str] = {}
+    fractions = np.array([cfg.train, cfg.val, cfg.test])
+    for _, group in patients.groupby(patients):
+        keys = sorted(group.index)
+        rng.shuffle(keys)
+        n = len(keys)
+        counts = np.floor(fractions * n).astype(int)
+        for i in np.argsort(-(fractions * n - counts))[: n - counts.sum()]:
+            counts[i] += 1  # largest remainders first
+        for i in (1, 2):  # every split sees each class whenever the class has >= 3 patients
+            if counts[i] == 0 and counts[0] > 1:
+                counts[i], counts[0] = 1, counts[0] - 1
+        bounds = np.cumsum(counts)
+        for i, key in enumerate(keys):
+            out[key] = SPLITS[int(np.searchsorted(bounds, i, side="right"))]
+    return out
+
+
+def _params(cfg: SplitConfig) -> str:
+    return f"train={cfg.train};val={cfg.val};test={cfg.test};seed={cfg.seed}"
+
+
+def assign_splits(manifest: pd.DataFrame, cfg: SplitConfig, file: Path) -> pd.DataFrame:
+    """Return ``manifest`` with a ``split`` column; read/update the persisted split at ``file``."""
+    patients = manifest.groupby("patient_key")["label"].max()
+    stored: dict[str, str] = {}
+    if file.is_file():
+        prev = pd.read_csv(file, dtype=str)
+        if set(prev["params"]) == {_params(cfg)}:
+            stored = dict(zip(prev["patient_key"], prev["split"], strict=True))
+        else:
+            log.warning("split file %s was drawn with other fractions/seed; drawing a new split", file)
+    known = patients[patients.index.isin(stored)]
+    new = patients[~patients.index.isin(stored)]
+    assignment = {k: stored[k] for k in known.index}
+    if len(new):
+        assignment.update(_draw(new, cfg))
+        if stored:
+            log.info("split %s: %d new patients assigned, %d kept", file, len(new), len(known))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    keep = {**stored, **assignment}
+    pd.DataFrame(
+        {"patient_key": list(keep), "split": list(keep.values()), "params": _params(cfg)}
+    ).sort_values("patient_key").to_csv(file, index=False)
+    out = manifest.copy()
+    out["split"] = out["patient_key"].map(assignment)
+    return out
+
+
+def audit_leakage(manifest: pd.DataFrame, columns: tuple[str, ...] = ("patient_key", "sop_key", "pixel_hash")) -> None:
+    """Fail when a patient, an instance or an identical pixel array sits in two splits.
+
+    The error lists every offending key (pseudonymous) and the splits it was found in.
+    """
+    problems: list[str] = []
+    for col in columns:
+        if col not in manifest.columns:
+            continue
+        sub = manifest[[col, "split"]].dropna()
+        spread = sub.groupby(col)["split"].nunique()
+        for key in spread[spread > 1].index:
+            splits = sorted(sub.loc[sub[col] == key, "split"].unique())
+            problems.append(f"{col}={key} in {'+'.join(splits)}")
+    if problems:
+        raise LeakageError(f"leakage audit failed ({len(problems)} findings): " + "; ".join(problems[:20]))
+
+
+def check_splits_usable(manifest: pd.DataFrame, n_classes: int) -> None:
+    """Validation and test must each hold every class, or no threshold/AUROC can be computed."""
+    for split in ("val", "test"):
+        present = set(manifest.loc[manifest["split"] == split, "label"])
+        if len(present) < min(n_classes, 2):
+            raise InputError(
+                f"the {split} split holds labels {sorted(present)} only; add patients or change data.split fractions"
+            )

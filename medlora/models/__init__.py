@@ -1,0 +1,1 @@
+"""timm backbones identified by content, and peft LoRA on their attention."""

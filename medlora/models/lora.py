@@ -1,0 +1,82 @@
+"""Adaptation methods on a timm ViT: peft LoRA, linear probe, full fine-tuning.
+
+LoRA targets are named by presets (regular expressions over timm's ViT module names, so that
+``attn.proj`` never catches ``patch_embed.proj``) or by explicit module names. The classifier
+head is trained through peft's ``modules_to_save`` and saved inside the adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..config import LoraConfigModel
+from ..errors import ConfigError
+from .backbone import head_name
+
+LORA_TARGET_PRESETS: dict[str, str] = {
+    "attn_qkv": r".*blocks\.\d+\.attn\.qkv",
+    "attn_all": r".*blocks\.\d+\.attn\.(qkv|proj)",
+    "attn_mlp": r".*blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))",
+}
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"trainable params: {self.trainable:,} / {self.total:,} ({100 * self.trainable / max(self.total, 1):.3f}%)"
+
+
+def count_params(model: nn.Module) -> ParamCount:
+    return ParamCount(
+        sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
+    )
+
+
+def resolve_targets(targets: str | list[str]) -> str | list[str]:
+    """A preset name → its regex; a list of module names passes through."""
+    if isinstance(targets, list):
+        if not targets:
+            raise ConfigError("model.lora.targets is an empty list")
+        return targets
+    if targets not in LORA_TARGET_PRESETS:
+        raise ConfigError(f"model.lora.targets={targets!r} is not a preset; presets: {', '.join(LORA_TARGET_PRESETS)} "
+                          "(or give a list of module names)")
+    return LORA_TARGET_PRESETS[targets]
+
+
+def lora_config(cfg: LoraConfigModel, head: str = "head"):
+    """The peft ``LoraConfig`` for a medlora LoRA config."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=resolve_targets(cfg.targets),
+        modules_to_save=[head],
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        bias="none",
+    )
+
+
+def apply_method(model: nn.Module, method: str, lora: LoraConfigModel) -> nn.Module:
+    """Make ``model`` trainable the way ``method`` says; returns the (possibly peft-wrapped) model."""
+    head = head_name(model)
+    if method == "lora":
+        from peft import get_peft_model
+
+        peft_model = get_peft_model(model, lora_config(lora, head))
+        if not any("lora_" in n for n, _ in peft_model.named_parameters()):
+            raise ConfigError(f"model.lora.targets={lora.targets!r} matched no module of this backbone")
+        return peft_model
+    if method in {"linear_probe", "full"}:
+        for name, p in model.named_parameters():
+            p.requires_grad = method == "full" or name.startswith(head + ".")
+        return model
+    raise ConfigError(f"model.method={method!r}; allowed: lora, linear_probe, full")

@@ -1,0 +1,1 @@
+"""MLflow tracking: runs, params, metrics and artifacts through MLflow's own APIs."""

@@ -1,0 +1,94 @@
+"""Thin helpers over MLflow's fluent API so stages log in one consistent layout.
+
+The tracking URI is ``tracking.uri`` when set, else ``MLFLOW_TRACKING_URI``, else MLflow's own
+default local store. Experiments are named after the dataset. Params are the whole resolved
+config, flattened (``train.lr``, ``model.lora.r`` ...), so runs compare column by column in the UI.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import TrackingConfig, flatten
+
+log = logging.getLogger(__name__)
+MAX_PARAM_CHARS = 6000
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Point MLflow at the configured store; returns the URI in use."""
+    import mlflow
+
+    if cfg.uri:
+        mlflow.set_tracking_uri(cfg.uri)
+    return mlflow.get_tracking_uri()
+
+
+@contextmanager
+def start_run(experiment: str, run_name: str | None = None, tags: Mapping[str, str] | None = None,
+              nested: bool = False, run_id: str | None = None) -> Iterator[Any]:
+    """Start (or resume) an MLflow run in ``experiment``; ends it FAILED/KILLED on errors."""
+    import mlflow
+
+    if run_id is None:
+        mlflow.set_experiment(experiment)
+    status = "FINISHED"
+    with mlflow.start_run(run_name=run_name, tags=dict(tags or {}), nested=nested, run_id=run_id) as run:
+        try:
+            yield run
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            mlflow.end_run(status=status)
+
+
+def log_config(config: Mapping[str, Any], name: str = "config.yaml") -> None:
+    """Log the resolved config as flattened params and as a YAML artifact."""
+    import mlflow
+
+    params = {k: ("" if v is None else str(v))[:MAX_PARAM_CHARS] for k, v in flatten(dict(config)).items()}
+    items = list(params.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i : i + 100]))
+    mlflow.log_text(yaml.safe_dump(dict(config), sort_keys=False), name)
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log finite numeric metrics (NaN/None are skipped: MLflow cannot compare them)."""
+    import math
+
+    import mlflow
+
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_table(frame, name: str) -> None:
+    """Log a pandas frame as a CSV artifact."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        frame.to_csv(path, index=False)
+        mlflow.log_artifact(str(path))
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    if Path(path).is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)

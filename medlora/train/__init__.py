@@ -1,0 +1,1 @@
+"""Training loops and inference over MONAI datasets."""

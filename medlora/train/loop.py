@@ -1,0 +1,145 @@
+"""One training run: AdamW, linear warmup + cosine decay, early stopping on validation AUROC.
+
+The same loop serves LoRA, linear probing and full fine-tuning: the method only decides which
+parameters require gradients. At the end the best epoch's trainable weights are restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..device import autocast_dtype
+from .inference import Predictions, predict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_auroc: float
+    val_loss: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_auroc: float
+    history: list[EpochLog] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+    peak_memory_mb: float = 0.0
+    stopped_early: bool = False
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the base LR, then cosine decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def binary_log_loss(pred: Predictions) -> float:
+    """Mean cross-entropy of the abnormal-class probability against abnormal-vs-rest labels."""
+    p = np.clip(pred.score, 1e-7, 1 - 1e-7)
+    y = pred.label.astype(float)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def fit(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    cfg: TrainConfig,
+    device: torch.device,
+    abnormal_index: int,
+    val_metric: Callable[[Predictions], float],
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place; returns the history and restores the best validation epoch."""
+    from tqdm.auto import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(train_loader))
+    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss()
+    dtype = autocast_dtype(device)
+    step_model = torch.compile(model) if cfg.compile else model
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    result = TrainResult(best_epoch=-1, best_val_auroc=-math.inf)
+    best_loss = math.inf
+    best_state: dict[str, torch.Tensor] = {}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    images, train_time, bad_epochs = 0, 0.0, 0
+    quiet = not sys.stderr.isatty()
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        total, n = 0.0, 0
+        for batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet):
+            x = batch["image"].to(device, non_blocking=True)
+            y = torch.as_tensor(batch["label"], device=device).long()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = loss_fn(step_model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(y)
+            n += len(y)
+        train_time += time.perf_counter() - t0
+        images += n
+        val = predict(model, val_loader, device, abnormal_index)
+        val_auroc, val_loss = val_metric(val), binary_log_loss(val)
+        entry = EpochLog(epoch, total / max(n, 1), val_auroc, val_loss, scheduler.get_last_lr()[0], time.perf_counter() - t0)
+        result.history.append(entry)
+        log.info("epoch %d: train_loss=%.4f val_loss=%.4f val_auroc=%.4f", epoch + 1, entry.train_loss, val_loss, val_auroc)
+        if on_epoch is not None:
+            on_epoch(entry)
+        # AUROC saturates on easy data: equal AUROC with a lower validation loss is still progress
+        if val_auroc > result.best_val_auroc or (val_auroc == result.best_val_auroc and val_loss < best_loss):
+            result.best_epoch, result.best_val_auroc, best_loss, bad_epochs = epoch, val_auroc, val_loss, 0
+            best_state = {k: p.detach().clone() for k, p in trainable.items()}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                result.stopped_early = True
+                log.info("early stopping after epoch %d (best %d)", epoch + 1, result.best_epoch + 1)
+                break
+    with torch.no_grad():
+        for k, p in best_state.items():
+            trainable[k].copy_(p)
+    result.train_seconds = train_time
+    result.images_per_second = images / train_time if train_time > 0 else 0.0
+    result.peak_memory_mb = peak_memory_mb(device)
+    return result

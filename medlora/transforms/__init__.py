@@ -1,0 +1,1 @@
+"""Transforms stage: plain array functions first, thin MONAI dictionary (``…d``) wrappers over them."""

@@ -1,0 +1,88 @@
+"""``medlora run`` end to end on freshly synthesised DICOM studies with a tiny ViT."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+METRICS = ("val_auroc", "test_auroc", "test_sensitivity", "test_specificity", "threshold")
+
+
+def test_run_is_tracked_in_mlflow(finished_run):
+    from mlflow import MlflowClient
+
+    out, cfg, _ = finished_run
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name("phantoms")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    for name in METRICS:
+        assert 0.0 <= run.data.metrics[name] <= 1.0, name
+    assert run.data.metrics["test_auroc"] >= 0.9, "the phantom lesions are easy: training is broken"
+    assert run.data.metrics["trainable_params"] > 0
+    assert run.data.params["model.lora.r"] == "8" and run.data.params["train.epochs"] == str(cfg.train.epochs)
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(len(history))) and len(history) >= 1
+    assert len(client.get_metric_history(run.info.run_id, "val_auroc")) == len(history) + 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "roc.png", "adapter", "medlora.json", "predictions.csv"} <= artifacts
+    adapter = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= adapter
+    meta = json.loads((out / "medlora.json").read_text())
+    assert meta["mlflow_run_id"] == run.info.run_id
+    assert meta["operating_point"]["threshold"] == pytest.approx(run.data.metrics["threshold"])
+
+
+def test_no_patient_identifier_reaches_mlflow_or_the_export(finished_run, phantom_root):
+    import pydicom
+    from mlflow import MlflowClient
+
+    out, cfg, _ = finished_run
+    client = MlflowClient(cfg.tracking.uri)
+    run = client.search_runs([client.get_experiment_by_name("phantoms").experiment_id])[0]
+    ds = pydicom.dcmread(next(phantom_root.rglob("*.dcm")), stop_before_pixels=True)
+    logged = json.dumps(run.data.params) + json.dumps(run.data.tags)
+    exported = "".join(p.read_text(errors="ignore") for p in out.rglob("*") if p.suffix in {".json", ".csv"})
+    local = client.download_artifacts(run.info.run_id, "manifest.csv")
+    exported += open(local).read()
+    for raw in (str(ds.PatientID), str(ds.PatientName), ds.StudyInstanceUID, ds.AccessionNumber):
+        assert raw not in logged and raw not in exported
+
+
+def test_split_has_no_patient_in_two_splits(finished_run):
+    out, cfg, _ = finished_run
+    preds = pd.read_csv(out / "predictions.csv")
+    assert preds.groupby("patient_key")["split"].nunique().max() == 1
+
+
+def test_plain_timm_peft_reload_reproduces_scores(finished_run):
+    """Only timm + peft + medlora.json: rebuild the base, load the adapter, score the test images."""
+    import timm
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from medlora.io.prepare import prepare_dataset
+    from medlora.transforms.pipeline import build_transforms, manifest_items
+
+    out, cfg, _ = finished_run
+    meta = json.loads((out / "medlora.json").read_text())
+    base_info = meta["base"]
+    base = timm.create_model(base_info["timm_name"], pretrained=False, num_classes=base_info["num_classes"],
+                             **base_info["timm_kwargs"])
+    missing, unexpected = base.load_state_dict(load_file(base_info["weights_path"]), strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing)
+    model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+
+    data = prepare_dataset(cfg.data)  # same persisted split
+    pre = meta["preprocess"]
+    transform = build_transforms(cfg.preprocess, pre["image_size"], pre["mean"], pre["std"], train=False)
+    items = manifest_items(data.split("test"), data.root)
+    x = torch.stack([transform(item)["image"] for item in items])
+    with torch.no_grad():
+        scores = torch.softmax(model(x), 1)[:, meta["labels"]["abnormal_index"]].numpy()
+    expected = pd.read_csv(out / "predictions.csv").query("split == 'test'").set_index("sample_id")["score"]
+    np.testing.assert_allclose(scores, expected.loc[[i["sample_id"] for i in items]].to_numpy(), atol=1e-5)
