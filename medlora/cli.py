@@ -32,6 +32,17 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from .io.medmnist import convert_medmnist
+
+    res = convert_medmnist(args.name, Path(args.out), npz=Path(args.npz) if args.npz else None, size=args.size,
+                           fmt=args.format, limit=args.limit, card=Path(args.card) if args.card else None,
+                           keep_duplicates=args.keep_duplicates)
+    print(f"wrote {res.images} {res.format} files ({', '.join(f'{k} {v}' for k, v in res.counts.items())}) "
+          f"in {res.seconds:.1f} s; labels {res.labels_csv}")
+    return 0
+
+
 def _load(args: argparse.Namespace):
     from .config import load_config
 
@@ -61,7 +72,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.strict:
         cfg.data.strict = True
-    data = prepare_dataset(cfg.data)
+    data = prepare_dataset(cfg.data, cfg.preprocess)
     out = Path(args.out) if args.out else Path("runs") / cfg.data.name
     out.mkdir(parents=True, exist_ok=True)
     data.manifest.to_csv(out / "manifest.csv", index=False)
@@ -70,6 +81,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
           f"({out / 'ingest_report.csv'}); split file {data.split_file}")
     for row in data.skipped.head(20).itertuples():
         print(f"  skipped {row.path or '<labels>'}: {row.reason}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .tracking.compare import compare
+
+    print(compare(args.target, args.tracking_uri))
     return 0
 
 
@@ -89,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_synth)
 
+    d = sub.add_parser("datasets", help="write a public dataset as a study folder medlora ingests")
+    dsub = d.add_subparsers(dest="source", required=True)
+    m = dsub.add_parser("medmnist", help="a MedMNIST npz → DICOM (2D) or NIfTI (3D) + labels.csv with the official split")
+    m.add_argument("name", help="breastmnist, pneumoniamnist or adrenalmnist3d")
+    m.add_argument("--out", required=True, help="folder to write the images, labels.csv and medmnist_source.json into")
+    m.add_argument("--npz", help="a local npz (else downloaded with the medmnist package, when installed and online)")
+    m.add_argument("--size", type=int, choices=(28, 64, 128, 224), help="image size (default: the npz's; 28 to download)")
+    m.add_argument("--format", choices=("dicom", "nifti"), help="default: dicom for 2D sets, nifti for 3D sets")
+    m.add_argument("--limit", type=int, help="keep the first N images of each split, stratified by label")
+    m.add_argument("--card", help="data card with the class names (default data_cards/<name>.md)")
+    m.add_argument("--keep-duplicates", action="store_true",
+                   help="keep images whose exact pixels repeat another split's (ingest's leakage audit will refuse them)")
+    m.set_defaults(func=_cmd_datasets)
+
     for name, func, help_ in (("run", _cmd_run, "run a config's pipeline end to end"),
                               ("ingest", _cmd_ingest, "scan, label, split and audit a dataset; write its manifest")):
         r = sub.add_parser(name, help=help_)
@@ -98,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ingest":
             r.add_argument("--strict", action="store_true", help="fail if any input is skipped")
         r.set_defaults(func=func)
+    c = sub.add_parser("compare", help="print the summary table of few-shot sweeps (mean ± sd over seeds)")
+    c.add_argument("target", metavar="EXPERIMENT_OR_RUN", help="experiment name (every sweep in it) or a sweep's parent run id")
+    c.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default store)")
+    c.set_defaults(func=_cmd_compare)
+
+    from .export.cli import add_export_commands  # export, verify, predict, register
+
+    add_export_commands(sub)
     return p
 
 

@@ -39,6 +39,7 @@ class SplitConfig(_Strict):
     test: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
     file: Path | None = None  # where the split is persisted; default <out>/../splits/<dataset>.csv
+    column: str | None = None  # labels-CSV column with each sample's official split (train/val/test); no draw
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitConfig:
@@ -69,6 +70,10 @@ class DataConfig(_Strict):
     cache_dir: Path | None = None
     salt: str = "medlora"  # salt of the hashed patient/study keys; set a secret per site
     strict: bool = False  # any skipped input fails the ingest
+    # a DICOM series of >= volume_min_slices single-frame slices of these modalities becomes a volume
+    volume_min_slices: int = Field(8, ge=2)
+    volume_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR"])
+    slice_spacing_tolerance: float = Field(0.1, gt=0, lt=1)  # allowed |spacing - median| / median
 
     @model_validator(mode="after")
     def _abnormal_is_a_class(self) -> DataConfig:
@@ -100,7 +105,8 @@ class WindowConfig(_Strict):
 
 
 class ViewConfig(_Strict):
-    """How a volume becomes 2D samples: ``slice`` (central), ``every_k``, ``slab``, ``2.5d``, ``mip``."""
+    """How a volume becomes 2D samples: ``slice`` (central), ``every_k``, ``slab``, ``2.5d``, ``mip``
+    across ``axis`` of the RAS volume (2 axial, 1 coronal, 0 sagittal); see :mod:`medlora.transforms.views`."""
 
     kind: Literal["slice", "every_k", "slab", "2.5d", "mip"] = "slice"
     k: int = Field(4, ge=1)
@@ -189,6 +195,25 @@ class FewShotConfig(_Strict):
         default_factory=lambda: ["lora", "linear_probe", "full"]
     )
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-method train.* values
+
+    @model_validator(mode="after")
+    def _overrides_are_train_keys(self) -> FewShotConfig:
+        """``overrides`` maps a method to ``train.*`` values; anything else names the allowed keys."""
+        allowed = sorted(set(TrainConfig.model_fields) - {"seed"})  # the sweep sets the seed
+        for method, values in self.overrides.items():
+            if method not in {"lora", "linear_probe", "full"}:
+                raise ValueError(f"fewshot.overrides.{method}: unknown method; allowed: full, linear_probe, lora")
+            for key in values:
+                if key not in allowed:
+                    raise ValueError(f"fewshot.overrides.{method}.{key}: not a train key; allowed: {', '.join(allowed)}")
+            try:
+                TrainConfig.model_validate(values)  # types and ranges, like train.* itself
+            except ValidationError as err:
+                first = err.errors()[0]
+                raise ValueError(f"fewshot.overrides.{method}.{first['loc'][0]}: {first['msg']}") from None
+        if any(isinstance(k, int) and k < 1 for k in self.shots) or not self.shots or not self.seeds or not self.methods:
+            raise ValueError("fewshot.shots (>= 1 or 'all'), seeds and methods must be non-empty")
+        return self
 
 
 class Config(_Strict):

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
 import torch
+from torch import nn
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# what a failing torch.compile raises: dynamo/inductor errors (RuntimeError subclasses, incl. a
+# missing or failing C++ compiler), and import/OS errors of optional backends
+_COMPILE_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ImportError, OSError, AssertionError, NotImplementedError)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -27,3 +39,102 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset), else ``os.cpu_count()``."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads to ``threads`` (config ``train.threads``), default one per available CPU.
+
+    ``os.cpu_count()`` counts the host's CPUs, not a container's share of them; oversubscribed
+    threads spin against each other, so the default is the affinity mask. Inter-op threads are
+    set to the same number only while torch still allows it (before any inter-op work).
+    Returns the number of intra-op threads now in use.
+    """
+    if threads is not None and threads < 1:
+        raise ConfigError(f"train.threads={threads} must be a positive integer or null (one per available CPU)")
+    n = threads or available_cpus()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    try:
+        if torch.get_num_interop_threads() != n:
+            torch.set_num_interop_threads(n)
+    except RuntimeError:  # torch allows it once, before inter-op parallel work has started
+        log.debug("inter-op threads already fixed at %d", torch.get_num_interop_threads())
+    return torch.get_num_threads()
+
+
+class _CompiledOrEager:
+    """Calls the ``torch.compile``-d module; on a compile failure logs it once and runs eagerly from then on.
+
+    ``torch.compile`` is lazy: a missing C++ compiler or an unsupported op only shows at the
+    first call, so the fallback has to wrap the call, not the ``torch.compile`` itself. Errors of
+    the model itself are not hidden: the eager retry raises them again.
+    """
+
+    def __init__(self, model: nn.Module, compiled: Callable[..., Any]) -> None:
+        self.model = model
+        self.compiled: Callable[..., Any] | None = compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except _COMPILE_ERRORS as err:
+                log.warning("torch.compile failed (%s: %s); training continues without it",
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                self.compiled = None
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # train()/eval()/parameters() reach the module itself
+        return getattr(self.model, name)
+
+
+def maybe_compile(model: nn.Module, enabled: bool) -> Callable[..., Any]:
+    """``model`` itself, or (config ``train.compile: true``) a callable running ``torch.compile(model)``.
+
+    Use the result for the training forward only; keep ``model`` for state dicts, peft
+    merging and saving (the compiled wrapper shares its parameters). A compile failure, at wrap
+    time or at the first call, is logged and the eager model is used instead.
+    """
+    if not enabled:
+        return model
+    try:
+        compiled = torch.compile(model)
+    except _COMPILE_ERRORS as err:
+        log.warning("torch.compile is unavailable (%s: %s); training continues without it", type(err).__name__, err)
+        return model
+    return _CompiledOrEager(model, compiled)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt(3) parameters
+
+
+def keep_cpu_memory_mapped() -> bool:
+    """Stop glibc from returning the training step's large buffers to the OS after every step (Linux only).
+
+    A ViT step allocates and frees the same tens-of-MB activation buffers every step. By default
+    glibc serves buffers above its mmap threshold (at most 32 MiB) with fresh ``mmap`` calls and
+    trims the heap on free, so every step pays page faults and zeroing for memory it just released.
+    ``M_MMAP_MAX=0`` serves them from the heap and a 1 GiB ``M_TRIM_THRESHOLD`` keeps freed heap
+    mapped; RSS then stays at the step's peak instead of dropping between steps. Returns whether
+    it applied (False off glibc).
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    except (OSError, AttributeError):
+        return False
+    log.debug("glibc malloc: mmap off, trim threshold 1 GiB (%s)", "applied" if ok else "refused")
+    return ok

@@ -30,6 +30,8 @@ class RunSummary:
             "  ".join(fmt(n) for n in ("val_auroc", "test_auroc")),
             "  ".join(fmt(n) for n in ("test_sensitivity", "test_specificity")) + f"  threshold={self.metrics.get('threshold', float('nan')):.4f}",
             f"adapter: {self.out / 'adapter'}   metadata: {self.out / 'medlora.json'}",
+            f"review bundle: {self.out / 'bundle'} (open {self.out / 'bundle' / 'report.html'})"
+            if (self.out / "bundle").is_dir() else "",
             f"open the MLflow UI: mlflow ui --backend-store-uri {self.tracking_uri}",
         ]
         return "\n".join(line for line in lines if line)

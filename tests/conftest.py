@@ -24,6 +24,12 @@ def shared_file(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_data():
+    """:func:`shared_file` as a fixture, for test folders that cannot import this conftest (no __init__.py)."""
+    return shared_file
+
+
+@pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
     """A small synthetic phantom dataset (real DICOM files + labels.csv), written once."""
     from medlora.config import SynthConfig
@@ -66,3 +72,56 @@ def finished_run(phantom_root, tmp_path_factory):
     out = tmp / "out"
     assert main(["run", str(cfg_file), "--out", str(out)]) == 0
     return out, cfg, cfg_file
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    """:func:`tiny_config` as a fixture, for test folders that cannot import this conftest."""
+    return tiny_config
+
+
+SWEEP = {"pipeline": "fewshot", "train.epochs": 1, "train.threads": 1, "evaluate.bootstrap": 50, "fewshot.shots": "[1, 2]",
+         "fewshot.seeds": "[0, 1]", "fewshot.methods": "[lora, linear_probe, full]"}
+
+
+def write_sweep_config(root: Path, tmp: Path, **overrides) -> tuple[object, Path]:
+    """A tiny few-shot sweep config (2 shot counts x 2 seeds x 3 methods, 1 epoch) saved as YAML under
+    ``tmp``, with its MLflow experiment's artifacts kept under ``tmp`` too: (config, config file)."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from medlora.config import config_to_dict
+
+    cfg = tiny_config(root, tmp, **{**SWEEP, **overrides})
+    client = MlflowClient(cfg.tracking.uri)
+    if cfg.tracking.uri.startswith("sqlite") and client.get_experiment_by_name(cfg.data.name) is None:
+        client.create_experiment(cfg.data.name, artifact_location=(tmp / "artifacts").as_uri())
+    cfg_file = tmp / "sweep.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    return cfg, cfg_file
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(phantom_root, finished_run, tmp_path_factory):
+    """``medlora run`` of a tiny few-shot sweep, once per session: (config, config file, out dir, output).
+
+    It logs to :func:`finished_run`'s MLflow store (a new SQLite store costs seconds of migrations), in
+    its own experiment ``phantoms_fewshot``."""
+    import contextlib
+    import io
+
+    from medlora.cli import main
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    store = finished_run[1].tracking.uri
+    cfg, cfg_file = write_sweep_config(phantom_root, tmp, **{"data.name": "phantoms_fewshot", "tracking.uri": store})
+    out, printed = tmp / "out", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", str(cfg_file), "--out", str(out)]) == 0
+    return cfg, cfg_file, out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sweep_config():
+    """:func:`write_sweep_config` as a fixture (for tests that run their own sweep)."""
+    return write_sweep_config

@@ -13,15 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import DataConfig
+from ..config import DataConfig, PreprocessConfig
+from ..errors import ConfigError
+from .datacard import DataCard, card_for_run
 from .ingest import IngestResult, run_ingest
-from .split import assign_splits, audit_leakage, check_splits_usable
+from .labels import DEFAULT_KEY_COLUMNS
+from .split import assign_splits, audit_leakage, check_splits_usable, splits_from_column
 
 log = logging.getLogger(__name__)
 
 # columns that describe a sample without identifying anyone: safe to log
 PUBLIC_COLUMNS = ["sample_id", "patient_key", "study_key", "series_key", "modality", "rows", "columns", "frames",
-                  "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label", "split"]
+                  "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label", "split",
+                  "kind", "view", "view_index", "slices"]  # not path/source (folder names can identify)
 
 
 @dataclass
@@ -31,6 +35,7 @@ class PreparedData:
     root: Path
     fingerprint: str
     split_file: Path
+    card: DataCard | None = None  # the validated data.card, logged with the run
 
     def split(self, name: str) -> pd.DataFrame:
         return self.manifest[self.manifest["split"] == name]
@@ -51,18 +56,31 @@ def default_split_file(cfg: DataConfig) -> Path:
     return Path(cfg.split.file) if cfg.split.file else Path(".medlora") / "splits" / f"{cfg.name}.csv"
 
 
-def prepare_dataset(cfg: DataConfig) -> PreparedData:
-    """Synthesise the phantoms if configured and missing, ingest, split by patient, audit."""
+def prepare_dataset(cfg: DataConfig, preprocess: PreprocessConfig | None = None) -> PreparedData:
+    """Validate the data card, synthesise the phantoms if configured and missing, ingest, split by patient, audit.
+
+    The split is drawn (stratified, seeded, persisted) unless ``split.column`` names a labels-CSV column
+    holding an official split, which is then used as given. ``preprocess`` (its ``view`` and ``spacing``)
+    decides how many samples each volume yields (default: one central slice).
+    """
+    card = card_for_run(cfg)
+    if cfg.split.column and cfg.label_key != "path":
+        raise ConfigError(f"data.split.column={cfg.split.column!r} needs data.label_key: path (got {cfg.label_key!r})")
     root = Path(cfg.root)
     if cfg.synth is not None and not (root / "labels.csv").exists():
         from .synth import write_phantoms
 
         write_phantoms(root, cfg.synth)
-    ingest: IngestResult = run_ingest(cfg)
+    ingest: IngestResult = run_ingest(cfg, preprocess)
     split_file = default_split_file(cfg)
-    manifest = assign_splits(ingest.manifest, cfg.split, split_file)
+    if cfg.split.column:
+        labels = Path(cfg.labels) if cfg.labels else root / "labels.csv"
+        key_column = cfg.key_column or DEFAULT_KEY_COLUMNS[cfg.label_key]
+        manifest = splits_from_column(ingest.manifest, labels, key_column, cfg.split.column, split_file)
+    else:
+        manifest = assign_splits(ingest.manifest, cfg.split, split_file)
     audit_leakage(manifest)
     check_splits_usable(manifest, len(cfg.classes))
     counts = manifest.groupby("split")["patient_key"].nunique().to_dict()
     log.info("split (patients): %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    return PreparedData(manifest, ingest.skipped, root, fingerprint(manifest), split_file)
+    return PreparedData(manifest, ingest.skipped, root, fingerprint(manifest), split_file, card)

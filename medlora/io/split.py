@@ -99,3 +99,40 @@ def check_splits_usable(manifest: pd.DataFrame, n_classes: int) -> None:
             raise InputError(
                 f"the {split} split holds labels {sorted(present)} only; add patients or change data.split fractions"
             )
+
+
+def splits_from_column(manifest: pd.DataFrame, labels_path: Path, key_column: str, column: str, file: Path) -> pd.DataFrame:
+    """Return ``manifest`` with the ``split`` given per sample by ``column`` of the labels CSV (no draw).
+
+    The CSV's ``key_column`` must hold the manifest's ``path`` (``data.label_key: path``). Values must
+    be train/val/test, and all samples of a patient must share one split; the assignment is written
+    to ``file`` like a drawn split, so runs record it the same way.
+    """
+    df = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
+    for col in (key_column, column):
+        if col not in df.columns:
+            raise InputError(f"labels file {labels_path} has no column {col!r} (data.split.column); columns are {list(df.columns)}")
+    keys, values = df[key_column].str.strip(), df[column].str.strip()
+    bad = values[~values.isin(SPLITS)]
+    if len(bad):
+        raise InputError(f"labels file {labels_path} line {bad.index[0] + 2}: {column}={bad.iloc[0]!r} is not one of "
+                         f"{', '.join(SPLITS)} ({len(bad)} such rows)")
+    mapping: dict[str, str] = {}
+    for row_no, (key, value) in enumerate(zip(keys, values, strict=True), start=2):
+        if mapping.setdefault(key, value) != value:
+            raise InputError(f"labels file {labels_path} line {row_no}: {key_column} given twice with different {column} values")
+    out = manifest.copy()
+    out["split"] = out["path"].map(mapping)
+    if out["split"].isna().any():
+        raise InputError(f"labels file {labels_path}: {int(out['split'].isna().sum())} ingested files have no {column!r} "
+                         f"value, e.g. {out.loc[out['split'].isna(), 'path'].iloc[0]}")
+    spread = out.groupby("patient_key")["split"].nunique()
+    if (spread > 1).any():
+        keys_ = list(spread[spread > 1].index)
+        raise LeakageError(f"labels file {labels_path}: column {column!r} puts {len(keys_)} patients in more than one "
+                           f"split, e.g. {keys_[0]} in {'+'.join(sorted(out.loc[out['patient_key'] == keys_[0], 'split'].unique()))}")
+    per_patient = out.groupby("patient_key")["split"].first()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"patient_key": per_patient.index, "split": per_patient.values, "params": f"column={column}"}).to_csv(file, index=False)
+    log.info("split taken from column %r of %s", column, labels_path)
+    return out

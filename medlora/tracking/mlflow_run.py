@@ -92,3 +92,15 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifacts(str(path), artifact_path=artifact_path)
     else:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_data_card(card: Any | None) -> None:
+    """Log a validated :class:`~medlora.io.datacard.DataCard` with the active run: its text as the
+    artifact ``data_card.md`` and tags ``medlora.data_card.name`` / ``medlora.data_card.version``.
+    ``None`` (no ``data.card`` configured) logs nothing."""
+    import mlflow
+
+    if card is None:
+        return
+    mlflow.log_text(card.text, "data_card.md")
+    mlflow.set_tags({"medlora.data_card.name": card.name, "medlora.data_card.version": str(card.version)})

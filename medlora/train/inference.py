@@ -41,7 +41,7 @@ def predict(model: nn.Module, loader, device: torch.device, abnormal_index: int)
     dtype = autocast_dtype(device)
     ids, studies, patients, labels, scores = [], [], [], [], []
     for batch in loader:
-        x = batch["image"].to(device, non_blocking=True)
+        x = batch["image"].as_subclass(torch.Tensor).to(device, non_blocking=True)  # plain tensor, not a MetaTensor
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x)
         scores.append(torch.softmax(logits.float(), dim=1)[:, abnormal_index].cpu().numpy())

@@ -1,29 +1,49 @@
-"""DataLoaders for the three splits over cached MONAI datasets."""
+"""Datasets and DataLoaders for the three splits over cached MONAI datasets.
+
+Datasets are built once (decoding is cached in them); loaders are cheap and made per training
+run, e.g. over a :class:`torch.utils.data.Subset` of the training set for a few-shot support set.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config
+from ..config import Config, TrainConfig
 from ..io.prepare import PreparedData
 from ..transforms.pipeline import build_dataset, build_transforms, manifest_items, transform_fingerprint
+
+SPLITS = ("train", "val", "test")
+
+
+def make_datasets(data: PreparedData, cfg: Config, input_cfg: dict[str, Any], splits: tuple[str, ...] = SPLITS,
+                  augment_train: bool = True, cache: bool = True) -> dict[str, Dataset]:
+    """One dataset per split; ``train`` is augmented (when ``preprocess.augment`` and ``augment_train``).
+
+    ``cache=False`` builds plain datasets whatever ``data.cache`` says (for a single pass, e.g.
+    computing features once, where a cache would only hold memory).
+    """
+    size, mean, std = input_cfg["image_size"], input_cfg["mean"], input_cfg["std"]
+    fp = transform_fingerprint(cfg.preprocess, size, mean, std)
+    data_cfg = cfg.data if cache else cfg.data.model_copy(update={"cache": "none"})
+    out: dict[str, Dataset] = {}
+    for split in splits:
+        train = split == "train" and augment_train
+        items = manifest_items(data.split(split), data.root)
+        out[split] = build_dataset(items, build_transforms(cfg.preprocess, size, mean, std, train=train), data_cfg, fp)
+    return out
+
+
+def make_loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool) -> DataLoader:
+    """A loader over ``dataset``; shuffling is seeded by ``cfg.seed``."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, drop_last=False, generator=generator,
+                      num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
 
 
 def make_loaders(data: PreparedData, cfg: Config, input_cfg: dict[str, Any]) -> dict[str, DataLoader]:
     """``train`` (shuffled, augmented), ``val`` and ``test`` loaders; decoding is cached."""
-    size, mean, std = input_cfg["image_size"], input_cfg["mean"], input_cfg["std"]
-    fp = transform_fingerprint(cfg.preprocess, size, mean, std)
-    loaders = {}
-    for split in ("train", "val", "test"):
-        train = split == "train"
-        items = manifest_items(data.split(split), data.root)
-        ds = build_dataset(items, build_transforms(cfg.preprocess, size, mean, std, train=train), cfg.data, fp)
-        generator = torch.Generator().manual_seed(cfg.train.seed)
-        loaders[split] = DataLoader(
-            ds, batch_size=cfg.train.batch_size, shuffle=train, drop_last=False, generator=generator,
-            num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0,
-        )
-    return loaders
+    datasets = make_datasets(data, cfg, input_cfg)
+    return {split: make_loader(ds, cfg.train, shuffle=split == "train") for split, ds in datasets.items()}

@@ -107,7 +107,8 @@ def fit(
         model.train()
         total, n = 0.0, 0
         for batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet):
-            x = batch["image"].to(device, non_blocking=True)
+            # random MONAI transforms return MetaTensors: train on plain tensors, no metadata carried through the model
+            x = batch["image"].as_subclass(torch.Tensor).to(device, non_blocking=True)
             y = torch.as_tensor(batch["label"], device=device).long()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = loss_fn(step_model(x).float(), y)

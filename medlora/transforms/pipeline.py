@@ -1,15 +1,23 @@
 """MONAI transform chains and cached datasets that turn manifest rows into ViT inputs.
 
-Deterministic work (decode, Modality LUT, windowing, resize, normalisation) comes first so that
+Deterministic work (decode, Modality LUT, windowing, view, resize, normalisation) comes first so that
 MONAI's ``CacheDataset``/``PersistentDataset`` store its result: each file is decoded once per
 process (memory) or once per content and transform config (disk), not once per epoch. Random
 augmentation follows the cached prefix and runs every epoch on training data only.
+
+:class:`LoadSampled` loads a manifest row by its ``kind``: ``dicom2d`` through
+``LoadImaged(MedloraDicomReader)`` → ``WindowImaged`` → ``CentralFramed``; ``series``/``nifti`` through
+:mod:`.volume` (assemble/read → Orientation RAS → Spacing → window) and :func:`.views.extract_view`.
+A volume is preprocessed once and kept in a small per-process LRU cache, so the several views of one
+volume (consecutive manifest rows) decode it once while the dataset cache is being built.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from ..config import DataConfig, PreprocessConfig
@@ -63,25 +72,93 @@ class CentralFramed(MapTransform):
         return d
 
 
+class LoadSampled(MapTransform):
+    """Load a manifest item by its ``kind`` into a windowed channel-first ``(C, H, W)`` image.
+
+    ``dicom2d`` (or no ``kind``): the 2D chain ``LoadImaged(MedloraDicomReader)`` → ``WindowImaged`` →
+    ``CentralFramed`` (a MetaTensor, as before). ``series``/``nifti``: the volume of ``data[key]`` is
+    loaded and preprocessed (:func:`.volume.load_volume`, :func:`.volume.preprocess_volume`) at most
+    once while it stays among the ``cache_size`` most recent volumes, then view ``data["view_index"]``
+    of ``preprocess.view`` is extracted (:func:`.views.extract_view`) as a float32 tensor.
+    """
+
+    def __init__(self, keys: KeysCollection, preprocess: PreprocessConfig, cache_size: int = 2) -> None:
+        from monai.transforms import Compose, LoadImaged
+
+        from ..io.monai_reader import MedloraDicomReader
+        from .intensity import WindowImaged
+
+        super().__init__(keys)
+        self.pre = preprocess
+        self.cache_size = cache_size
+        self._load2d = Compose([
+            LoadImaged(keys=keys, reader=MedloraDicomReader(), image_only=True, ensure_channel_first=False),
+            WindowImaged(keys=keys, window=preprocess.window),
+            CentralFramed(keys=keys),
+        ])
+        self._init_cache()
+
+    def _init_cache(self) -> None:
+        self._cache: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple[str, ...], threading.Lock] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # locks do not pickle (DataLoader workers); caches need not
+        state = dict(self.__dict__)
+        for name in ("_cache", "_lock", "_key_locks"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_cache()
+
+    def volume(self, source: str | Sequence[str], kind: str) -> np.ndarray:
+        """The preprocessed ``(1, X, Y, Z)`` volume of ``source``, from the cache when possible."""
+        from .volume import load_volume, preprocess_volume
+
+        key = (kind, *([source] if isinstance(source, str) else source))
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+            array = preprocess_volume(load_volume(source, kind), self.pre)
+            with self._lock:
+                self._cache[key] = array
+                while len(self._cache) > self.cache_size:
+                    old, _ = self._cache.popitem(last=False)
+                    self._key_locks.pop(old, None)
+        return array
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from .views import extract_view
+
+        kind = data.get("kind") or "dicom2d"
+        if kind == "dicom2d":
+            return self._load2d(dict(data))
+        d = dict(data)
+        for key in self.key_iterator(d):
+            view = extract_view(self.volume(d[key], kind), self.pre.view, int(d.get("view_index", 0)))
+            d[key] = torch.from_numpy(view)
+        return d
+
+
 def build_transforms(pre: PreprocessConfig, size: int, mean: Sequence[float], std: Sequence[float], train: bool):
     """The transform chain for one split. ``size``/``mean``/``std`` come from the model's data config."""
     from monai.transforms import (
         Compose,
         EnsureTyped,
-        LoadImaged,
         NormalizeIntensityd,
         RandAffined,
         RandFlipd,
         Resized,
     )
 
-    from ..io.monai_reader import MedloraDicomReader
-    from .intensity import WindowImaged
-
     chain = [
-        LoadImaged(keys="image", reader=MedloraDicomReader(), image_only=True, ensure_channel_first=False),
-        WindowImaged(keys="image", window=pre.window),
-        CentralFramed(keys="image"),
+        LoadSampled(keys="image", preprocess=pre),
         Resized(keys="image", spatial_size=(size, size), mode="area"),
         ToChannelsd(keys="image", channels=len(mean)),
         NormalizeIntensityd(keys="image", subtrahend=np.asarray(mean), divisor=np.asarray(std), channel_wise=True),
@@ -96,12 +173,26 @@ def build_transforms(pre: PreprocessConfig, size: int, mean: Sequence[float], st
 
 
 def manifest_items(manifest: pd.DataFrame, root: Path) -> list[dict[str, Any]]:
-    """Manifest rows → MONAI data dicts (absolute image path, int label, pseudonymous keys)."""
-    return [
-        {"image": str(root / row.path), "label": int(row.label), "sample_id": row.sample_id,
-         "study_key": row.study_key, "patient_key": row.patient_key}
-        for row in manifest.itertuples()
-    ]
+    """Manifest rows → MONAI data dicts (absolute image path(s), kind, view index, int label, keys).
+
+    ``image`` is one absolute path (``dicom2d``, ``nifti``) or the list of a series' slice paths; a
+    manifest without ``kind`` (written before volumes existed) is read as ``dicom2d`` rows.
+    """
+    items = []
+    for row in manifest.itertuples():
+        kind = getattr(row, "kind", None)
+        kind = kind if isinstance(kind, str) and kind else "dicom2d"
+        if kind == "series":
+            image: str | list[str] = [str(root / p) for p in json.loads(row.source)]
+        elif kind == "nifti":
+            image = str(root / row.source)
+        else:
+            image = str(root / row.path)
+        view_index = getattr(row, "view_index", 0)
+        items.append({"image": image, "kind": kind, "view_index": 0 if pd.isna(view_index) else int(view_index),
+                      "label": int(row.label), "sample_id": row.sample_id, "study_key": row.study_key,
+                      "patient_key": row.patient_key})
+    return items
 
 
 def transform_fingerprint(pre: PreprocessConfig, size: int, mean: Sequence[float], std: Sequence[float]) -> str:
@@ -120,9 +211,13 @@ def build_dataset(items: list[dict[str, Any]], transform, data: DataConfig, fing
         cache_dir = Path(data.cache_dir or Path(".medlora") / "cache") / fingerprint
         cache_dir.mkdir(parents=True, exist_ok=True)
 
-        def content_key(item: Mapping[str, Any]) -> str:  # the file's bytes, not its name
-            digest = hashlib.sha256(Path(item["image"]).read_bytes()).hexdigest()
-            return digest
+        def content_key(item: Mapping[str, Any]) -> str:  # the files' bytes (and the view), not their names
+            if item.get("kind", "dicom2d") == "dicom2d":
+                return hashlib.sha256(Path(item["image"]).read_bytes()).hexdigest()
+            h = hashlib.sha256(f"{item['kind']}#{item.get('view_index', 0)}".encode())
+            for name in [item["image"]] if isinstance(item["image"], str) else item["image"]:
+                h.update(Path(name).read_bytes())
+            return h.hexdigest()
 
         return PersistentDataset(items, transform=transform, cache_dir=cache_dir, hash_func=lambda it: content_key(it).encode())
     return Dataset(items, transform=transform)

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of medlora against a naive timm + peft loop (see README.md)."""

@@ -1,0 +1,204 @@
+"""``medlora export``: a self-contained review bundle from an MLflow run's artifacts.
+
+Layout (every file listed in ``MANIFEST.sha256``)::
+
+    adapter/                    peft save_pretrained layout (safetensors), classifier head included
+    base/base.safetensors       only for a randomly initialised base (source "init"); see below
+    medlora.json                base, preprocessing, labels, operating point, provenance, versions
+    model_card.md  data_card.md metrics.json
+    predictions.csv             study level: split, study_key, patient_key, label, score, call
+    predictions_samples.csv     per image: split, sample_id, study_key, patient_key, label, score, call
+    plots/                      roc, pr, reliability, score_histograms (test studies)
+    saliency/                   attention-rollout overlays of test TP/FN/FP/TN examples
+    report.html                 one self-contained page for clinical review
+    MANIFEST.sha256
+
+Base weights: an ``init`` base exists nowhere else, is small relative to what it identifies, and
+is copied in (``weights_path`` then is ``base/base.safetensors``, relative to the bundle). A ``file``
+base (a site's pretrained weights, often large and licensed separately) is referenced by its
+path and sha256 and not copied; a ``hub`` base by its timm name and state sha256. Either way
+:mod:`medlora.export.loading` refuses any base whose hashes differ.
+
+The bundle is built in a hidden folder beside ``out`` and moved into place with ``os.replace``
+only after the PHI scan passed and the manifest was written: a failure leaves no bundle behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ..errors import BundleError, MedloraError
+from ..evaluate.operating_point import OperatingPoint
+from ..models.backbone import sha256_file
+from .adapter import METADATA_FILE, git_commit, library_versions
+from .card import model_card
+from .html import render_report
+from .loading import BUNDLE_BASE_FILE, Bundle, load_model
+from .manifest import write_manifest
+from .phi import known_identifiers, require_no_phi
+from .review import (
+    KINDS,
+    pick_examples,
+    sample_items,
+    sample_predictions,
+    study_predictions,
+    write_plots,
+    write_saliency,
+)
+from .samples import sample_rules
+
+log = logging.getLogger(__name__)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PLOT_FILES = ("roc.png", "pr.png", "reliability.png", "score_histograms.png")
+
+
+def download_run(run_id: str, dst: Path, tracking_uri: str | None = None) -> Path:
+    """Download every artifact of ``run_id`` into ``dst``; raise :class:`BundleError` if the run is unknown."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(run_id)
+        local = client.download_artifacts(run_id, "", str(dst))
+    except MlflowException as err:
+        raise BundleError(f"MLflow run {run_id!r} cannot be read from {tracking_uri or 'the default store'}: "
+                          f"{err.message}") from None
+    for needed in (METADATA_FILE, "predictions.csv", "metrics.json", "adapter/adapter_model.safetensors"):
+        if not (Path(local) / needed).is_file():
+            raise BundleError(f"MLflow run {run_id} has no artifact {needed}: it is not a finished medlora LoRA run")
+    return Path(local)
+
+
+def bundle_base(meta: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Copy an ``init`` base into the bundle (checked by sha256); keep references for file/hub bases."""
+    base = dict(meta["base"])
+    if base["source"] == "init":
+        src = Path(base["weights_path"])
+        if not src.is_file():
+            raise BundleError(f"the run's randomly initialised base {src} is not on this machine; export where the "
+                              "run was trained, or copy that file there")
+        if sha256_file(src) != base["sha256"]:
+            raise BundleError(f"base weights {src} changed since training (sha256 differs from medlora.json)")
+        (tmp / "base").mkdir()
+        shutil.copyfile(src, tmp / BUNDLE_BASE_FILE)
+        base["weights_path"] = BUNDLE_BASE_FILE
+        base["in_bundle"] = True
+    else:
+        base["in_bundle"] = False
+    return base
+
+
+def _data_card(local: Path, config: dict[str, Any]) -> str | None:
+    if (local / "data_card.md").is_file():
+        return (local / "data_card.md").read_text()
+    card = (config.get("data") or {}).get("card")
+    if card and Path(card).is_file():
+        return Path(card).read_text()
+    return None
+
+
+def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.DataFrame, config: dict[str, Any],
+              data_root: Path | None) -> tuple[list, str]:
+    note = ("Attention rollout over all transformer blocks, on the most confident true/false positives and "
+            "negatives of the test set; warmer colours are where the model attended. Captions give the study score.")
+    try:
+        items = sample_items(config.get("data") or {}, bundle.preprocess()[0], data_root)
+    except (MedloraError, ValueError, OSError) as err:
+        log.warning("saliency examples skipped: the run's images cannot be re-read (%s)", err)
+        return [], "No examples: the run's source images were not available when this bundle was exported."
+    model = load_model(bundle)
+    examples = pick_examples(studies, samples)
+    figs = write_saliency(model, bundle.preprocess(), examples, items, bundle.threshold, tmp / "saliency")
+    absent = [name for (kind, _, _), name in KINDS.items() if kind not in {e[0] for e in examples}]
+    if absent:
+        note += f" The test set has no {', no '.join(absent)} at this operating point."
+    return figs, note if figs else "No examples: the test images could not be matched to the run's predictions."
+
+
+def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], data_root: Path | None) -> None:
+    """Write the whole bundle into the empty folder ``tmp`` from the downloaded artifacts ``local``."""
+    meta = json.loads((local / METADATA_FILE).read_text())
+    if meta.get("method") != "lora":
+        raise BundleError(f"run {run_id} used method {meta.get('method')!r}; only LoRA runs can be bundled")
+    config = yaml.safe_load((local / "config.yaml").read_text()) if (local / "config.yaml").is_file() else {}
+    (tmp / "adapter").mkdir()
+    for name in ADAPTER_FILES:
+        shutil.copyfile(local / "adapter" / name, tmp / "adapter" / name)
+    meta["base"] = bundle_base(meta, tmp)
+    meta["samples"] = sample_rules(config.get("data") or {})
+    meta["export"] = {"exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                      "versions": library_versions(), "git_commit": git_commit(), "mlflow_run_id": run_id}
+    (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    metrics = json.loads((local / "metrics.json").read_text())
+    shutil.copyfile(local / "metrics.json", tmp / "metrics.json")
+
+    op_meta = meta["operating_point"]
+    samples = pd.read_csv(local / "predictions.csv")
+    studies = study_predictions(samples, op_meta["threshold"], op_meta.get("aggregate", "max"))
+    studies.to_csv(tmp / "predictions.csv", index=False)
+    sample_predictions(samples, op_meta["threshold"]).to_csv(tmp / "predictions_samples.csv", index=False)
+    op = OperatingPoint(**metrics["operating_point"]) if "operating_point" in metrics else \
+        OperatingPoint(op_meta["policy"], op_meta["threshold"], float("nan"), float("nan"))
+    labels = meta["labels"]
+    others = [c for c in labels["classes"] if c != labels["abnormal"]]
+    existing = {n: local / n for n in PLOT_FILES if (local / n).is_file()}
+    plots = write_plots(studies, op, (" / ".join(others), labels["abnormal"]), tmp / "plots", existing)
+
+    data_card = _data_card(local, config)
+    if data_card is not None:
+        (tmp / "data_card.md").write_text(data_card)
+    card = model_card(meta, metrics, data_card is not None)
+    (tmp / "model_card.md").write_text(card)
+    saliency, note = _saliency(tmp, Bundle(tmp, meta), studies, samples, config, data_root)
+    (tmp / "report.html").write_text(render_report(meta, metrics, plots, saliency, note, card, data_card))
+
+    sources = list(phi_sources)
+    root = Path(data_root or (config.get("data") or {}).get("root") or "")
+    if not sources and str(root) not in ("", ".") and root.is_dir():
+        sources = [root]
+    require_no_phi(tmp, known_identifiers(sources) if sources else None)
+    write_manifest(tmp)
+
+
+def export_bundle(run_id: str, out: Path, tracking_uri: str | None = None, phi_check_against: list[Path] | None = None,
+                  data_root: Path | None = None, overwrite: bool = False) -> Path:
+    """Export MLflow run ``run_id`` as a review bundle at ``out`` (atomically); returns ``out``.
+
+    ``phi_check_against``: DICOM files/folders whose identifying header values must not appear in the
+    bundle (default: the run's data root, when it exists here). ``data_root`` overrides the run's data
+    root for re-reading the saliency example images. An existing ``out`` is replaced only with
+    ``overwrite``.
+    """
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out} already exists; choose another folder or pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="medlora-artifacts-") as scratch:
+            local = download_run(run_id, Path(scratch), tracking_uri)
+            build_bundle(tmp, local, run_id, list(phi_check_against or []), data_root)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("bundle for run %s written to %s", run_id, out)
+    return out

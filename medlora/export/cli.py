@@ -1,0 +1,96 @@
+"""The ``export``, ``verify``, ``predict`` and ``register`` subcommands of ``medlora``.
+
+Kept beside the code they drive so that :mod:`medlora.cli` only has to call
+:func:`add_export_commands`; imports stay lazy so that ``medlora --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .bundle import export_bundle
+
+    out = export_bundle(args.run_id, Path(args.out), tracking_uri=args.tracking_uri,
+                        phi_check_against=[Path(p) for p in args.phi_check_against],
+                        data_root=Path(args.data_root) if args.data_root else None, overwrite=args.force)
+    print(f"bundle written to {out} (open {out / 'report.html'}; check it with: medlora verify {out})")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .manifest import verify_bundle
+
+    result = verify_bundle(Path(args.bundle))
+    if result.ok:
+        print(f"{args.bundle}: OK, every file matches MANIFEST.sha256")
+        return 0
+    for kind, names in (("changed", result.changed), ("missing", result.missing), ("extra", result.extra)):
+        for name in names:
+            print(f"{kind}: {name}")
+    print(f"{args.bundle}: FAILED ({result.describe()})")
+    return 1
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_bundles
+
+    res = predict_bundles([Path(b) for b in args.bundle], [Path(i) for i in args.inputs], merge=args.merge,
+                          salt=args.salt, verify=not args.no_verify)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res.studies.to_csv(out, index=False)
+    if args.samples:
+        res.samples.to_csv(args.samples, index=False)
+    for e in res.errors.itertuples():
+        print(f"skipped {e.file}: {e.reason}")
+    print(f"{len(res.studies)} studies ({len(res.samples)} images) scored by {len(args.bundle)} bundle(s) → {out}; "
+          f"{len(res.errors)} input(s) skipped")
+    return 0 if len(res.studies) or not len(res.errors) else 1
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from .registry import register_run
+
+    uri, version = register_run(args.run_id, args.name, tracking_uri=args.tracking_uri,
+                                bundle_dir=Path(args.bundle) if args.bundle else None)
+    print(f"registered {args.name} version {version}; load it with mlflow.pyfunc.load_model({uri!r})")
+    return 0
+
+
+def add_export_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the bundle subcommands to ``medlora``'s subparsers."""
+    e = sub.add_parser("export", help="write a self-contained review bundle of an MLflow run")
+    e.add_argument("run_id", help="MLflow run id of a finished medlora run")
+    e.add_argument("--out", required=True, help="bundle folder to create (must not exist unless --force)")
+    e.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or MLflow's default)")
+    e.add_argument("--phi-check-against", action="append", default=[], metavar="DIR",
+                   help="DICOM files/folders whose identifiers must not appear in the bundle (default: the run's data root)")
+    e.add_argument("--data-root", help="where the run's images are now, for the saliency examples (default: config's)")
+    e.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    e.set_defaults(func=_cmd_export)
+
+    v = sub.add_parser("verify", help="check a bundle's files against its MANIFEST.sha256")
+    v.add_argument("bundle", help="bundle folder")
+    v.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("predict", help="score new DICOM studies with one or more bundles")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or folders")
+    p.add_argument("--bundle", action="append", required=True, help="bundle folder (repeat for one score column each)")
+    p.add_argument("--out", default="predictions.csv", help="study-level CSV to write (default predictions.csv)")
+    p.add_argument("--samples", help="also write per-image scores to this CSV")
+    p.add_argument("--merge", action="store_true", help="merge each adapter into its base for speed (same scores)")
+    p.add_argument("--salt", default=os.environ.get("MEDLORA_SALT", "medlora"),
+                   help="salt of the study keys (default: $MEDLORA_SALT, else medlora's default data.salt)")
+    p.add_argument("--no-verify", action="store_true", help="skip the MANIFEST.sha256 check of the bundles")
+    p.set_defaults(func=_cmd_predict)
+
+    r = sub.add_parser("register", help="register a run as an MLflow pyfunc model with alias 'candidate'")
+    r.add_argument("run_id", help="MLflow run id of a finished medlora run")
+    r.add_argument("--name", required=True, help="registered model name")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI")
+    r.add_argument("--bundle", help="an already exported bundle of that run (default: export one to a temp folder)")
+    r.set_defaults(func=_cmd_register)

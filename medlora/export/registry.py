@@ -1,0 +1,148 @@
+"""``medlora register``: a bundle as an MLflow pyfunc model in the Model Registry, alias ``candidate``.
+
+The pyfunc's artifacts are the bundle folder itself (adapter, ``medlora.json``, preprocessing, and
+the base weights when the bundle carries them, i.e. for a randomly initialised base) plus, for a
+``file`` base, that weights file; a ``hub`` base stays a reference (timm name + state sha256) that
+must be in the local hub cache where the model is loaded. :class:`MedloraPyfunc` rebuilds and
+verifies the base in ``load_context`` exactly as ``medlora predict`` does.
+
+``mlflow.pyfunc.load_model("models:/NAME@candidate").predict(frame)`` takes a DataFrame with a
+``path`` column (a DICOM file or a folder holding one study) and/or an ``image`` column (an
+already-preprocessed ``C×H×W`` array, as :func:`medlora.transforms.pipeline.build_transforms`
+makes) and returns one row per study: ``input`` (row number), ``study_key``, ``n_images``,
+``score``, ``call``, ``error``. Study keys are salted with ``MEDLORA_SALT`` (default ``medlora``,
+medlora's default ``data.salt``) read where the model is loaded, so the site secret is never
+stored with the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import BundleError
+from .loading import open_bundle
+from .manifest import require_verified
+
+log = logging.getLogger(__name__)
+CANDIDATE_ALIAS = "candidate"
+OUTPUT_COLUMNS = ["input", "study_key", "n_images", "score", "call", "error"]
+
+try:
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover - mlflow is a dependency
+    PythonModel = object  # type: ignore[misc,assignment]
+
+
+class MedloraPyfunc(PythonModel):
+    """An MLflow pyfunc over one bundle: base + adapter merged once at load time."""
+
+    def load_context(self, context: Any) -> None:
+        from .predict import Predictor
+
+        bundle = open_bundle(Path(context.artifacts["bundle"]))
+        if "base_weights" in context.artifacts:
+            bundle.meta["base"]["weights_path"] = context.artifacts["base_weights"]
+        self.predictor = Predictor([bundle], merge=True, salt=os.environ.get("MEDLORA_SALT", "medlora"))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Score each row's study path or preprocessed image; one output row per study."""
+        import torch
+
+        rows: list[dict[str, Any]] = []
+        bundle = self.predictor.bundles[0]
+        for i, rec in enumerate(model_input.to_dict("records")):
+            image, path = rec.get("image"), rec.get("path")
+            if image is not None and not (isinstance(image, float) and np.isnan(image)):
+                x = torch.as_tensor(np.asarray(image, dtype=np.float32)).unsqueeze(0)
+                score = float(self.predictor.score_tensors(0, x)[0])
+                rows.append({"input": i, "study_key": "", "n_images": 1, "score": score,
+                             "call": int(score >= bundle.threshold), "error": ""})
+                continue
+            if not path:
+                rows.append({"input": i, "study_key": "", "n_images": 0, "score": float("nan"), "call": 0,
+                             "error": "row has neither a path nor an image"})
+                continue
+            res = self.predictor.predict_files([Path(str(path))])
+            error = "; ".join(f"{Path(e.file).name}: {e.reason}" for e in res.errors.itertuples())
+            if res.studies.empty:
+                rows.append({"input": i, "study_key": "", "n_images": 0, "score": float("nan"), "call": 0,
+                             "error": error or "no readable image"})
+            for s in res.studies.itertuples():
+                rows.append({"input": i, "study_key": s.study_key, "n_images": int(s.n_images), "score": float(s.score),
+                             "call": int(s.call), "error": error})
+        return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def signature():
+    """Input: optional ``path`` (string) and ``image`` (C×H×W array); output: the study rows."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", "path", required=False),
+                     ColSpec(Array(Array(Array("double"))), "image", required=False)])
+    outputs = Schema([ColSpec("long", "input"), ColSpec("string", "study_key"), ColSpec("long", "n_images"),
+                      ColSpec("double", "score"), ColSpec("long", "call"), ColSpec("string", "error")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def pip_requirements() -> list[str]:
+    from .adapter import library_versions
+
+    v = library_versions()
+    return [f"medlora=={v['medlora']}", f"torch=={v['torch'].split('+')[0]}", f"timm=={v['timm']}", f"peft=={v['peft']}"]
+
+
+def register_bundle(bundle_dir: Path, name: str, run_id: str | None = None, tracking_uri: str | None = None,
+                    alias: str = CANDIDATE_ALIAS) -> tuple[str, str]:
+    """Log ``bundle_dir`` as a pyfunc (in run ``run_id`` when given), register it as ``name``, set ``alias``.
+
+    Returns ``(model_uri, version)`` where ``model_uri`` is ``models:/NAME@ALIAS``.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    bundle_dir = Path(bundle_dir)
+    require_verified(bundle_dir)
+    bundle = open_bundle(bundle_dir)
+    artifacts = {"bundle": str(bundle_dir)}
+    base = bundle.meta["base"]
+    if base["source"] == "file":
+        path = Path(base["weights_path"])
+        if not path.is_file():
+            raise BundleError(f"base weights {path} of bundle {bundle_dir} are not on this machine; cannot register")
+        artifacts["base_weights"] = str(path)
+    previous = mlflow.get_tracking_uri()
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id or bundle.meta.get("mlflow_run_id")):
+            info = mlflow.pyfunc.log_model(
+                name="medlora_model", python_model=MedloraPyfunc(), artifacts=artifacts, signature=signature(),
+                registered_model_name=name, pip_requirements=pip_requirements(),
+                metadata={"medlora_base": {k: base[k] for k in ("timm_name", "source", "sha256", "state_sha256")}},
+            )
+        version = str(info.registered_model_version)
+        MlflowClient().set_registered_model_alias(name, alias, version)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    log.info("registered %s version %s as @%s", name, version, alias)
+    return f"models:/{name}@{alias}", version
+
+
+def register_run(run_id: str, name: str, tracking_uri: str | None = None, bundle_dir: Path | None = None,
+                 **export_kwargs: Any) -> tuple[str, str]:
+    """Register run ``run_id`` (exported to a temporary bundle unless ``bundle_dir`` is given)."""
+    if bundle_dir is not None:
+        return register_bundle(bundle_dir, name, run_id, tracking_uri)
+    from .bundle import export_bundle
+
+    with tempfile.TemporaryDirectory(prefix="medlora-register-") as tmp:
+        bundle = export_bundle(run_id, Path(tmp) / "bundle", tracking_uri=tracking_uri, **export_kwargs)
+        return register_bundle(bundle, name, run_id, tracking_uri)

@@ -1,0 +1,124 @@
+"""The review content of a bundle: study-level predictions, evaluation plots, saliency examples.
+
+Everything here is computed from the run's per-sample ``predictions.csv`` (pseudonymous keys only)
+and, for the saliency examples, from the test images re-read through the run's data root. Those
+images are rendered as pixels with a caption naming the kind of example and its score: no file
+name, key or header value reaches the picture.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..errors import MedloraError
+from ..evaluate.operating_point import OperatingPoint
+from ..evaluate.stage import study_scores
+from .html import Figure
+
+log = logging.getLogger(__name__)
+KINDS = {("tp", 1, 1): "true positive", ("fn", 1, 0): "false negative", ("fp", 0, 1): "false positive",
+         ("tn", 0, 0): "true negative"}
+
+
+def study_predictions(samples: pd.DataFrame, threshold: float, how: str) -> pd.DataFrame:
+    """One row per study and split: pseudonymous keys, label, aggregated score and call."""
+    frames = []
+    for split, part in samples.groupby("split", sort=False):
+        frames.append(study_scores(part, how).frame().assign(split=split))
+    studies = pd.concat(frames, ignore_index=True)
+    studies["call"] = (studies["score"] >= threshold).astype(int)
+    return studies[["split", "study_key", "patient_key", "label", "score", "call"]]
+
+
+def sample_predictions(samples: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per-sample rows with the image-level call at the same threshold."""
+    out = samples[["split", "sample_id", "study_key", "patient_key", "label", "score"]].copy()
+    out["call"] = (out["score"] >= threshold).astype(int)
+    return out
+
+
+def write_plots(studies: pd.DataFrame, op: OperatingPoint, classes: tuple[str, str], folder: Path,
+                existing: dict[str, Path]) -> list[Figure]:
+    """ROC, PR, reliability and score histograms of the test studies; the run's own PNGs are reused."""
+    from ..evaluate.plots import plot_pr, plot_reliability, plot_roc, plot_score_histograms
+
+    test = studies[studies["split"] == "test"]
+    y, s = test["label"].to_numpy(), test["score"].to_numpy()
+    makers = {
+        "roc.png": ("ROC of the test studies with a bootstrap band and the operating point",
+                    lambda p: plot_roc(y, s, p, operating_point=op, clusters=test["patient_key"].to_numpy())),
+        "pr.png": ("Precision-recall of the test studies", lambda p: plot_pr(y, s, p, operating_point=op)),
+        "reliability.png": ("Reliability (calibration) of the test study scores", lambda p: plot_reliability(y, s, p)),
+        "score_histograms.png": ("Test study scores by class, with the threshold",
+                                 lambda p: plot_score_histograms(y, s, p, operating_point=op, class_names=classes)),
+    }
+    figures = []
+    for name, (caption, make) in makers.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name in existing:
+            path.write_bytes(existing[name].read_bytes())
+        else:
+            try:
+                make(path)
+            except MedloraError as err:  # e.g. one class only in the test set
+                log.warning("plot %s not drawn: %s", name, err)
+                continue
+        figures.append(Figure(path, caption))
+    return figures
+
+
+def pick_examples(studies: pd.DataFrame, samples: pd.DataFrame, per_kind: int = 2) -> list[tuple[str, str, Any]]:
+    """``(kind, sample_id, row)`` of the most confident test examples of each kind (TP, FN, FP, TN)."""
+    test = studies[studies["split"] == "test"]
+    picked = []
+    for (kind, label, call), _ in KINDS.items():
+        rows = test[(test["label"] == label) & (test["call"] == call)]
+        rows = rows.sort_values("score", ascending=(kind in ("fn", "tn"))).head(per_kind)
+        for row in rows.itertuples():
+            imgs = samples[(samples["split"] == "test") & (samples["study_key"] == row.study_key)]
+            picked.append((kind, imgs.sort_values("score", ascending=False)["sample_id"].iloc[0], row))
+    return picked
+
+
+def write_saliency(model: nn.Module, bundle_pre: tuple, examples: list[tuple[str, str, Any]],
+                   items: dict[str, dict[str, Any]], threshold: float, folder: Path) -> list[Figure]:
+    """Attention-rollout overlays of ``examples`` whose inputs are in ``items`` (sample id → MONAI item)."""
+    from ..transforms.pipeline import build_transforms
+    from .saliency import attention_rollout, display_image, save_overlay
+
+    pre, size, mean, std = bundle_pre
+    transform = build_transforms(pre, size, mean, std, train=False)
+    figures, counters = [], {}
+    for kind, sample_id, row in examples:
+        if sample_id not in items:
+            continue
+        image = transform(dict(items[sample_id]))["image"].as_subclass(torch.Tensor)
+        heat = attention_rollout(model, image)
+        counters[kind] = counters.get(kind, 0) + 1
+        name = dict((k[0], v) for k, v in KINDS.items())[kind]
+        caption = f"{name}: study score {row.score:.3f} (threshold {threshold:.3f})"
+        path = save_overlay(display_image(image, mean, std), heat, folder / f"{kind}_{counters[kind]}.png",
+                            f"{kind.upper()} {row.score:.3f}")
+        figures.append(Figure(path, caption))
+    return figures
+
+
+def sample_items(data: dict[str, Any], pre: Any, data_root: Path | None) -> dict[str, dict[str, Any]]:
+    """Sample id → MONAI item (file(s), kind, view), by re-ingesting the run's data root (nothing written)."""
+    from ..config import DataConfig
+    from ..io.ingest import run_ingest
+    from ..transforms.pipeline import manifest_items
+
+    raw = dict(data)
+    if data_root is not None:
+        raw["root"] = str(data_root)
+    cfg = DataConfig.model_validate(raw)
+    manifest = run_ingest(cfg, pre).manifest
+    return {item["sample_id"]: item for item in manifest_items(manifest, Path(cfg.root))}

@@ -1,0 +1,217 @@
+"""Compare the child runs of few-shot sweeps: read them back from MLflow, summarise, test, plot.
+
+A sweep is one parent run (tag ``medlora.role=sweep``) with one nested child run per
+(method, shots, seed) (tag ``medlora.role=child``; params ``method``, ``shots``, ``seed``). Exactly one
+FINISHED child counts per point: the latest one, if a point was ever rerun. Runs are read with
+:class:`mlflow.MlflowClient`, so everything here works on any tracking store (SQLite, a file
+store or an ``http://`` server).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import MedloraError
+
+log = logging.getLogger(__name__)
+
+ROLE_TAG, SWEEP_HASH_TAG, POINT_HASH_TAG = "medlora.role", "medlora.sweep_hash", "medlora.config_hash"
+SUPPORT_TAG = "medlora.support_hash"
+SUMMARY_METRICS = ("test_auroc", "test_auprc", "test_sensitivity", "test_specificity", "val_auroc", "train_seconds")
+METHOD_ORDER = ("lora", "linear_probe", "full")
+
+
+def shots_order(value: Any) -> float:
+    """Sort key of a shot count: numbers ascending, ``all`` last."""
+    return math.inf if str(value) == "all" else float(value)
+
+
+def search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
+    """Every run of ``experiment_id`` matching ``filter_string`` (all result pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def child_runs(client: Any, parent: Any) -> list[Any]:
+    """All nested runs of ``parent`` (any status)."""
+    return search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
+def children_frame(runs: Iterable[Any], finished_only: bool = True) -> pd.DataFrame:
+    """One row per child run: ids, status, ``method``/``shots``/``seed``, hashes and every metric.
+
+    With ``finished_only`` (the default) only FINISHED runs are kept and, per (method, shots, seed),
+    only the latest: a summary never counts a point twice.
+    """
+    rows = []
+    for r in runs:
+        p, t = r.data.params, r.data.tags
+        if t.get(ROLE_TAG) != "child" or (finished_only and r.info.status != "FINISHED"):
+            continue
+        rows.append({"run_id": r.info.run_id, "status": r.info.status, "end_time": r.info.end_time or 0,
+                     "method": p.get("method"), "shots": p.get("shots"), "seed": int(p.get("seed", -1)),
+                     "config_hash": t.get(POINT_HASH_TAG), "support_hash": t.get(SUPPORT_TAG), **r.data.metrics})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    if finished_only:
+        frame = frame.sort_values("end_time").drop_duplicates(["method", "shots", "seed"], keep="last")
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    keys = [(order.get(m, 99), shots_order(k), s) for m, k, s in zip(frame.method, frame.shots, frame.seed, strict=True)]
+    return frame.iloc[sorted(range(len(frame)), key=keys.__getitem__)].reset_index(drop=True)
+
+
+def summary_table(children: pd.DataFrame, metrics: Iterable[str] = SUMMARY_METRICS) -> pd.DataFrame:
+    """Mean and sd over seeds per (method, shots): columns ``method, shots, n_seeds, <m>_mean, <m>_sd``."""
+    rows = []
+    for (method, shots), g in children.groupby(["method", "shots"], sort=False):
+        row: dict[str, Any] = {"method": method, "shots": shots, "n_seeds": len(g)}
+        for m in metrics:
+            values = g[m].dropna().to_numpy(float) if m in g else np.array([])
+            row[f"{m}_mean"] = float(values.mean()) if len(values) else float("nan")
+            row[f"{m}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(mean: float, sd: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if math.isfinite(sd) else "")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of string cells."""
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def format_summary(summary: pd.DataFrame, metrics: Iterable[str] = SUMMARY_METRICS) -> pd.DataFrame:
+    """``summary_table`` with ``mean ± sd`` cells (seconds with one decimal, the rest with three)."""
+    out = summary[["method", "shots", "n_seeds"]].copy()
+    for m in metrics:
+        if f"{m}_mean" in summary:
+            digits = 1 if m.endswith("seconds") else 3
+            out[m] = [_cell(a, b, digits) for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_sd"], strict=True)]
+    return out
+
+
+def paired_delong(studies: Mapping[tuple[str, str, int], pd.DataFrame], reference: str = "lora") -> pd.DataFrame:
+    """DeLong's paired test of ``reference`` against every other method, per (shots, seed).
+
+    ``studies`` maps (method, shots, seed) to a per-test-study frame (``study_key, patient_key, label,
+    score``); the two methods are compared on the studies they share, clustered by patient.
+    """
+    from ..evaluate.delong import delong_test
+
+    rows = []
+    for (method, shots, seed), ref in studies.items():
+        if method != reference:
+            continue
+        for (other, shots2, seed2), frame in studies.items():
+            if other == reference or (shots2, seed2) != (shots, seed):
+                continue
+            both = ref.merge(frame, on=["study_key", "patient_key", "label"], suffixes=("_a", "_b"))
+            try:
+                res = delong_test(both["label"].to_numpy(), both["score_a"].to_numpy(), both["score_b"].to_numpy(),
+                                  clusters=both["patient_key"].to_numpy())
+            except MedloraError as err:
+                log.warning("DeLong %s vs %s at %s shots, seed %s: %s", reference, other, shots, seed, err)
+                continue
+            rows.append({"shots": shots, "seed": seed, "method_a": reference, "method_b": other,
+                         "n_studies": len(both), "auroc_a": res["auc1"], "auroc_b": res["auc2"], "diff": res["diff"],
+                         "diff_ci_low": res["diff_ci_low"], "diff_ci_high": res["diff_ci_high"], "p": res["p"]})
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.iloc[sorted(range(len(frame)), key=lambda i: (METHOD_ORDER.index(frame.method_b[i])
+                                  if frame.method_b[i] in METHOD_ORDER else 99, shots_order(frame.shots[i]),
+                                  frame.seed[i]))].reset_index(drop=True)
+    return frame
+
+
+def format_delong(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rounded DeLong rows for the Markdown summary."""
+    if frame.empty:
+        return frame
+    out = frame[["method_a", "method_b", "shots", "seed", "n_studies"]].copy()
+    out["auroc_a"], out["auroc_b"] = frame["auroc_a"].map("{:.3f}".format), frame["auroc_b"].map("{:.3f}".format)
+    out["diff [95% CI]"] = [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
+                            zip(frame["diff"], frame["diff_ci_low"], frame["diff_ci_high"], strict=True)]
+    out["p"] = frame["p"].map(lambda p: "n/a" if not math.isfinite(p) else f"{p:.3g}")
+    return out
+
+
+def plot_learning_curve(summary: pd.DataFrame, path: Path, metric: str = "test_auroc") -> Path:
+    """Mean ``metric`` against shots, one line per method, error bars = sd over seeds (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shots = sorted({str(s) for s in summary["shots"]}, key=shots_order)
+    fig = Figure(figsize=(5.5, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for method, g in summary.groupby("method", sort=False):
+        g = g.set_index(g["shots"].astype(str)).reindex(shots)
+        ax.errorbar(range(len(shots)), g[f"{metric}_mean"], yerr=g[f"{metric}_sd"].fillna(0.0), marker="o",
+                    capsize=3, label=str(method))
+    ax.set_xticks(range(len(shots)), [f"{s}" for s in shots])
+    ax.set_xlabel("patients per class in the training set (shots)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_ylim(top=1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _resolve_parents(client: Any, target: str) -> list[Any]:
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(target)
+    if exp is not None:
+        parents = search_all(client, exp.experiment_id, f"tags.`{ROLE_TAG}` = 'sweep'")
+        if not parents:
+            raise MedloraError(f"experiment {target!r} holds no few-shot sweep (no run tagged {ROLE_TAG}=sweep)")
+        return sorted(parents, key=lambda r: r.info.start_time, reverse=True)
+    try:
+        run = client.get_run(target)
+    except MlflowException:
+        raise MedloraError(f"{target!r} is neither an experiment name nor a run id in {client.tracking_uri}") from None
+    if run.data.tags.get(ROLE_TAG) == "child":
+        run = client.get_run(run.data.tags["mlflow.parentRunId"])
+    if run.data.tags.get(ROLE_TAG) != "sweep":
+        raise MedloraError(f"run {target} is not a few-shot sweep (tag {ROLE_TAG} is not 'sweep')")
+    return [run]
+
+
+def compare(target: str, tracking_uri: str | None = None) -> str:
+    """The summary table of every sweep in experiment ``target`` (newest first), or of parent run ``target``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    blocks = []
+    for parent in _resolve_parents(client, target):
+        children = children_frame(child_runs(client, parent))
+        head = (f"sweep {parent.info.run_id} ({parent.info.run_name}, {parent.info.status}): "
+                f"{len(children)} finished child runs")
+        if children.empty:
+            blocks.append(head)
+            continue
+        blocks.append(head + "\n" + markdown_table(format_summary(summary_table(children))))
+    return "\n\n".join(blocks)

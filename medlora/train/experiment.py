@@ -1,0 +1,119 @@
+"""Train one model, evaluate it at the study level and log both to the active MLflow run.
+
+Shared by every pipeline that trains a model (``classify`` trains one, ``fewshot`` one per sweep
+point), so the metric names, artifacts and evaluation protocol are the same everywhere:
+per-epoch ``train_loss``/``val_auroc``/``lr``; at the end ``val_auroc``, ``best_epoch``,
+:func:`~medlora.evaluate.report.flat_metrics` (``test_auroc``, ``test_auprc``, ``test_sensitivity``,
+``test_specificity`` with ``_ci_low``/``_ci_high``, ...), ``trainable_params``, ``train_seconds``,
+``train_images_per_second`` and ``peak_memory_mb``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config import Config
+from ..evaluate.report import EvaluationResult, flat_metrics, to_json
+from ..evaluate.stage import StudyScores, run_evaluate, study_auroc
+from ..tracking import mlflow_run as track
+from .inference import Predictions, predict
+from .loop import TrainResult, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExperimentResult:
+    """What :func:`train_and_evaluate` measured; ``metrics`` is exactly what was logged at the end."""
+
+    fit: TrainResult
+    val: Predictions
+    test: Predictions
+    evaluation: EvaluationResult
+    test_studies: StudyScores
+    metrics: dict[str, float]
+
+    def predictions(self) -> pd.DataFrame:
+        """Per-sample validation and test scores with a ``split`` column."""
+        return pd.concat([self.val.frame().assign(split="val"), self.test.frame().assign(split="test")])
+
+
+def experiment_name(cfg: Config, data: Any) -> str:
+    """The MLflow experiment: ``tracking.experiment``, else the data card's name, else ``data.name``."""
+    card = getattr(data, "card", None)
+    return cfg.tracking.experiment or (getattr(card, "name", None) if card is not None else None) or cfg.data.name
+
+
+def run_tags(cfg: Config, data: Any) -> dict[str, str]:
+    """Tags that say which data and code produced a run (dataset fingerprint, card, git commit, version)."""
+    from ..export.adapter import git_commit
+
+    tags = {"medlora.dataset": cfg.data.name, "medlora.dataset_fingerprint": data.fingerprint,
+            "medlora.pipeline": cfg.pipeline, "medlora.version": __version__}
+    commit = git_commit()
+    if commit:
+        tags["medlora.git_commit"] = commit
+    card = getattr(data, "card", None)
+    if card is not None:
+        tags["medlora.data_card.name"] = str(card.name)
+        tags["medlora.data_card.version"] = str(card.version)
+    return tags
+
+
+def log_dataset(data: Any, name: str, context: str) -> None:
+    """Log the de-identified manifest as the run's MLflow dataset input (``mlflow.log_input``)."""
+    import warnings
+
+    import mlflow
+
+    frame = data.public_manifest()
+    with warnings.catch_warnings():  # MLflow's hint about integer columns concerns model signatures, not inputs
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        dataset = mlflow.data.from_pandas(frame, name=name, targets="label" if "label" in frame else None,
+                                          digest=data.fingerprint)
+        mlflow.log_input(dataset, context=context)
+
+
+def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config, device: torch.device,
+                       trainable_params: int, out: Path | None = None) -> ExperimentResult:
+    """Train ``model`` on ``loaders['train']`` (early stopping on ``loaders['val']``), evaluate on
+    ``loaders['test']`` and log per-epoch and final metrics to the active MLflow run.
+
+    With ``out``, ``predictions.csv`` (per sample), ``test_studies.csv`` (per test study: the scores a
+    paired DeLong test compares) and ``metrics.json`` are written there and logged as artifacts.
+    """
+    how = cfg.preprocess.view.aggregate
+    abnormal = cfg.data.classes.index(cfg.data.abnormal)
+    result = fit(
+        model, loaders["train"], loaders["val"], cfg.train, device, abnormal,
+        val_metric=lambda p: study_auroc(p.frame(), how),
+        on_epoch=lambda e: track.log_metrics({"train_loss": e.train_loss, "val_auroc": e.val_auroc, "lr": e.lr},
+                                             step=e.epoch),
+    )
+    val, test = predict(model, loaders["val"], device, abnormal), predict(model, loaders["test"], device, abnormal)
+    evaluation, _, test_studies = run_evaluate(val.frame(), test.frame(), cfg.evaluate, how, seed=cfg.train.seed)
+    metrics = {**flat_metrics(evaluation), "val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch,
+               "train_seconds": result.train_seconds, "train_images_per_second": result.images_per_second,
+               "peak_memory_mb": result.peak_memory_mb, "trainable_params": trainable_params}
+    track.log_metrics(metrics, step=len(result.history))
+    done = ExperimentResult(result, val, test, evaluation, test_studies, metrics)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        done.predictions().to_csv(out / "predictions.csv", index=False)
+        test_studies.frame().to_csv(out / "test_studies.csv", index=False)
+        (out / "metrics.json").write_text(json.dumps(to_json(evaluation), indent=2, default=float))
+        for name in ("predictions.csv", "test_studies.csv", "metrics.json"):
+            track.log_artifact(out / name)
+    log.info("val_auroc=%.3f test_auroc=%.3f (%.1f s training)", result.best_val_auroc,
+             metrics.get("test_auroc", float("nan")), result.train_seconds)
+    return done

@@ -1,0 +1,97 @@
+"""Frozen-backbone features computed once and reused by every linear probe of a sweep.
+
+A linear probe trains only the classifier head on top of a frozen backbone, so the backbone's
+output for a sample never changes: it is computed once (eval mode, no augmentation) and cached per
+sample. The probe then trains the head on the cached vectors, which is a few matrix products per
+epoch instead of a ViT forward pass per image. Because the features are computed once, the linear
+probe sees **no augmentation** (LoRA and full fine-tuning do).
+
+The feature of an image is timm's pre-logits output
+(``model.forward_head(model.forward_features(x), pre_logits=True)``), so
+``head(feature) == model(image)`` in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..device import autocast_dtype
+from ..models.backbone import head_name
+
+log = logging.getLogger(__name__)
+KEYS = ("sample_id", "study_key", "patient_key")
+
+
+@dataclass
+class FeatureSet:
+    """Cached pre-logits features of one dataset, aligned with its samples."""
+
+    features: torch.Tensor  # (n, d) float32, CPU
+    label: np.ndarray
+    keys: dict[str, list[str]]
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The timm model's input to its classifier head."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, loader, device: torch.device, desc: str = "features") -> FeatureSet:
+    """Run the frozen backbone once over ``loader`` (eval mode) and keep its pre-logits features."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    dtype = autocast_dtype(device)
+    t0 = time.perf_counter()
+    feats, labels, keys = [], [], {k: [] for k in KEYS}
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty()):
+        x = batch["image"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            f = pre_logits(model, x)
+        feats.append(f.float().cpu())
+        labels.append(np.asarray(batch["label"]))
+        for k in KEYS:
+            keys[k] += list(batch[k])
+    out = FeatureSet(torch.cat(feats), np.concatenate(labels).astype(int), keys, time.perf_counter() - t0)
+    log.info("%s: %d features of size %d in %.1f s", desc, len(out), out.features.shape[1], out.seconds)
+    return out
+
+
+class FeatureDataset(Dataset):
+    """Cached features as a dataset of MONAI-style dicts (``image`` holds the feature vector), so the
+    ordinary training loop and :func:`~medlora.train.inference.predict` work on them unchanged."""
+
+    def __init__(self, features: FeatureSet, positions: np.ndarray | None = None) -> None:
+        self.features = features
+        self.positions = np.arange(len(features)) if positions is None else np.asarray(positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> Mapping[str, Any]:
+        j = int(self.positions[i])
+        return {"image": self.features.features[j], "label": int(self.features.label[j]),
+                **{k: v[j] for k, v in self.features.keys.items()}}
+
+
+def probe_head(model: nn.Module) -> nn.Module:
+    """The model's classifier head (the module a linear probe trains), trainable."""
+    head = model.get_submodule(head_name(model))
+    for p in head.parameters():
+        p.requires_grad = True
+    return head

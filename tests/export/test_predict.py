@@ -1,0 +1,171 @@
+"""``medlora predict``: reproduces the run's test scores, refuses a different base, shares one base
+between bundles, merges without changing scores, reports bad inputs per file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def predicted(bundle_dir, test_split, finished_run, tmp_path_factory):
+    """CLI predict on the test files plus a broken file and a missing path: (studies, samples, stdout)."""
+    from medlora.cli import main
+
+    _, cfg, _ = finished_run
+    tmp = tmp_path_factory.mktemp("predict")
+    broken = tmp / "broken.dcm"
+    broken.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    out = tmp / "predictions.csv"
+    args = ["predict", *map(str, test_split["file"]), str(broken), str(tmp / "missing"),
+            "--bundle", str(bundle_dir), "--out", str(out), "--samples", str(tmp / "samples.csv"),
+            "--salt", cfg.data.salt]
+    assert main(args) == 0
+    return pd.read_csv(out), pd.read_csv(tmp / "samples.csv")
+
+
+def test_predict_reproduces_test_scores_and_calls(predicted, bundle_dir):
+    studies, samples = predicted
+    expected = pd.read_csv(bundle_dir / "predictions.csv").query("split == 'test'").set_index("study_key")
+    assert sorted(studies["study_key"]) == sorted(expected.index)
+    got = studies.set_index("study_key").loc[expected.index]
+    np.testing.assert_allclose(got["score"], expected["score"], atol=1e-5)
+    assert (got["call"] == expected["call"]).all()
+    exp_samples = pd.read_csv(bundle_dir / "predictions_samples.csv").set_index("sample_id")
+    np.testing.assert_allclose(samples["score"], exp_samples.loc[samples["sample_id"], "score"], atol=1e-5)
+
+
+def test_bad_inputs_are_reported_and_do_not_stop_the_others(bundle_dir, tmp_path):
+    from medlora.export.predict import predict_bundles
+
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"not a dicom file")
+    res = predict_bundles([bundle_dir], [broken, tmp_path / "missing"])
+    assert res.studies.empty
+    assert set(res.errors["file"]) == {str(broken), str(tmp_path / "missing")}
+    assert res.errors["reason"].str.len().min() > 5
+
+
+def _rewrite_manifest(folder: Path) -> None:
+    from medlora.export.manifest import write_manifest
+
+    write_manifest(folder)
+
+
+@pytest.mark.parametrize("how", ["other_base_file", "other_sha_in_metadata"])
+def test_a_bundle_on_a_different_base_is_refused(bundle_copy, how):
+    import json
+
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from medlora.errors import BundleError
+    from medlora.export.predict import Predictor
+    from medlora.models.backbone import base_state
+
+    meta_file = bundle_copy / "medlora.json"
+    meta = json.loads(meta_file.read_text())
+    if how == "other_base_file":
+        torch.manual_seed(123)
+        b = meta["base"]
+        other = timm.create_model(b["timm_name"], pretrained=False, num_classes=b["num_classes"], **b["timm_kwargs"])
+        save_file(base_state(other), bundle_copy / "base" / "base.safetensors")
+    else:
+        meta["base"]["sha256"] = "0" * 64
+        meta_file.write_text(json.dumps(meta))
+    _rewrite_manifest(bundle_copy)  # a consistent bundle, but on the wrong base
+    with pytest.raises(BundleError, match="different base"):
+        Predictor.from_paths([bundle_copy])
+
+
+def test_predict_refuses_a_tampered_bundle(bundle_copy):
+    from medlora.errors import BundleError
+    from medlora.export.predict import Predictor
+
+    (bundle_copy / "metrics.json").write_text("{}")
+    with pytest.raises(BundleError, match="changed: metrics.json"):
+        Predictor.from_paths([bundle_copy])
+
+
+@pytest.fixture(scope="module")
+def second_bundle(bundle_dir, tmp_path_factory) -> Path:
+    """Another adapter on the same base: the first one's LoRA B matrices and head scaled."""
+    from safetensors.torch import load_file, save_file
+
+    dst = Path(shutil.copytree(bundle_dir, tmp_path_factory.mktemp("second") / "second"))
+    path = dst / "adapter" / "adapter_model.safetensors"
+    state = load_file(path)
+    state = {k: v * (1.7 if "lora_B" in k or "head" in k else 1.0) for k, v in state.items()}
+    save_file(state, path, metadata={"format": "pt"})
+    _rewrite_manifest(dst)
+    return dst
+
+
+def test_two_bundles_share_one_base_and_match_each_alone(bundle_dir, second_bundle, test_split, monkeypatch):
+    from medlora.export import predict as predict_mod
+
+    files = list(test_split["file"])
+    alone = [predict_mod.predict_bundles([b], files).studies.set_index("study_key")["score"]
+             for b in (bundle_dir, second_bundle)]
+    loads = []
+    real = predict_mod.load_base
+    monkeypatch.setattr(predict_mod, "load_base", lambda b: loads.append(b) or real(b))
+    both = predict_mod.predict_bundles([bundle_dir, second_bundle], files).studies.set_index("study_key")
+    assert len(loads) == 1, "the shared base must be loaded once"
+    assert list(both.columns) == ["n_images", "score_review", "call_review", "score_second", "call_second"]
+    np.testing.assert_allclose(both["score_review"], alone[0].loc[both.index], atol=1e-6)
+    np.testing.assert_allclose(both["score_second"], alone[1].loc[both.index], atol=1e-6)
+    assert np.abs(both["score_review"] - both["score_second"]).max() > 1e-3, "the two adapters must differ"
+
+
+def test_merged_adapter_gives_the_same_scores(bundle_dir, second_bundle, test_split):
+    from medlora.export.predict import predict_bundles
+
+    files = list(test_split["file"])
+    plain = predict_bundles([bundle_dir, second_bundle], files).samples
+    merged = predict_bundles([bundle_dir, second_bundle], files, merge=True).samples
+    for col in ("score_review", "score_second"):
+        np.testing.assert_allclose(merged[col], plain[col], atol=1e-5)
+
+
+def test_predict_cuts_volumes_into_the_bundles_views_like_ingest(bundle_copy, tmp_path):
+    """An 8-slice CT series is a volume: predict yields ingest's samples (ids and pixels) for a view config."""
+    import json
+
+    import torch
+
+    from medlora.config import DataConfig, SynthConfig
+    from medlora.export.loading import load_model, open_bundle
+    from medlora.export.manifest import write_manifest
+    from medlora.export.predict import predict_bundles
+    from medlora.io.ingest import run_ingest
+    from medlora.io.synth import write_phantoms
+    from medlora.transforms.pipeline import build_transforms, manifest_items
+
+    meta = json.loads((bundle_copy / "medlora.json").read_text())
+    meta["preprocess"]["view"] = {"kind": "every_k", "k": 3, "slab": 5, "axis": 2, "aggregate": "max"}
+    meta["samples"] = {"volume_min_slices": 8, "volume_modalities": ["CT"]}
+    (bundle_copy / "medlora.json").write_text(json.dumps(meta))
+    write_manifest(bundle_copy)
+    root = tmp_path / "volumes"
+    write_phantoms(root, SynthConfig(patients=6, images_per_patient=8, size=32, seed=3))
+    res = predict_bundles([bundle_copy], [root])
+    assert res.errors.empty and len(res.studies) == 6
+
+    bundle = open_bundle(bundle_copy)
+    pre, size, mean, std = bundle.preprocess()
+    manifest = run_ingest(DataConfig(root=root, volume_min_slices=8), pre).manifest
+    assert set(manifest["kind"]) == {"series"} and set(res.samples["sample_id"]) == set(manifest["sample_id"])
+    items = manifest_items(manifest, root)
+    transform = build_transforms(pre, size, mean, std, train=False)
+    x = torch.stack([transform(it)["image"].as_subclass(torch.Tensor) for it in items])
+    with torch.no_grad():
+        expected = torch.softmax(load_model(bundle)(x), 1)[:, bundle.abnormal_index].numpy()
+    got = res.samples.set_index("sample_id").loc[[it["sample_id"] for it in items], "score"]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert (res.studies["n_images"] == manifest.groupby("study_key").size().loc[res.studies["study_key"]].to_numpy()).all()

@@ -1,0 +1,67 @@
+"""A sweep logged to a real ``mlflow server`` (SQLite backend, local artifacts) and read back over HTTP."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--artifacts-destination", str(tmp_path / "server-artifacts")]
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_sweep_runs_read_back_over_http(phantom_root, tmp_path, sweep_config, mlflow_server, capsys):
+    from mlflow import MlflowClient
+
+    from medlora.cli import main
+
+    cfg, cfg_file = sweep_config(phantom_root, tmp_path, **{"tracking.uri": mlflow_server, "fewshot.shots": "[1]",
+                                                            "fewshot.seeds": "[0]",
+                                                            "fewshot.methods": "[lora, linear_probe]"})
+    assert main(["run", str(cfg_file), "--out", str(tmp_path / "out")]) == 0
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(cfg.data.name)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`medlora.role` = 'sweep'")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.params["method"] for r in children) == ["linear_probe", "lora"]
+    assert all(r.info.status == "FINISHED" and "test_auroc" in r.data.metrics for r in children)
+    assert {"summary.csv", "summary.md", "learning_curve.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    capsys.readouterr()
+    assert main(["compare", cfg.data.name, "--tracking-uri", mlflow_server]) == 0
+    printed = capsys.readouterr().out
+    assert "| lora | 1 | 1 |" in printed and "| linear_probe | 1 | 1 |" in printed

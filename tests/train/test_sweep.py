@@ -1,0 +1,100 @@
+"""A tiny few-shot sweep (2 shot counts x 2 seeds x 3 methods) tracked as MLflow parent + child runs."""
+
+import math
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+
+CHILD_PARAMS = {"method", "shots", "seed", "backbone", "lr", "epochs", "support_hash", "support_patients"}
+LORA_PARAMS = {"lora_r", "lora_alpha", "lora_targets"}
+CHILD_METRICS = {"val_auroc", "test_auroc", "test_auprc", "test_sensitivity", "test_specificity",
+                 "test_auroc_ci_low", "test_auroc_ci_high", "test_sensitivity_ci_low", "test_specificity_ci_high",
+                 "trainable_params", "train_seconds", "train_images_per_second", "peak_memory_mb"}
+
+
+def sweep_runs(cfg):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.data.name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("medlora.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("medlora.role") == "child"]
+    return client, parents, children
+
+
+def test_parent_and_nested_children_carry_the_comparison_names(finished_sweep):
+    cfg, _, _, _ = finished_sweep
+    client, parents, children = sweep_runs(cfg)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert len(children) == 12 and {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    keys = {(r.data.params["method"], r.data.params["shots"], r.data.params["seed"]) for r in children}
+    assert keys == {(m, k, s) for m in ("lora", "linear_probe", "full") for k in ("1", "2") for s in ("0", "1")}
+    for r in children:
+        assert CHILD_PARAMS <= set(r.data.params), r.info.run_name
+        assert (LORA_PARAMS <= set(r.data.params)) == (r.data.params["method"] == "lora")
+        assert CHILD_METRICS <= set(r.data.metrics), CHILD_METRICS - set(r.data.metrics)
+        assert 0.0 <= r.data.metrics["test_auroc"] <= 1.0 and r.data.metrics["trainable_params"] > 0
+        assert r.data.tags["medlora.config_hash"] and r.data.tags["medlora.dataset_fingerprint"]
+        (dataset,) = [d.dataset for d in r.inputs.dataset_inputs]
+        assert dataset.digest == r.data.tags["medlora.dataset_fingerprint"] and dataset.name == cfg.data.name
+    tags = parent.data.tags
+    assert {"medlora.sweep_hash", "medlora.dataset_fingerprint", "medlora.version"} <= set(tags)
+    from medlora.export.adapter import git_commit
+
+    assert tags.get("medlora.git_commit") == git_commit()  # None outside a git checkout
+    lp = {r.data.params["method"]: r.data.metrics["trainable_params"] for r in children}
+    assert lp["linear_probe"] < lp["lora"] < lp["full"]
+
+
+def test_every_method_sees_the_same_support_set_and_seeds_differ(finished_sweep):
+    cfg, _, _, _ = finished_sweep
+    _, _, children = sweep_runs(cfg)
+    frame = pd.DataFrame([{**r.data.params, "tag": r.data.tags["medlora.support_hash"]} for r in children])
+    assert (frame["support_hash"] == frame["tag"]).all()
+    per_point = frame.groupby(["shots", "seed"])["support_hash"].nunique()
+    assert (per_point == 1).all()  # one support set per (shots, seed), whatever the method
+    assert frame.groupby("shots")["support_hash"].nunique().to_dict() == {"1": 2, "2": 2}
+    assert set(frame.loc[frame.shots == "1", "support_patients"]) == {"2"}  # 1 patient x 2 classes
+
+
+def test_parent_holds_summary_delong_and_learning_curve(finished_sweep):
+    cfg, _, out, printed = finished_sweep
+    client, (parent,), _ = sweep_runs(cfg)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.csv", "summary.md", "delong.csv", "learning_curve.png", "config.yaml"} <= artifacts
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 6 and set(summary["n_seeds"]) == {2}
+    assert {"test_auroc_mean", "test_auroc_sd", "test_auprc_mean", "test_sensitivity_mean"} <= set(summary.columns)
+    delong = pd.read_csv(out / "delong.csv")
+    assert set(zip(delong.method_a, delong.method_b, strict=True)) == {("lora", "linear_probe"), ("lora", "full")}
+    assert len(delong) == 8 and delong["n_studies"].min() >= 10  # (2 shots x 2 seeds) x 2 comparisons
+    md = (out / "summary.md").read_text()
+    assert "± " in md and "DeLong" in md and "| lora | linear_probe |" in md
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| linear_probe | 2 | 2 |" in printed  # the CLI prints the same table
+
+
+def test_rerun_skips_finished_children_and_marks_stale_running_ones_killed(finished_sweep):
+    """Resume in-process: a RUNNING child of a dead process becomes KILLED; nothing is trained or counted twice."""
+    from medlora.cli import main
+
+    cfg, cfg_file, out, _ = finished_sweep
+    client, (parent,), children = sweep_runs(cfg)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = client.create_run(parent.info.experiment_id, run_name="lora-1shot-seed0", tags={
+        "mlflow.parentRunId": parent.info.run_id, "medlora.role": "child", "medlora.host": socket.gethostname(),
+        "medlora.pid": str(dead.pid), "medlora.config_hash": children[0].data.tags["medlora.config_hash"]})
+    client.log_param(stale.info.run_id, "method", "lora")
+    assert main(["run", str(cfg_file), "--out", str(out)]) == 0
+    client, parents, after = sweep_runs(cfg)
+    assert [p.info.run_id for p in parents] == [parent.info.run_id]
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    finished = [r for r in after if r.info.status == "FINISHED"]
+    assert sorted(r.info.run_id for r in finished) == sorted(r.info.run_id for r in children)
+    assert len(pd.read_csv(out / "summary.csv")) == 6 and not math.isnan(pd.read_csv(out / "summary.csv").n_seeds.sum())
