@@ -26,7 +26,7 @@ from benchmarks.harness import format_table, machine_info, run_isolated  # noqa:
 
 FULL: dict[str, Any] = {
     "model": "vit_small_patch16_224", "kwargs": {}, "sizes": [224, 112], "batch": 32,
-    "warmup": 1, "steps": {224: 3, 112: 5}, "gemm_n": 4096,
+    "warmup": 1, "steps": {224: 4, 112: 6}, "gemm_n": 4096,
     "pipeline": {"images": 64, "epochs": 2},
     "inference": {"batches": 3},
     "ablation_size": 112,
@@ -63,6 +63,7 @@ def run_train_steps(s: dict, gemm: float, isolate: bool) -> list[dict]:
                 "impl": impl, "method": method, "model_name": s["model"], "model_kwargs": s["kwargs"], "size": size,
                 "batch": s["batch"], "warmup": s["warmup"], "steps": s["steps"][size]}, isolate)
             r["gemm_fraction"] = r["gflops_achieved"] / gemm if r.get("gflops_achieved") else None
+            r["gemm_fraction_best"] = r["gflops_achieved_best"] / gemm if r.get("gflops_achieved_best") else None
             r["rss_train_increment_mb"] = r["rss_peak_mb"] - r["rss_before_train_mb"]
             rows.append(r)
     return rows
@@ -88,6 +89,7 @@ def run_ablations(s: dict, gemm: float, isolate: bool) -> list[dict]:
             "batch": s["batch"], "warmup": s["warmup"], "steps": s["steps"][size], **kwargs}, isolate, env=env)
         r["variant"] = name
         r["gemm_fraction"] = r["gflops_achieved"] / gemm if r.get("gflops_achieved") else None
+        r["gemm_fraction_best"] = r["gflops_achieved_best"] / gemm if r.get("gflops_achieved_best") else None
         rows.append(r)
     return rows
 
@@ -136,17 +138,17 @@ def _verdict(value: float | None, target: float, higher_is_better: bool) -> str:
 def report(res: dict[str, Any]) -> str:
     gemm = res["gemm"]["gflops_best"]
     out = ["## Machine", "", format_table([res["machine"]], list(res["machine"])), "",
-           f"fp32 GEMM peak (torch.mm {res['gemm']['n']}³, best of {res['gemm'].get('repeats', 5)}): "
+           f"fp32 GEMM peak (torch.mm {res['gemm']['n']}³, best of 8): "
            f"**{gemm:.1f} GFLOP/s** (median {res['gemm']['gflops_median']:.1f})", "", "## Training step", ""]
-    cols = ["impl", "method", "size", "batch", "step_s", "images_per_s", "flops_per_step_g", "gflops_achieved",
-            "gemm_fraction", "rss_before_train_mb", "rss_peak_mb", "rss_train_increment_mb", "train_state_mb",
+    cols = ["impl", "method", "size", "batch", "step_s", "step_s_min", "images_per_s", "flops_per_step_g",
+            "gflops_achieved", "gemm_fraction", "gemm_fraction_best", "rss_before_train_mb", "rss_peak_mb", "rss_train_increment_mb", "train_state_mb",
             "trainable_params"]
     for r in res["train_step"] + res["ablation"]:
         r["flops_per_step_g"] = r["flops_per_step"] / 1e9 if r.get("flops_per_step") else None
     out += [format_table(res["train_step"], cols), ""]
     if res["ablation"]:
         out += ["### One change at a time (medlora LoRA step)", "",
-                format_table(res["ablation"], ["variant", "size", "step_s", "images_per_s", "gemm_fraction",
+                format_table(res["ablation"], ["variant", "size", "step_s", "step_s_min", "images_per_s", "gemm_fraction",
                                                "rss_peak_mb", "train_state_mb"]), ""]
     out += ["## Epoch time on DICOM and the data pipeline's share (epochs after the first)", "",
             format_table(res["pipeline"], ["impl", "size", "batch", "images", "setup_s", "first_epoch_incl_setup_s",
@@ -178,8 +180,10 @@ def targets(res: dict[str, Any]) -> list[dict]:
         rows.append({"target": name, "goal": goal, "measured": value, "verdict": _verdict(value, TARGETS[higher[0]],
                                                                                            higher[1])})
 
-    add(f"LoRA step GEMM fraction @{big}px (naive {naive['gemm_fraction']:.2f})", ">= 0.80", lora["gemm_fraction"],
-        ("lora_gemm_fraction", True))
+    add(f"LoRA step GEMM fraction @{big}px, median step (naive {naive['gemm_fraction']:.2f})", ">= 0.80",
+        lora["gemm_fraction"], ("lora_gemm_fraction", True))
+    add(f"LoRA step GEMM fraction @{big}px, fastest step (naive {naive['gemm_fraction_best']:.2f})", ">= 0.80",
+        lora["gemm_fraction_best"], ("lora_gemm_fraction", True))
     for size in res["settings"]["sizes"]:
         n, m = pick(res["pipeline"], impl="naive", size=size), pick(res["pipeline"], impl="medlora", size=size)
         add(f"epoch speed-up vs naive on DICOM @{size}px", ">= 1.5x", n["epoch_s"] / m["epoch_s"], ("epoch_speedup", True))
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                            "machine": machine_info(), "train_step": [], "ablation": [], "pipeline": [], "sweep": [],
                            "inference": []}
     _log("gemm peak")
-    res["gemm"] = run_isolated("benchmarks.gemm_peak:gemm_peak", {"n": s["gemm_n"]}, isolate)
+    res["gemm"] = run_isolated("benchmarks.gemm_peak:gemm_peak", {"n": s["gemm_n"], "repeats": 8}, isolate)
     gemm = res["gemm"]["gflops_best"]
     with tempfile.TemporaryDirectory(prefix="medlora-bench-") as tmp:
         data_dir = Path(tmp)

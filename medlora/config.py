@@ -216,6 +216,15 @@ class FewShotConfig(_Strict):
         return self
 
 
+class OneClassConfig(_Strict):
+    """One-class anomaly mode (``pipeline: oneclass``): fit on normal training studies only; the
+    anomaly score is a distance in the ViT's feature space."""
+
+    score: Literal["knn", "mahalanobis"] = "knn"
+    k: int = Field(5, ge=1)  # neighbours of the kNN score
+    adapter: Path | None = None  # a medlora export (adapter/ + medlora.json): features after LoRA adaptation
+
+
 class Config(_Strict):
     pipeline: str = "classify"
     data: DataConfig
@@ -225,6 +234,7 @@ class Config(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     fewshot: FewShotConfig | None = None
+    oneclass: OneClassConfig = Field(default_factory=OneClassConfig)
 
 
 def _parse_value(text: str) -> Any:
@@ -304,6 +314,7 @@ def _resolve_paths(cfg: Config, base_dir: Path) -> None:
     cfg.data.cache_dir = fix(cfg.data.cache_dir)
     cfg.data.split.file = fix(cfg.data.split.file)
     cfg.model.weights = fix(cfg.model.weights)
+    cfg.oneclass.adapter = fix(cfg.oneclass.adapter)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None) -> Config:

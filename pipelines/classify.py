@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from medlora.config import Config, config_to_dict
-from medlora.device import resolve_device
+from medlora.device import configure_threads, resolve_device
 from medlora.evaluate.plots import plot_roc
 from medlora.export.adapter import write_export
 from medlora.export.bundle import export_bundle
@@ -42,6 +42,7 @@ def run(cfg: Config, out: Path) -> RunSummary:
         built = build_model(cfg, out)
         track.log_metrics({"trainable_params": built.params.trainable, "total_params": built.params.total})
         device = resolve_device(cfg.train.device)
+        configure_threads(cfg.train.threads)
         model = built.model.to(device)
         loaders = make_loaders(data, cfg, built.data_config)
         result = train_and_evaluate(model, loaders, cfg, device, built.params.trainable, out=out)

@@ -32,7 +32,7 @@ def make_datasets(data: PreparedData, cfg: Config, input_cfg: dict[str, Any], sp
     for split in splits:
         train = split == "train" and augment_train
         items = manifest_items(data.split(split), data.root)
-        out[split] = build_dataset(items, build_transforms(cfg.preprocess, size, mean, std, train=train), data_cfg, fp)
+        out[split] = build_dataset(items, build_transforms(cfg.preprocess, size, mean, std, train=train, seed=cfg.train.seed), data_cfg, fp)
     return out
 
 

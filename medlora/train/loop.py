@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..device import autocast_dtype
+from ..device import autocast_dtype, maybe_compile
 from .inference import Predictions, predict
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def fit(
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
     dtype = autocast_dtype(device)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = maybe_compile(model, cfg.compile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -146,8 +146,13 @@ class LoadSampled(MapTransform):
         return d
 
 
-def build_transforms(pre: PreprocessConfig, size: int, mean: Sequence[float], std: Sequence[float], train: bool):
-    """The transform chain for one split. ``size``/``mean``/``std`` come from the model's data config."""
+def build_transforms(pre: PreprocessConfig, size: int, mean: Sequence[float], std: Sequence[float], train: bool,
+                     seed: int = 0):
+    """The transform chain for one split. ``size``/``mean``/``std`` come from the model's data config.
+
+    Random augmentation (training only) draws from a generator seeded with ``seed``, so a run is
+    repeatable.
+    """
     from monai.transforms import (
         Compose,
         EnsureTyped,
@@ -169,7 +174,7 @@ def build_transforms(pre: PreprocessConfig, size: int, mean: Sequence[float], st
             RandFlipd(keys="image", prob=0.5, spatial_axis=1),
             RandAffined(keys="image", prob=0.5, rotate_range=0.15, scale_range=0.1, translate_range=(0.05 * size,) * 2, padding_mode="border"),
         ]
-    return Compose(chain)
+    return Compose(chain).set_random_state(seed=seed)
 
 
 def manifest_items(manifest: pd.DataFrame, root: Path) -> list[dict[str, Any]]:

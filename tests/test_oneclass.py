@@ -1,0 +1,59 @@
+"""One-class anomaly mode: fitted on normal studies only, it still finds the phantom nodules."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medlora.errors import InputError
+from medlora.models.anomaly import AnomalyScorer
+
+
+@pytest.mark.parametrize("kind", ["knn", "mahalanobis"])
+def test_scorer_ranks_outliers_above_normals(kind):
+    rng = np.random.default_rng(0)
+    centre = np.full(16, 3.0)  # embeddings are not centred at the origin
+    normal = rng.normal(size=(200, 16)) + centre
+    inliers = rng.normal(size=(50, 16)) + centre
+    outliers = rng.normal(size=(50, 16)) + centre + np.r_[8.0, -8.0, np.zeros(14)]
+    scorer = AnomalyScorer(kind, k=5).fit(normal)
+    s_in, s_out = scorer.score(inliers), scorer.score(outliers)
+    assert s_out.mean() > s_in.mean()
+    assert (s_out[:, None] > s_in[None, :]).mean() > 0.9  # AUROC of the scores
+
+
+def test_scorer_errors():
+    with pytest.raises(InputError, match="at least 2 normal"):
+        AnomalyScorer().fit(np.zeros((1, 4)))
+    with pytest.raises(InputError, match="not been fitted"):
+        AnomalyScorer().score(np.zeros((1, 4)))
+    with pytest.raises(InputError, match="allowed: knn, mahalanobis"):
+        AnomalyScorer("lof").fit(np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("score", ["knn", "mahalanobis"])
+def test_oneclass_pipeline_detects_lesions(phantom_root, tmp_path, score):
+    from mlflow import MlflowClient
+
+    from conftest import tiny_config
+    from pipelines.oneclass import run
+
+    cfg = tiny_config(phantom_root, tmp_path, pipeline="oneclass", **{"oneclass.score": score})
+    summary = run(cfg, tmp_path / "out")
+    assert summary.metrics["test_auroc"] > 0.8, summary.metrics["test_auroc"]  # chance is 0.5
+    run_ = MlflowClient(cfg.tracking.uri).get_run(summary.run_id)
+    assert run_.data.metrics["test_auroc"] == pytest.approx(summary.metrics["test_auroc"])
+    assert "test_brier" not in run_.data.metrics  # distances are not probabilities
+    preds = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert set(preds["split"]) == {"val", "test"}
+
+
+def test_oneclass_on_lora_adapted_features(finished_run, tmp_path):
+    """Features after LoRA adaptation: the adapter of the session's finished run on its verified base."""
+    from conftest import tiny_config
+    from pipelines.oneclass import run
+
+    out, cfg, _ = finished_run
+    cfg1 = tiny_config(cfg.data.root, tmp_path, pipeline="oneclass", **{"oneclass.adapter": str(out)})
+    cfg1.data.split.file = cfg.data.split.file  # the adapter's own split: no test study was seen in training
+    summary = run(cfg1, tmp_path / "out")
+    assert summary.metrics["test_auroc"] > 0.8
