@@ -27,7 +27,7 @@ from benchmarks.harness import format_table, machine_info, run_isolated  # noqa:
 FULL: dict[str, Any] = {
     "model": "vit_small_patch16_224", "kwargs": {}, "sizes": [224, 112], "batch": 32,
     "warmup": 1, "steps": {224: 4, 112: 6}, "gemm_n": 4096,
-    "pipeline": {"images": 64, "epochs": 2},
+    "pipeline": {"images": 96, "epochs": 2},
     "inference": {"batches": 3},
     "ablation_size": 112,
     "sweep": {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 4, "depth": 6, "global_pool": "avg"},
@@ -77,9 +77,7 @@ def run_ablations(s: dict, gemm: float, isolate: bool) -> list[dict]:
     variants = [  # (name, measure_train_step kwargs, extra environment of the child process)
         ("config default (lora dropout 0.1)", {"lora": {"dropout": 0.1}}, {}),
         ("lora dropout 0", {"lora": {"dropout": 0.0}}, {}),
-        ("dropout 0 + keep_cpu_memory_mapped", {"lora": {"dropout": 0.0}, "keep_memory_mapped": True}, {}),
         ("dropout 0 + THP_MEM_ALLOC_ENABLE=1", {"lora": {"dropout": 0.0}}, {"THP_MEM_ALLOC_ENABLE": "1"}),
-        ("dropout 0 + both", {"lora": {"dropout": 0.0}, "keep_memory_mapped": True}, {"THP_MEM_ALLOC_ENABLE": "1"}),
     ]
     rows = []
     for name, kwargs, env in variants:
@@ -138,8 +136,9 @@ def _verdict(value: float | None, target: float, higher_is_better: bool) -> str:
 def report(res: dict[str, Any]) -> str:
     gemm = res["gemm"]["gflops_best"]
     out = ["## Machine", "", format_table([res["machine"]], list(res["machine"])), "",
-           f"fp32 GEMM peak (torch.mm {res['gemm']['n']}³, best of 8): "
-           f"**{gemm:.1f} GFLOP/s** (median {res['gemm']['gflops_median']:.1f})", "", "## Training step", ""]
+           f"fp32 GEMM peak (torch.mm {res['gemm']['n']}³, best of 8 before and 8 after all other benchmarks): "
+           f"**{gemm:.1f} GFLOP/s** (best before {res['gemm'].get('gflops_start', gemm):.1f}, "
+           f"after {res['gemm'].get('gflops_end', gemm):.1f})", "", "## Training step", ""]
     cols = ["impl", "method", "size", "batch", "step_s", "step_s_min", "images_per_s", "flops_per_step_g",
             "gflops_achieved", "gemm_fraction", "gemm_fraction_best", "rss_before_train_mb", "rss_peak_mb", "rss_train_increment_mb", "train_state_mb",
             "trainable_params"]
@@ -241,6 +240,15 @@ def main(argv: list[str] | None = None) -> int:
             _log("adapter size")
             res["adapter"] = run_isolated("benchmarks.adapter_size:measure_adapter_size",
                                           {"model_name": s["model"], "model_kwargs": s["kwargs"]}, isolate)
+    _log("gemm peak again (the best of both measurements is the peak)")
+    again = run_isolated("benchmarks.gemm_peak:gemm_peak", {"n": s["gemm_n"], "repeats": 8}, isolate)
+    res["gemm"]["gflops_start"], res["gemm"]["gflops_end"] = res["gemm"]["gflops_best"], again["gflops_best"]
+    if again["gflops_best"] > res["gemm"]["gflops_best"]:
+        res["gemm"]["gflops_best"] = again["gflops_best"]
+        for r in res["train_step"] + res["ablation"]:
+            for key, flops in (("gemm_fraction", "gflops_achieved"), ("gemm_fraction_best", "gflops_achieved_best")):
+                if r.get(flops):
+                    r[key] = r[flops] / again["gflops_best"]
     res["seconds"] = time.perf_counter() - t0
     res["machine"]["load_avg_1m_end"] = machine_info()["load_avg_1m"]
     if only >= {"train", "pipeline", "sweep", "inference", "adapter"}:

@@ -82,12 +82,10 @@ def medlora_model(method: str, model_name: str, model_kwargs: dict, lora: dict |
 
 
 def measure_train_step(impl: str, method: str, model_name: str, model_kwargs: dict, size: int, batch: int,
-                       warmup: int, steps: int, lora: dict | None = None, count_flops: bool = True,
-                       keep_memory_mapped: bool = False) -> dict:
+                       warmup: int, steps: int, lora: dict | None = None, count_flops: bool = True) -> dict:
     """Median (and fastest) seconds per training step after ``warmup`` steps, FLOPs per step, memory.
 
-    ``lora`` overrides medlora's LoRA config defaults; ``keep_memory_mapped`` applies
-    :func:`medlora.device.keep_cpu_memory_mapped` (both for one-change-at-a-time comparisons).
+    ``lora`` overrides medlora's LoRA config defaults (for one-change-at-a-time comparisons).
     """
     import torch
 
@@ -100,10 +98,6 @@ def measure_train_step(impl: str, method: str, model_name: str, model_kwargs: di
         model = naive_model(method, model_name, kwargs)
     else:
         configure_threads(None)
-        if keep_memory_mapped:
-            from medlora.device import keep_cpu_memory_mapped
-
-            keep_cpu_memory_mapped()
         model = medlora_model(method, model_name, kwargs, lora)
     flops, state_mb = step_flops_and_state(model, size, batch) if count_flops else (None, None)
     rss_before = rss_mb()

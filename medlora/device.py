@@ -111,30 +111,3 @@ def maybe_compile(model: nn.Module, enabled: bool) -> Callable[..., Any]:
         return model
     return _CompiledOrEager(model, compiled)
 
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt(3) parameters
-
-
-def keep_cpu_memory_mapped() -> bool:
-    """Stop glibc from returning the training step's large buffers to the OS after every step (Linux only).
-
-    A ViT step allocates and frees the same tens-of-MB activation buffers every step. By default
-    glibc serves buffers above its mmap threshold (at most 32 MiB) with fresh ``mmap`` calls and
-    trims the heap on free, so every step pays page faults and zeroing for memory it just released.
-    ``M_MMAP_MAX=0`` serves them from the heap and a 1 GiB ``M_TRIM_THRESHOLD`` keeps freed heap
-    mapped; RSS then stays at the step's peak instead of dropping between steps. Returns whether
-    it applied (False off glibc).
-    """
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
-    except (OSError, AttributeError):
-        return False
-    log.debug("glibc malloc: mmap off, trim threshold 1 GiB (%s)", "applied" if ok else "refused")
-    return ok

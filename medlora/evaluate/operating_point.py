@@ -2,8 +2,14 @@
 
 The threshold is picked from the validation ROC curve only; test labels never influence it, so the
 test metrics at that threshold are an honest estimate of deployed performance. The prediction rule
-everywhere in medlora is: positive (abnormal) iff ``score >= threshold``. The threshold is always one
-of the validation scores (never ``+inf``), so it is a value a model can actually output.
+everywhere in medlora is: positive (abnormal) iff ``score >= threshold``.
+
+A policy selects a point of the validation ROC curve, i.e. a validation score ``s_k`` at which the
+curve steps. Every threshold in ``(s_{k+1}, s_k]`` (``s_{k+1}`` the next lower validation score) gives
+exactly the same validation sensitivity and specificity; medlora freezes the **midpoint** of that
+interval (as pROC does), not its edge: taking ``s_k`` itself would put the threshold on the lowest
+positive validation score of a well-separated set, so that slightly lower-scored positives on new data
+are missed. At the lowest validation score the threshold is that score. It is never ``±inf``.
 
 Policies (the ``evaluate.operating_point`` config field):
 
@@ -89,9 +95,10 @@ def choose_operating_point(y_val: np.ndarray, s_val: np.ndarray, policy: str = "
                 target,
                 spec[0],
             )
+    threshold = float(thresholds[k]) if k + 1 == len(thresholds) else float((thresholds[k] + thresholds[k + 1]) / 2)
     op = OperatingPoint(
         policy=policy,
-        threshold=float(thresholds[k]),
+        threshold=threshold,
         val_sensitivity=float(tpr[k]),
         val_specificity=float(spec[k]),
     )
