@@ -31,12 +31,12 @@ def test_scorer_errors():
 
 
 @pytest.mark.parametrize("score", ["knn", "mahalanobis"])
-def test_oneclass_pipeline_detects_lesions(phantom_root, tmp_path, score):
+def test_oneclass_pipeline_detects_lesions(phantom_root, tmp_path, score, tiny_cfg):
     from mlflow import MlflowClient
 
-    from conftest import tiny_config
     from pipelines.oneclass import run
 
+    tiny_config = tiny_cfg
     cfg = tiny_config(phantom_root, tmp_path, pipeline="oneclass", **{"oneclass.score": score})
     summary = run(cfg, tmp_path / "out")
     assert summary.metrics["test_auroc"] > 0.8, summary.metrics["test_auroc"]  # chance is 0.5
@@ -47,11 +47,11 @@ def test_oneclass_pipeline_detects_lesions(phantom_root, tmp_path, score):
     assert set(preds["split"]) == {"val", "test"}
 
 
-def test_oneclass_on_lora_adapted_features(finished_run, tmp_path):
+def test_oneclass_on_lora_adapted_features(finished_run, tmp_path, tiny_cfg):
     """Features after LoRA adaptation: the adapter of the session's finished run on its verified base."""
-    from conftest import tiny_config
     from pipelines.oneclass import run
 
+    tiny_config = tiny_cfg
     out, cfg, _ = finished_run
     cfg1 = tiny_config(cfg.data.root, tmp_path, pipeline="oneclass", **{"oneclass.adapter": str(out)})
     cfg1.data.split.file = cfg.data.split.file  # the adapter's own split: no test study was seen in training

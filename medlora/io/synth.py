@@ -60,7 +60,7 @@ def _phantom(rng: np.random.Generator, size: int, z: float, lesion: tuple[float,
 
 def _dataset(pixels_hu: np.ndarray, ids: dict[str, str], index: int, spacing: float, z_mm: float):
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE

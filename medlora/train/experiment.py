@@ -100,7 +100,9 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
         on_epoch=lambda e: track.log_metrics({"train_loss": e.train_loss, "val_auroc": e.val_auroc, "lr": e.lr},
                                              step=e.epoch),
     )
-    val, test = predict(model, loaders["val"], device, abnormal), predict(model, loaders["test"], device, abnormal)
+    # the best epoch's validation predictions are those of the restored weights (eval mode is deterministic)
+    val = result.best_val or predict(model, loaders["val"], device, abnormal)
+    test = predict(model, loaders["test"], device, abnormal)
     evaluation, _, test_studies = run_evaluate(val.frame(), test.frame(), cfg.evaluate, how, seed=cfg.train.seed)
     metrics = {**flat_metrics(evaluation), "val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "train_images_per_second": result.images_per_second,

@@ -44,6 +44,7 @@ class TrainResult:
     images_per_second: float = 0.0
     peak_memory_mb: float = 0.0
     stopped_early: bool = False
+    best_val: Predictions | None = None  # validation predictions of the restored best epoch
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -131,6 +132,7 @@ def fit(
         if val_auroc > result.best_val_auroc or (val_auroc == result.best_val_auroc and val_loss < best_loss):
             result.best_epoch, result.best_val_auroc, best_loss, bad_epochs = epoch, val_auroc, val_loss, 0
             best_state = {k: p.detach().clone() for k, p in trainable.items()}
+            result.best_val = val
         else:
             bad_epochs += 1
             if bad_epochs >= cfg.patience:
