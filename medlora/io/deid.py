@@ -9,23 +9,6 @@ from __future__ import annotations
 
 import hashlib
 
-# DICOM attributes that identify a patient, a visit or an instance: never written anywhere.
-IDENTIFYING_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "AccessionNumber",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "StudyDate",
-    "StudyID",
-    "InstitutionName",
-    "ReferringPhysicianName",
-)
-
 
 def pseudonym(value: str, salt: str, kind: str) -> str:
     """A 16-hex-digit salted hash of ``value``, prefixed by ``kind`` (e.g. ``pat-3f2a...``)."""

@@ -14,6 +14,7 @@ volume (consecutive manifest rows) decode it once while the dataset cache is bei
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -206,6 +207,18 @@ def transform_fingerprint(pre: PreprocessConfig, size: int, mean: Sequence[float
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, computed once per (path, size, mtime) in this process: the on-disk
+    cache asks for every sample's key on every access, and re-hashing each epoch would re-read it."""
+    st = Path(path).stat()
+    return _digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def build_dataset(items: list[dict[str, Any]], transform, data: DataConfig, fingerprint: str):
     """A MONAI dataset over ``items`` caching the deterministic prefix of ``transform``."""
     from monai.data import CacheDataset, Dataset, PersistentDataset
@@ -216,12 +229,15 @@ def build_dataset(items: list[dict[str, Any]], transform, data: DataConfig, fing
         cache_dir = Path(data.cache_dir or Path(".medlora") / "cache") / fingerprint
         cache_dir.mkdir(parents=True, exist_ok=True)
 
-        def content_key(item: Mapping[str, Any]) -> str:  # the files' bytes (and the view), not their names
-            if item.get("kind", "dicom2d") == "dicom2d":
-                return hashlib.sha256(Path(item["image"]).read_bytes()).hexdigest()
-            h = hashlib.sha256(f"{item['kind']}#{item.get('view_index', 0)}".encode())
-            for name in [item["image"]] if isinstance(item["image"], str) else item["image"]:
-                h.update(Path(name).read_bytes())
+        def content_key(item: Mapping[str, Any]) -> str:
+            """The files' bytes (not their names) plus every other field of the item (label, keys,
+            view), so a relabelled sample or a duplicate image under another sample never gets a
+            stale cached entry."""
+            names = [item["image"]] if isinstance(item["image"], str) else item["image"]
+            rest = json.dumps({k: v for k, v in item.items() if k != "image"}, sort_keys=True, default=str)
+            h = hashlib.sha256(rest.encode())
+            for name in names:
+                h.update(file_digest(name).encode())
             return h.hexdigest()
 
         return PersistentDataset(items, transform=transform, cache_dir=cache_dir, hash_func=lambda it: content_key(it).encode())
