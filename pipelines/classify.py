@@ -20,6 +20,7 @@ from medlora.summary import RunSummary
 from medlora.tracking import mlflow_run as track
 from medlora.train.experiment import experiment_name, log_dataset, run_tags, train_and_evaluate
 from medlora.train.loaders import make_loaders
+from medlora.transforms.pipeline import manifest_items
 
 log = logging.getLogger(__name__)
 
@@ -62,5 +63,6 @@ def run(cfg: Config, out: Path) -> RunSummary:
         for name in ("roc.png", "medlora.json"):
             track.log_artifact(out / name)
         track.log_artifact(out / "adapter", "adapter")
-    export_bundle(mlrun.info.run_id, out / "bundle", tracking_uri=uri, overwrite=True)
+    items = {item["sample_id"]: item for item in manifest_items(data.manifest, data.root)}
+    export_bundle(mlrun.info.run_id, out / "bundle", tracking_uri=uri, overwrite=True, items=items)
     return RunSummary(mlrun.info.run_id, experiment, uri, out, result.metrics, str(built.params))

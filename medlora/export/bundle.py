@@ -109,11 +109,12 @@ def _data_card(local: Path, config: dict[str, Any]) -> str | None:
 
 
 def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.DataFrame, config: dict[str, Any],
-              data_root: Path | None) -> tuple[list, str]:
+              data_root: Path | None, items: dict[str, dict[str, Any]] | None = None) -> tuple[list, str]:
     note = ("Attention rollout over all transformer blocks, on the most confident true/false positives and "
             "negatives of the test set; warmer colours are where the model attended. Captions give the study score.")
     try:
-        items = sample_items(config.get("data") or {}, bundle.preprocess()[0], data_root)
+        if items is None:  # a standalone export: re-ingest the run's data root to find its images
+            items = sample_items(config.get("data") or {}, bundle.preprocess()[0], data_root)
     except (MedloraError, ValueError, OSError) as err:
         log.warning("saliency examples skipped: the run's images cannot be re-read (%s)", err)
         return [], "No examples: the run's source images were not available when this bundle was exported."
@@ -126,7 +127,8 @@ def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.Data
     return figs, note if figs else "No examples: the test images could not be matched to the run's predictions."
 
 
-def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], data_root: Path | None) -> None:
+def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], data_root: Path | None,
+                 items: dict[str, dict[str, Any]] | None = None) -> None:
     """Write the whole bundle into the empty folder ``tmp`` from the downloaded artifacts ``local``."""
     meta = json.loads((local / METADATA_FILE).read_text())
     if meta.get("method") != "lora":
@@ -160,7 +162,7 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
         (tmp / "data_card.md").write_text(data_card)
     card = model_card(meta, metrics, data_card is not None)
     (tmp / "model_card.md").write_text(card)
-    saliency, note = _saliency(tmp, Bundle(tmp, meta), studies, samples, config, data_root)
+    saliency, note = _saliency(tmp, Bundle(tmp, meta), studies, samples, config, data_root, items)
     (tmp / "report.html").write_text(render_report(meta, metrics, plots, saliency, note, card, data_card))
 
     sources = list(phi_sources)
@@ -172,8 +174,12 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
 
 
 def export_bundle(run_id: str, out: Path, tracking_uri: str | None = None, phi_check_against: list[Path] | None = None,
-                  data_root: Path | None = None, overwrite: bool = False) -> Path:
+                  data_root: Path | None = None, overwrite: bool = False,
+                  items: dict[str, dict[str, Any]] | None = None) -> Path:
     """Export MLflow run ``run_id`` as a review bundle at ``out`` (atomically); returns ``out``.
+
+    ``items`` (sample id → MONAI item) spares re-ingesting the data root for the saliency examples when
+    the caller already holds the run's manifest (the last stage of ``medlora run``).
 
     ``phi_check_against``: DICOM files/folders whose identifying header values must not appear in the
     bundle (default: the run's data root, when it exists here). ``data_root`` overrides the run's data
@@ -188,7 +194,7 @@ def export_bundle(run_id: str, out: Path, tracking_uri: str | None = None, phi_c
     try:
         with tempfile.TemporaryDirectory(prefix="medlora-artifacts-") as scratch:
             local = download_run(run_id, Path(scratch), tracking_uri)
-            build_bundle(tmp, local, run_id, list(phi_check_against or []), data_root)
+            build_bundle(tmp, local, run_id, list(phi_check_against or []), data_root, items)
         os.chmod(tmp, 0o755)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
