@@ -2,8 +2,8 @@
 
 Naive: :class:`benchmarks.naive_loop.NaiveDicomDataset` decodes, windows and resizes every file in
 every epoch. medlora: :func:`medlora.train.loaders.make_datasets` (MONAI ``CacheDataset`` over the
-deterministic prefix: decode, Modality LUT, window, resize, normalise, done once when the dataset is
-built) and :func:`medlora.train.loop.fit`. Both train LoRA on the same files, model, batch size and
+deterministic chain: decode, Modality LUT, window, resize, normalise, done once when the dataset is
+built) and :func:`medlora.train.loop.fit` with its batch augmentation. Both train LoRA on the same files, model, batch size and
 epochs; a :class:`~benchmarks.harness.TimedLoader` splits each epoch into waiting for data and steps.
 """
 
@@ -52,8 +52,10 @@ def measure_epochs(impl: str, model_name: str, model_kwargs: dict, size: int, ba
                    epochs: int, data_dir: str | None = None, lora: dict | None = None, augment: bool = True) -> dict:
     """Per-epoch seconds (total, waiting for data, steps) and the one-off dataset setup time.
 
-    ``augment=False`` (medlora only) drops the random flip/affine that run per sample every epoch
-    after the cached prefix: what is left is the cost of the cache itself.
+    ``augment=False`` (medlora only) drops the random flip/affine that run on each batch in the
+    training loop: what is left is the cost of the cache itself. medlora's data time is the loop's
+    own ``data_seconds`` (waiting for batches + augmenting them); the naive loop augments inside its
+    dataset, so its wait for a batch includes it.
     """
     import torch
 
@@ -91,8 +93,14 @@ def measure_epochs(impl: str, model_name: str, model_kwargs: dict, size: int, ba
         from medlora.train.loop import fit
 
         train_cfg = cfg.train.model_copy(update={"epochs": epochs, "patience": epochs, "warmup_epochs": 0})
-        fit(model, timed, _val_batch(size), train_cfg, resolve_device("cpu"), 1, val_metric=lambda p: 0.5)
+        from medlora.transforms.augment import BatchAugment
+
+        result = fit(model, timed, _val_batch(size), train_cfg, resolve_device("cpu"), 1, val_metric=lambda p: 0.5,
+                     augment=BatchAugment(seed=0) if augment else None)
     per_epoch = _per_epoch(timed, len(loader))
+    if impl != "naive":  # the loop's own account: waiting for batches plus augmenting them on the batch
+        for e, log in zip(per_epoch, result.history, strict=True):
+            e["data_s"] = log.data_seconds
     later = per_epoch[1:] or per_epoch
     epoch_s = sum(e["epoch_s"] for e in later) / len(later)
     data_s = sum(e["data_s"] for e in later) / len(later)

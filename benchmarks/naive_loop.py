@@ -133,3 +133,36 @@ def naive_run(train: tuple[list, list], val: tuple[list, list], test: tuple[list
     model.load_state_dict(best_state)
     y, s = naive_scores(model, loaders["test"], abnormal)
     return {"val_auroc": best, "test_auroc": float(roc_auc_score(y == abnormal, s))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One few-shot point as a user runs the script: ``python -m benchmarks.naive_loop ROOT METHOD SHOTS SEED``
+    over a study folder with ``labels.csv`` (``path,label,split``); prints the AUROCs as one JSON line."""
+    import argparse
+    import json
+
+    from benchmarks.sweep import CLASSES, study_splits, support_indices
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("root", type=Path)
+    p.add_argument("method", choices=["lora", "linear_probe", "full"])
+    p.add_argument("shots")
+    p.add_argument("seed", type=int)
+    p.add_argument("--model", default="vit_tiny_patch16_224")
+    p.add_argument("--kwargs", default="{}", help="timm.create_model keyword arguments as JSON")
+    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    a = p.parse_args(argv)
+    splits = study_splits(a.root)
+    paths, labels = splits["train"]
+    pos = support_indices(labels, a.shots, a.seed)
+    train = ([paths[i] for i in pos], [labels[i] for i in pos])
+    res = naive_run(train, splits["val"], splits["test"], a.method, a.size, a.model, json.loads(a.kwargs), a.epochs,
+                    a.batch, a.lr, a.seed, abnormal=CLASSES.index("malignant"))
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

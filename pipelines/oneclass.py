@@ -64,7 +64,7 @@ def run(cfg: Config, out: Path) -> RunSummary:
         log_dataset(data, cfg.data.name, context="train")
         model, input_cfg = _feature_model(cfg, out)
         model.to(device)
-        datasets = make_datasets(data, cfg, input_cfg, augment_train=False, cache=False)
+        datasets = make_datasets(data, cfg, input_cfg, cache=False)
         train = datasets["train"]
         normal_idx = [i for i, lab in enumerate(data.split("train")["label"]) if int(lab) != abnormal]
         feats = {

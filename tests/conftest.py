@@ -49,7 +49,7 @@ def tiny_config(root: Path, tmp: Path, **overrides):
         "data": {"name": "phantoms", "root": str(root), "split": {"file": str(tmp / "split.csv")}},
         "preprocess": {"image_size": 32},
         "model": {"backbone": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "global_pool": "avg"}},
-        "train": {"epochs": 6, "batch_size": 16, "lr": 0.003, "patience": 6},
+        "train": {"epochs": 10, "batch_size": 16, "lr": 0.003, "patience": 10},
         "evaluate": {"bootstrap": 200},
         "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}"},
     }

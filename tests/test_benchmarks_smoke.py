@@ -26,7 +26,8 @@ def test_run_all_quick_produces_every_table(tmp_path):
     lora = next(r for r in res["train_step"] if r["impl"] == "medlora" and r["method"] == "lora")
     full = next(r for r in res["train_step"] if r["method"] == "full")
     assert lora["flops_per_step"] < full["flops_per_step"]  # no weight-gradient GEMMs for frozen layers
-    assert {r["impl"] for r in res["sweep"]} == {"naive", "medlora"}
+    assert {(r["impl"], r["mode"]) for r in res["sweep"]} == {
+        (impl, mode) for impl in ("naive", "medlora") for mode in ("commands", "in_process")}
     assert all(r["points"] == 6 for r in res["sweep"])  # 3 methods x 2 shot counts x 1 seed
     assert res["inference"][0]["merge_max_abs_diff"] < 1e-4
     assert 0 < res["adapter"]["ratio"] < 1

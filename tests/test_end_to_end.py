@@ -79,7 +79,7 @@ def test_plain_timm_peft_reload_reproduces_scores(finished_run):
 
     data = prepare_dataset(cfg.data)  # same persisted split
     pre = meta["preprocess"]
-    transform = build_transforms(cfg.preprocess, pre["image_size"], pre["mean"], pre["std"], train=False)
+    transform = build_transforms(cfg.preprocess, pre["image_size"], pre["mean"], pre["std"])
     items = manifest_items(data.split("test"), data.root)
     x = torch.stack([transform(item)["image"] for item in items])
     with torch.no_grad():

@@ -132,7 +132,7 @@ class Predictor:
 
         pre, size, mean, std = bundle.preprocess()
         key = self._key(bundle)
-        transform = self._transforms.get(key) or build_transforms(pre, size, mean, std, train=False)
+        transform = self._transforms.get(key) or build_transforms(pre, size, mean, std)
         self._transforms[key] = transform
         out = []
         specs = plan_samples(headers, niftis, bundle.meta.get("samples") or DEFAULT_RULES, self.salt)

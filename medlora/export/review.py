@@ -94,7 +94,7 @@ def write_saliency(model: nn.Module, bundle_pre: tuple, examples: list[tuple[str
     from .saliency import attention_rollout, display_image, save_overlay
 
     pre, size, mean, std = bundle_pre
-    transform = build_transforms(pre, size, mean, std, train=False)
+    transform = build_transforms(pre, size, mean, std)
     figures, counters = [], {}
     for kind, sample_id, row in examples:
         if sample_id not in items:

@@ -7,6 +7,7 @@ head is trained through peft's ``modules_to_save`` and saved inside the adapter.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from torch import nn
@@ -35,6 +36,19 @@ def count_params(model: nn.Module) -> ParamCount:
     return ParamCount(
         sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
     )
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """The model to evaluate: a LoRA model's adapters merged into a copy of its weights
+    (``merge_and_unload``: the base architecture again, one matrix product per adapted layer
+    instead of three and no adapter temporaries), any other model itself. ``model`` itself is left
+    untouched, so training can go on; the copy costs one model's memory while it lives."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraModel
+
+    if isinstance(model, PeftModel) and isinstance(model.base_model, LoraModel):
+        return copy.deepcopy(model).merge_and_unload().eval()
+    return model
 
 
 def resolve_targets(targets: str | list[str]) -> str | list[str]:

@@ -37,7 +37,7 @@ def start_run(experiment: str, run_name: str | None = None, tags: Mapping[str, s
     """Start (or resume) an MLflow run in ``experiment``; ends it FAILED/KILLED on errors."""
     import mlflow
 
-    if run_id is None:
+    if run_id is None and not (nested and mlflow.active_run()):  # a nested run goes with its parent
         mlflow.set_experiment(experiment)
     status = "FINISHED"
     with mlflow.start_run(run_name=run_name, tags=dict(tags or {}), nested=nested, run_id=run_id) as run:

@@ -5,7 +5,8 @@ point), so the metric names, artifacts and evaluation protocol are the same ever
 per-epoch ``train_loss``/``val_auroc``/``lr``; at the end ``val_auroc``, ``best_epoch``,
 :func:`~medlora.evaluate.report.flat_metrics` (``test_auroc``, ``test_auprc``, ``test_sensitivity``,
 ``test_specificity`` with ``_ci_low``/``_ci_high``, ...), ``trainable_params``, ``train_seconds``,
-``train_images_per_second`` and ``peak_memory_mb``.
+``train_data_seconds`` (of it, waiting for and augmenting batches), ``train_images_per_second`` and
+``peak_memory_mb``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .. import __version__
 from ..config import Config
 from ..evaluate.report import EvaluationResult, flat_metrics, to_json
 from ..evaluate.stage import StudyScores, run_evaluate, study_auroc
+from ..models.lora import for_inference
 from ..tracking import mlflow_run as track
 from .inference import Predictions, predict
 from .loop import TrainResult, fit
@@ -70,8 +72,8 @@ def run_tags(cfg: Config, data: Any) -> dict[str, str]:
     return tags
 
 
-def log_dataset(data: Any, name: str, context: str) -> None:
-    """Log the de-identified manifest as the run's MLflow dataset input (``mlflow.log_input``)."""
+def mlflow_dataset(data: Any, name: str) -> Any:
+    """The de-identified manifest as an MLflow dataset (schema and profile computed once)."""
     import warnings
 
     import mlflow
@@ -79,33 +81,48 @@ def log_dataset(data: Any, name: str, context: str) -> None:
     frame = data.public_manifest()
     with warnings.catch_warnings():  # MLflow's hint about integer columns concerns model signatures, not inputs
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-        dataset = mlflow.data.from_pandas(frame, name=name, targets="label" if "label" in frame else None,
-                                          digest=data.fingerprint)
-        mlflow.log_input(dataset, context=context)
+        return mlflow.data.from_pandas(frame, name=name, targets="label" if "label" in frame else None,
+                                       digest=data.fingerprint)
+
+
+def log_dataset(data: Any, name: str, context: str, dataset: Any | None = None) -> None:
+    """Log the de-identified manifest as the run's MLflow dataset input (``mlflow.log_input``);
+    ``dataset`` reuses one built by :func:`mlflow_dataset` (a sweep logs it with every child)."""
+    import mlflow
+
+    mlflow.log_input(dataset if dataset is not None else mlflow_dataset(data, name), context=context)
 
 
 def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config, device: torch.device,
-                       trainable_params: int, out: Path | None = None) -> ExperimentResult:
+                       trainable_params: int, out: Path | None = None, augment: bool = True) -> ExperimentResult:
     """Train ``model`` on ``loaders['train']`` (early stopping on ``loaders['val']``), evaluate on
     ``loaders['test']`` and log per-epoch and final metrics to the active MLflow run.
+
+    Training batches are augmented (seeded by ``train.seed``) when ``preprocess.augment`` and
+    ``augment`` (``False`` where the loader yields features rather than images).
 
     With ``out``, ``predictions.csv`` (per sample), ``test_studies.csv`` (per test study: the scores a
     paired DeLong test compares) and ``metrics.json`` are written there and logged as artifacts.
     """
     how = cfg.preprocess.view.aggregate
+    from ..transforms.augment import BatchAugment
+
     abnormal = cfg.data.classes.index(cfg.data.abnormal)
+    augmenter = BatchAugment(seed=cfg.train.seed) if augment and cfg.preprocess.augment else None
     result = fit(
         model, loaders["train"], loaders["val"], cfg.train, device, abnormal,
         val_metric=lambda p: study_auroc(p.frame(), how),
         on_epoch=lambda e: track.log_metrics({"train_loss": e.train_loss, "val_auroc": e.val_auroc, "lr": e.lr},
                                              step=e.epoch),
+        augment=augmenter,
     )
     # the best epoch's validation predictions are those of the restored weights (eval mode is deterministic)
     val = result.best_val or predict(model, loaders["val"], device, abnormal)
-    test = predict(model, loaders["test"], device, abnormal)
+    test = predict(for_inference(model), loaders["test"], device, abnormal)
     evaluation, _, test_studies = run_evaluate(val.frame(), test.frame(), cfg.evaluate, how, seed=cfg.train.seed)
     metrics = {**flat_metrics(evaluation), "val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch,
-               "train_seconds": result.train_seconds, "train_images_per_second": result.images_per_second,
+               "train_seconds": result.train_seconds, "train_data_seconds": result.data_seconds,
+               "train_images_per_second": result.images_per_second,
                "peak_memory_mb": result.peak_memory_mb, "trainable_params": trainable_params}
     track.log_metrics(metrics, step=len(result.history))
     done = ExperimentResult(result, val, test, evaluation, test_studies, metrics)

@@ -19,8 +19,9 @@ SPLITS = ("train", "val", "test")
 
 
 def make_datasets(data: PreparedData, cfg: Config, input_cfg: dict[str, Any], splits: tuple[str, ...] = SPLITS,
-                  augment_train: bool = True, cache: bool = True) -> dict[str, Dataset]:
-    """One dataset per split; ``train`` is augmented (when ``preprocess.augment`` and ``augment_train``).
+                  cache: bool = True) -> dict[str, Dataset]:
+    """One dataset per split, all with the same deterministic preprocessing (training augmentation
+    runs on batches in the training loop, :mod:`medlora.transforms.augment`).
 
     ``cache=False`` builds plain datasets whatever ``data.cache`` says (for a single pass, e.g.
     computing features once, where a cache would only hold memory).
@@ -29,10 +30,9 @@ def make_datasets(data: PreparedData, cfg: Config, input_cfg: dict[str, Any], sp
     fp = transform_fingerprint(cfg.preprocess, size, mean, std)
     data_cfg = cfg.data if cache else cfg.data.model_copy(update={"cache": "none"})
     out: dict[str, Dataset] = {}
+    transform = build_transforms(cfg.preprocess, size, mean, std)
     for split in splits:
-        train = split == "train" and augment_train
-        items = manifest_items(data.split(split), data.root)
-        out[split] = build_dataset(items, build_transforms(cfg.preprocess, size, mean, std, train=train, seed=cfg.train.seed), data_cfg, fp)
+        out[split] = build_dataset(manifest_items(data.split(split), data.root), transform, data_cfg, fp)
     return out
 
 
@@ -44,6 +44,6 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool) -> DataLoader
 
 
 def make_loaders(data: PreparedData, cfg: Config, input_cfg: dict[str, Any]) -> dict[str, DataLoader]:
-    """``train`` (shuffled, augmented), ``val`` and ``test`` loaders; decoding is cached."""
+    """``train`` (shuffled), ``val`` and ``test`` loaders; decoding is cached."""
     datasets = make_datasets(data, cfg, input_cfg)
     return {split: make_loader(ds, cfg.train, shuffle=split == "train") for split, ds in datasets.items()}

@@ -1,7 +1,10 @@
 """One training run: AdamW, linear warmup + cosine decay, early stopping on validation AUROC.
 
 The same loop serves LoRA, linear probing and full fine-tuning: the method only decides which
-parameters require gradients. At the end the best epoch's trainable weights are restored.
+parameters require gradients. Training augmentation, when given, runs on each whole batch on the
+training device (:class:`~medlora.transforms.augment.BatchAugment`). At the end the best epoch's
+trainable weights are restored. The time spent waiting for batches and augmenting them is
+reported apart from the steps (``data_seconds``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..device import autocast_dtype, maybe_compile
+from ..models.lora import for_inference
 from .inference import Predictions, predict
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,7 @@ class EpochLog:
     val_loss: float
     lr: float
     seconds: float
+    data_seconds: float = 0.0  # waiting for this epoch's training batches and augmenting them
 
 
 @dataclass
@@ -41,6 +46,7 @@ class TrainResult:
     best_val_auroc: float
     history: list[EpochLog] = field(default_factory=list)
     train_seconds: float = 0.0
+    data_seconds: float = 0.0  # of train_seconds: waiting for batches and augmenting them
     images_per_second: float = 0.0
     peak_memory_mb: float = 0.0
     stopped_early: bool = False
@@ -81,6 +87,7 @@ def fit(
     abnormal_index: int,
     val_metric: Callable[[Predictions], float],
     on_epoch: Callable[[EpochLog], None] | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; returns the history and restores the best validation epoch."""
     from tqdm.auto import tqdm
@@ -101,16 +108,20 @@ def fit(
     best_loss = math.inf
     best_state: dict[str, torch.Tensor] = {}
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    images, train_time, bad_epochs = 0, 0.0, 0
+    images, train_time, data_time, bad_epochs = 0, 0.0, 0.0, 0
     quiet = not sys.stderr.isatty()
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        total, n = 0.0, 0
+        total, n, epoch_data = 0.0, 0, 0.0
+        waited = time.perf_counter()
         for batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet):
-            # random MONAI transforms return MetaTensors: train on plain tensors, no metadata carried through the model
+            # plain tensors, whatever the dataset returns: no metadata carried through the model
             x = batch["image"].as_subclass(torch.Tensor).to(device, non_blocking=True)
             y = torch.as_tensor(batch["label"], device=device).long()
+            if augment is not None:
+                x = augment(x)
+            epoch_data += time.perf_counter() - waited
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = loss_fn(step_model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -119,11 +130,14 @@ def fit(
             scheduler.step()
             total += loss.item() * len(y)
             n += len(y)
+            waited = time.perf_counter()
         train_time += time.perf_counter() - t0
+        data_time += epoch_data
         images += n
-        val = predict(model, val_loader, device, abnormal_index)
+        val = predict(for_inference(model), val_loader, device, abnormal_index)
         val_auroc, val_loss = val_metric(val), binary_log_loss(val)
-        entry = EpochLog(epoch, total / max(n, 1), val_auroc, val_loss, scheduler.get_last_lr()[0], time.perf_counter() - t0)
+        entry = EpochLog(epoch, total / max(n, 1), val_auroc, val_loss, scheduler.get_last_lr()[0], time.perf_counter() - t0,
+                         epoch_data)
         result.history.append(entry)
         log.info("epoch %d: train_loss=%.4f val_loss=%.4f val_auroc=%.4f", epoch + 1, entry.train_loss, val_loss, val_auroc)
         if on_epoch is not None:
@@ -142,7 +156,7 @@ def fit(
     with torch.no_grad():
         for k, p in best_state.items():
             trainable[k].copy_(p)
-    result.train_seconds = train_time
+    result.train_seconds, result.data_seconds = train_time, data_time
     result.images_per_second = images / train_time if train_time > 0 else 0.0
     result.peak_memory_mb = peak_memory_mb(device)
     return result

@@ -43,7 +43,14 @@ from ..models.lora import apply_method, count_params
 from ..summary import RunSummary
 from ..tracking import compare as cmp
 from ..tracking import mlflow_run as track
-from .experiment import ExperimentResult, experiment_name, log_dataset, run_tags, train_and_evaluate
+from .experiment import (
+    ExperimentResult,
+    experiment_name,
+    log_dataset,
+    mlflow_dataset,
+    run_tags,
+    train_and_evaluate,
+)
 from .features import FeatureDataset, FeatureSet, extract_features, probe_head
 from .fewshot import (
     SupportSet,
@@ -93,8 +100,9 @@ class Workbench:
         self.base.requires_grad_(False)
         self.input_cfg = input_config(self.base, cfg.preprocess.image_size)
         self.train_frame = data.split("train").reset_index(drop=True)
-        self.datasets = make_datasets(data, cfg, self.input_cfg)  # train is augmented, val/test are not
+        self.datasets = make_datasets(data, cfg, self.input_cfg)  # augmentation runs on batches, in training
         self._features: dict[str, FeatureSet] | None = None
+        self.mlflow_dataset = mlflow_dataset(data, cfg.data.name)  # every child logs it as its input
 
     def model_for(self, cfg: Config, point: SweepPoint) -> nn.Module:
         """A fresh copy of the base with a seeded new head and the point's method applied."""
@@ -107,11 +115,8 @@ class Workbench:
         """Pre-logits features of every train/val/test sample, computed on first use (no augmentation)."""
         if self._features is None:
             model = self.base.to(self.device)
-            plain = make_datasets(self.data, self.cfg, self.input_cfg, splits=("train",), augment_train=False,
-                                  cache=False)
-            sets = {"train": plain["train"], "val": self.datasets["val"], "test": self.datasets["test"]}
             self._features = {s: extract_features(model, make_loader(ds, self.cfg.train, shuffle=False), self.device,
-                                                  desc=f"features {s}") for s, ds in sets.items()}
+                                                  desc=f"features {s}") for s, ds in self.datasets.items()}
             self.base.to("cpu")
         return self._features
 
@@ -122,10 +127,7 @@ class Workbench:
             sets = {"train": FeatureDataset(f["train"], support.positions), "val": FeatureDataset(f["val"]),
                     "test": FeatureDataset(f["test"])}
         else:
-            train = self.datasets["train"]
-            if hasattr(getattr(train, "transform", None), "set_random_state"):
-                train.transform.set_random_state(seed=point.seed)  # augmentation reproducible per child
-            sets = {"train": Subset(train, support.positions.tolist()), "val": self.datasets["val"],
+            sets = {"train": Subset(self.datasets["train"], support.positions.tolist()), "val": self.datasets["val"],
                     "test": self.datasets["test"]}
         return {s: make_loader(ds, cfg.train, shuffle=s == "train") for s, ds in sets.items()}
 
@@ -204,7 +206,7 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, experiment: str,
         mlflow.log_text(pd.Series(sorted(support.patient_keys)).to_csv(index=False, header=["patient_key"]),
                         "support_set.csv")
         mlflow.log_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "config.yaml")
-        log_dataset(bench.data, cfg.data.name, context="train")
+        log_dataset(bench.data, cfg.data.name, context="train", dataset=bench.mlflow_dataset)
         model = bench.model_for(cfg, point)
         trainable = count_params(model).trainable
         loaders = bench.loaders(cfg, point, support)
@@ -212,7 +214,8 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, experiment: str,
             track.log_metrics({"feature_seconds": sum(f.seconds for f in bench.features().values())})
             model = probe_head(model)
         torch.manual_seed(point.seed)
-        return train_and_evaluate(model.to(bench.device), loaders, cfg, bench.device, trainable, out=out)
+        return train_and_evaluate(model.to(bench.device), loaders, cfg, bench.device, trainable, out=out,
+                                  augment=point.method != "linear_probe")
 
 
 def summarise(client: Any, parent: Any, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

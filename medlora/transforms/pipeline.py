@@ -1,9 +1,10 @@
 """MONAI transform chains and cached datasets that turn manifest rows into ViT inputs.
 
-Deterministic work (decode, Modality LUT, windowing, view, resize, normalisation) comes first so that
-MONAI's ``CacheDataset``/``PersistentDataset`` store its result: each file is decoded once per
-process (memory) or once per content and transform config (disk), not once per epoch. Random
-augmentation follows the cached prefix and runs every epoch on training data only.
+The chain is deterministic (decode, Modality LUT, windowing, view, resize, normalisation), so
+MONAI's ``CacheDataset``/``PersistentDataset`` store its whole result: each file is decoded once per
+process (memory) or once per content and transform config (disk), not once per epoch, and a cached
+item is handed out without a copy. Training augmentation is not part of it: it runs on whole batches
+in the training loop (:mod:`.augment`).
 
 :class:`LoadSampled` loads a manifest row by its ``kind``: ``dicom2d`` through
 ``LoadImaged(MedloraDicomReader)`` → ``WindowImaged`` → ``CentralFramed``; ``series``/``nifti`` through
@@ -147,35 +148,18 @@ class LoadSampled(MapTransform):
         return d
 
 
-def build_transforms(pre: PreprocessConfig, size: int, mean: Sequence[float], std: Sequence[float], train: bool,
-                     seed: int = 0):
-    """The transform chain for one split. ``size``/``mean``/``std`` come from the model's data config.
+def build_transforms(pre: PreprocessConfig, size: int, mean: Sequence[float], std: Sequence[float]):
+    """The transform chain of every split (deterministic). ``size``/``mean``/``std`` come from the
+    model's data config."""
+    from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, Resized
 
-    Random augmentation (training only) draws from a generator seeded with ``seed``, so a run is
-    repeatable.
-    """
-    from monai.transforms import (
-        Compose,
-        EnsureTyped,
-        NormalizeIntensityd,
-        RandAffined,
-        RandFlipd,
-        Resized,
-    )
-
-    chain = [
+    return Compose([
         LoadSampled(keys="image", preprocess=pre),
         Resized(keys="image", spatial_size=(size, size), mode="area"),
         ToChannelsd(keys="image", channels=len(mean)),
         NormalizeIntensityd(keys="image", subtrahend=np.asarray(mean), divisor=np.asarray(std), channel_wise=True),
         EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
-    ]
-    if train and pre.augment:
-        chain += [
-            RandFlipd(keys="image", prob=0.5, spatial_axis=1),
-            RandAffined(keys="image", prob=0.5, rotate_range=0.15, scale_range=0.1, translate_range=(0.05 * size,) * 2, padding_mode="border"),
-        ]
-    return Compose(chain).set_random_state(seed=seed)
+    ])
 
 
 def manifest_items(manifest: pd.DataFrame, root: Path) -> list[dict[str, Any]]:
@@ -223,8 +207,9 @@ def build_dataset(items: list[dict[str, Any]], transform, data: DataConfig, fing
     """A MONAI dataset over ``items`` caching the deterministic prefix of ``transform``."""
     from monai.data import CacheDataset, Dataset, PersistentDataset
 
-    if data.cache == "memory":
-        return CacheDataset(items, transform=transform, cache_rate=1.0, num_workers=None, progress=False)
+    if data.cache == "memory":  # nothing random follows the cached chain: no per-access deep copy needed
+        return CacheDataset(items, transform=transform, cache_rate=1.0, num_workers=None, progress=False,
+                            copy_cache=False)
     if data.cache == "disk":
         cache_dir = Path(data.cache_dir or Path(".medlora") / "cache") / fingerprint
         cache_dir.mkdir(parents=True, exist_ok=True)

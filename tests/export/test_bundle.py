@@ -82,7 +82,7 @@ def test_plain_peft_reload_reproduces_bundle_predictions(bundle_dir, test_split,
     base.load_state_dict(load_file(bundle_dir / b["weights_path"]), strict=False)
     model = PeftModel.from_pretrained(base, str(bundle_dir / "adapter")).eval()
     pre = meta["preprocess"]
-    transform = build_transforms(cfg.preprocess, pre["image_size"], pre["mean"], pre["std"], train=False)
+    transform = build_transforms(cfg.preprocess, pre["image_size"], pre["mean"], pre["std"])
     x = torch.stack([transform({"image": str(f)})["image"] for f in test_split["file"]])
     with torch.no_grad():
         scores = torch.softmax(model(x), 1)[:, meta["labels"]["abnormal_index"]].numpy()

@@ -162,7 +162,7 @@ def test_predict_cuts_volumes_into_the_bundles_views_like_ingest(bundle_copy, tm
     manifest = run_ingest(DataConfig(root=root, volume_min_slices=8), pre).manifest
     assert set(manifest["kind"]) == {"series"} and set(res.samples["sample_id"]) == set(manifest["sample_id"])
     items = manifest_items(manifest, root)
-    transform = build_transforms(pre, size, mean, std, train=False)
+    transform = build_transforms(pre, size, mean, std)
     x = torch.stack([transform(it)["image"].as_subclass(torch.Tensor) for it in items])
     with torch.no_grad():
         expected = torch.softmax(load_model(bundle)(x), 1)[:, bundle.abnormal_index].numpy()

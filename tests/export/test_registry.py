@@ -63,7 +63,7 @@ def test_registered_pyfunc_predicts_the_bundle_scores(registered, bundle_dir, te
     from medlora.transforms.pipeline import build_transforms
 
     pre, size, mean, std = open_bundle(bundle_dir).preprocess()
-    image = build_transforms(pre, size, mean, std, train=False)({"image": str(test_split["file"].iloc[0])})["image"]
+    image = build_transforms(pre, size, mean, std)({"image": str(test_split["file"].iloc[0])})["image"]
     by_array = model.predict(pd.DataFrame({"image": [image.numpy().astype(float).tolist()]}))
     samples = pd.read_csv(bundle_dir / "predictions_samples.csv").set_index("sample_id")
     assert by_array["score"].iloc[0] == pytest.approx(samples.loc[test_split["sample_id"].iloc[0], "score"], abs=1e-5)

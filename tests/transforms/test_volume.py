@@ -111,7 +111,7 @@ def test_views_of_one_volume_decode_it_once(permuted_nifti, monkeypatch) -> None
 
 def test_disk_cache_keeps_the_views_of_one_volume_apart(permuted_nifti, tmp_path) -> None:
     pre = PreprocessConfig(window=LINEAR, view=ViewConfig(kind="slab", slab=3), augment=False)
-    transform = build_transforms(pre, 8, [0.5], [0.5], train=False)
+    transform = build_transforms(pre, 8, [0.5], [0.5])
     items = [{"image": str(permuted_nifti), "kind": "nifti", "view_index": i, "label": 0} for i in range(3)]
     ds = build_dataset(items, transform, DataConfig(root=tmp_path, cache="disk", cache_dir=tmp_path / "c"), "fp")
     images = [ds[i]["image"] for i in range(3)]
