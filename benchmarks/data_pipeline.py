@@ -108,3 +108,44 @@ def measure_epochs(impl: str, model_name: str, model_kwargs: dict, size: int, ba
             "per_epoch": per_epoch, "epoch_s": epoch_s, "data_s": data_s, "data_share": data_s / epoch_s,
             "first_epoch_incl_setup_s": per_epoch[0]["epoch_s"] + setup_s, "rss_end_mb": rss_mb(),
             "threads": torch.get_num_threads()}
+
+
+def measure_prefix(model_name: str, model_kwargs: dict, size: int, batch: int, n_images: int, epochs: int,
+                   blocks: list[int], cached: bool, data_dir: str | None = None) -> dict:
+    """LoRA on ``blocks`` only, no augmentation: epoch time training on images (``cached=False``) or on
+    the tokens after the frozen blocks below, computed once (:func:`medlora.train.features.prefix_loaders`,
+    their one pass counted in ``setup_s``)."""
+    import torch
+
+    from benchmarks.datasets import ct_study_folder
+    from benchmarks.train_step import _val_batch, medlora_model
+    from medlora.device import configure_threads, resolve_device
+    from medlora.models.prefix import frozen_prefix_depth, prefix_tokens
+    from medlora.train.features import prefix_loaders
+    from medlora.train.loaders import make_loader
+    from medlora.train.loop import fit
+
+    root = Path(data_dir or tempfile.mkdtemp(prefix="medlora-bench-ct-"))
+    paths, labels = ct_study_folder(root, n_images)
+    configure_threads(None)
+    device = resolve_device("cpu")
+    t0 = time.perf_counter()
+    loader, cfg = _medlora_loader(paths, labels, root, size, batch, model_name, augment=False)
+    model = medlora_model("lora", model_name, {**model_kwargs, "img_size": size}, {"blocks": blocks})
+    val = _val_batch(size)
+    trained = model
+    if cached:
+        trained, loaders = prefix_loaders(model, {"train": loader.dataset}, lambda ds, shuffle: make_loader(ds, cfg.train, shuffle),
+                                          device, augment=False)
+        loader = loaders["train"]
+        with torch.no_grad():  # the validation batch as tokens too
+            val = [{**val[0], "image": prefix_tokens(model, val[0]["image"], trained.depth)}]
+    setup_s = time.perf_counter() - t0
+    timed = TimedLoader(loader)
+    train_cfg = cfg.train.model_copy(update={"epochs": epochs, "patience": epochs, "warmup_epochs": 0})
+    fit(trained, timed, val, train_cfg, device, 1, val_metric=lambda p: 0.5)
+    per_epoch = _per_epoch(timed, len(loader))
+    later = per_epoch[1:] or per_epoch
+    return {"impl": f"medlora LoRA blocks {blocks}" + (", frozen prefix cached" if cached else ", on images"),
+            "size": size, "batch": batch, "images": n_images, "prefix_depth": frozen_prefix_depth(model),
+            "setup_s": setup_s, "epoch_s": sum(e["epoch_s"] for e in later) / len(later), "per_epoch": per_epoch}

@@ -30,6 +30,7 @@ FULL: dict[str, Any] = {
     "pipeline": {"images": 96, "epochs": 2},
     "inference": {"batches": 3},
     "ablation_size": 112,
+    "prefix": {"size": 112, "blocks": [-4, -3, -2, -1]},
     "sweep": {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 4, "depth": 6, "global_pool": "avg"},
               "size": 28, "epochs": 2, "batch": 32, "lr": 3e-3, "shots": [1, 5, 10, "all"], "seeds": [0, 1, 2],
               "methods": ["lora", "linear_probe", "full"], "limit": 64, "bootstrap": 200},
@@ -40,6 +41,7 @@ QUICK: dict[str, Any] = {
     "pipeline": {"images": 8, "epochs": 2},
     "inference": {"batches": 2},
     "ablation_size": None,
+    "prefix": {"size": 32, "blocks": [-1]},
     "sweep": {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 4, "depth": 1, "global_pool": "avg"},
               "size": 28, "epochs": 1, "batch": 16, "lr": 3e-3, "shots": [1, "all"], "seeds": [0],
               "methods": ["lora", "linear_probe", "full"], "limit": 12, "bootstrap": 20},
@@ -104,6 +106,19 @@ def run_pipelines(s: dict, isolate: bool, data_dir: Path) -> list[dict]:
     return rows
 
 
+def run_prefix(s: dict, isolate: bool, data_dir: Path) -> list[dict]:
+    """LoRA on the upper blocks only (no augmentation): on images vs above the cached frozen prefix."""
+    p = s["prefix"]
+    rows = []
+    for cached in (False, True):
+        _log(f"frozen prefix {p['size']}px blocks {p['blocks']} cached={cached}")
+        rows.append(run_isolated("benchmarks.data_pipeline:measure_prefix", {
+            "model_name": s["model"], "model_kwargs": s["kwargs"], "size": p["size"], "batch": s["batch"],
+            "n_images": s["pipeline"]["images"], "epochs": s["pipeline"]["epochs"], "blocks": p["blocks"],
+            "cached": cached, "data_dir": str(data_dir / "ct")}, isolate))
+    return rows
+
+
 def run_sweeps(s: dict, isolate: bool, data_dir: Path) -> list[dict]:
     w = s["sweep"]
     rows = []
@@ -143,7 +158,7 @@ def report(res: dict[str, Any]) -> str:
            f"after {res['gemm'].get('gflops_end', gemm):.1f})", "", "## Training step", ""]
     cols = ["impl", "method", "size", "batch", "step_s", "step_s_min", "images_per_s", "flops_per_step_g",
             "gflops_achieved", "gemm_fraction", "gemm_fraction_best", "rss_before_train_mb", "rss_peak_mb", "rss_train_increment_mb", "train_state_mb",
-            "trainable_params"]
+            "alloc_peak_mb", "trainable_params"]
     for r in res["train_step"] + res["ablation"]:
         r["flops_per_step_g"] = r["flops_per_step"] / 1e9 if r.get("flops_per_step") else None
     out += [format_table(res["train_step"], cols), ""]
@@ -154,6 +169,9 @@ def report(res: dict[str, Any]) -> str:
     out += ["## Epoch time on DICOM and the data pipeline's share (epochs after the first)", "",
             format_table(res["pipeline"], ["impl", "size", "batch", "images", "setup_s", "first_epoch_incl_setup_s",
                                            "epoch_s", "data_s", "data_share"]), "",
+            "## LoRA on the upper blocks only, no augmentation: on images vs above the cached frozen blocks", "",
+            format_table(res.get("prefix", []), ["impl", "size", "batch", "images", "prefix_depth", "setup_s", "epoch_s"]),
+            "",
             "## Few-shot sweep", "",
             format_table([{**r, "runs": None, "mean_test_auroc": json.dumps({k: round(v, 3) for k, v in
                                                                             r["mean_test_auroc"].items()})}
@@ -198,6 +216,9 @@ def targets(res: dict[str, Any]) -> list[dict]:
         lora["rss_train_increment_mb"] / max(full["rss_train_increment_mb"], 1e-9), ("lora_vs_full_memory", False))
     add(f"LoRA / full training state (saved activations + grads + AdamW) @{big}px", "<= 0.8",
         lora["train_state_mb"] / full["train_state_mb"], ("lora_vs_full_memory", False))
+    if lora.get("alloc_peak_mb") and full.get("alloc_peak_mb"):
+        add(f"LoRA / full peak memory held by tensors in a step (profiler) @{big}px", "<= 0.8",
+            lora["alloc_peak_mb"] / full["alloc_peak_mb"], ("lora_vs_full_memory", False))
     for mode, what in (("commands", "end to end, one command per naive point"),
                        ("in_process", "one process each, imports excluded")):
         sw_n, sw_m = pick(res["sweep"], impl="naive", mode=mode), pick(res["sweep"], impl="medlora", mode=mode)
@@ -216,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="one fresh process per configuration (default: on, off with --quick)")
     p.add_argument("--only", nargs="*", default=None,
-                   help="subset of: gemm train ablation pipeline sweep inference adapter")
+                   help="subset of: gemm train ablation pipeline prefix sweep inference adapter")
     p.add_argument("--json", type=Path, help="write every raw number here")
     p.add_argument("--markdown", type=Path, help="write the report here")
     args = p.parse_args(argv)
@@ -224,11 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     s = QUICK if args.quick else FULL
     isolate = (not args.quick) if args.isolate is None else args.isolate
-    only = set(args.only or ["gemm", "train", "ablation", "pipeline", "sweep", "inference", "adapter"])
+    only = set(args.only or ["gemm", "train", "ablation", "pipeline", "prefix", "sweep", "inference", "adapter"])
     t0 = time.perf_counter()
     res: dict[str, Any] = {"settings": {k: v for k, v in s.items() if k != "steps"}, "quick": args.quick,
-                           "machine": machine_info(), "train_step": [], "ablation": [], "pipeline": [], "sweep": [],
-                           "inference": []}
+                           "machine": machine_info(), "train_step": [], "ablation": [], "pipeline": [], "prefix": [],
+                           "sweep": [], "inference": []}
     _log("gemm peak")
     res["gemm"] = run_isolated("benchmarks.gemm_peak:gemm_peak", {"n": s["gemm_n"], "repeats": 8}, isolate)
     gemm = res["gemm"]["gflops_best"]
@@ -240,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             res["ablation"] = run_ablations(s, gemm, isolate)
         if "pipeline" in only:
             res["pipeline"] = run_pipelines(s, isolate, data_dir)
+        if "prefix" in only:
+            res["prefix"] = run_prefix(s, isolate, data_dir)
         if "sweep" in only:
             res["sweep"] = run_sweeps(s, isolate, data_dir)
         if "inference" in only:

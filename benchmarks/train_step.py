@@ -11,6 +11,8 @@ FLOPs of one step are counted with ``torch.utils.flop_counter.FlopCounterMode`` 
 and attention, forward and backward, as executed: frozen weights get no weight-gradient GEMMs)
 on a batch of 2 and scaled to the batch size (every counted op is linear in the batch). The same
 pass sums the tensors autograd saves for backward (``train_state_mb``, see :func:`step_flops_and_state`).
+After the timed steps, one more step at the full batch is profiled for the peak memory tensors
+hold (``alloc_peak_mb``, :func:`~benchmarks.harness.allocated_peak_mb`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from benchmarks.harness import TimedLoader, flop_counter, median, rss_mb
+from benchmarks.harness import TimedLoader, allocated_peak_mb, flop_counter, median, rss_mb
 
 
 def _batches(batch: int, size: int, steps: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -115,6 +117,7 @@ def measure_train_step(impl: str, method: str, model_name: str, model_kwargs: di
         cfg = TrainConfig(epochs=1, batch_size=batch, warmup_epochs=0, patience=1)
         fit(model, loader, _val_batch(size), cfg, resolve_device("cpu"), 1, val_metric=lambda p: 0.5)
     wall = time.perf_counter() - t0
+    alloc_peak = allocated_peak_mb(model, batch, size) if count_flops else None  # after timing: not in it
     step = median(loader.step_s[warmup:])
     step_min = min(loader.step_s[warmup:])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -122,5 +125,5 @@ def measure_train_step(impl: str, method: str, model_name: str, model_kwargs: di
             "step_s_all": loader.step_s, "images_per_s": batch / step, "flops_per_step": flops,
             "gflops_achieved": flops / step / 1e9 if flops else None,
             "gflops_achieved_best": flops / step_min / 1e9 if flops else None, "rss_before_train_mb": rss_before,
-            "train_state_mb": state_mb,
+            "train_state_mb": state_mb, "alloc_peak_mb": alloc_peak,
             "threads": torch.get_num_threads(), "trainable_params": trainable, "wall_s": wall}

@@ -19,7 +19,8 @@ from medlora.models.build import build_model
 from medlora.summary import RunSummary
 from medlora.tracking import mlflow_run as track
 from medlora.train.experiment import experiment_name, log_dataset, run_tags, train_and_evaluate
-from medlora.train.loaders import make_loaders
+from medlora.train.features import prefix_loaders
+from medlora.train.loaders import make_datasets, make_loader
 from medlora.transforms.pipeline import manifest_items
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,13 @@ def run(cfg: Config, out: Path) -> RunSummary:
         device = resolve_device(cfg.train.device)
         configure_threads(cfg.train.threads)
         model = built.model.to(device)
-        loaders = make_loaders(data, cfg, built.data_config)
-        result = train_and_evaluate(model, loaders, cfg, device, built.params.trainable, out=out)
+        datasets = make_datasets(data, cfg, built.data_config)
+        loaders = {s: make_loader(ds, cfg.train, shuffle=s == "train") for s, ds in datasets.items()}
+        # LoRA on the upper blocks only, no augmentation: the frozen blocks below run once per image
+        split = prefix_loaders(model, datasets, lambda ds, shuffle: make_loader(ds, cfg.train, shuffle), device,
+                               augment=cfg.preprocess.augment)
+        trained, loaders = split or (model, loaders)
+        result = train_and_evaluate(trained, loaders, cfg, device, built.params.trainable, out=out)
 
         op = result.evaluation.operating_point
         plot_roc(result.test_studies.label, result.test_studies.score, out / "roc.png", operating_point=op)

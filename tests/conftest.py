@@ -125,3 +125,40 @@ def finished_sweep(phantom_root, finished_run, tmp_path_factory):
 def sweep_config():
     """:func:`write_sweep_config` as a fixture (for tests that run their own sweep)."""
     return write_sweep_config
+
+
+@pytest.fixture(scope="session")
+def plain_reload_scores():
+    """``f(out, cfg) -> (scores, expected)``: a run's test images scored by the base rebuilt with plain
+    timm + peft from ``medlora.json`` and the saved adapter, and the run's own test scores."""
+
+    def score(out: Path, cfg):
+        import json
+
+        import pandas as pd
+        import timm
+        import torch
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        from medlora.io.prepare import prepare_dataset
+        from medlora.transforms.pipeline import build_transforms, manifest_items
+
+        meta = json.loads((out / "medlora.json").read_text())
+        info = meta["base"]
+        base = timm.create_model(info["timm_name"], pretrained=False, num_classes=info["num_classes"],
+                                 **info["timm_kwargs"])
+        missing, unexpected = base.load_state_dict(load_file(info["weights_path"]), strict=False)
+        assert not unexpected and all(k.startswith("head.") for k in missing)
+        model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+        data = prepare_dataset(cfg.data)  # same persisted split
+        pre = meta["preprocess"]
+        transform = build_transforms(cfg.preprocess, pre["image_size"], pre["mean"], pre["std"])
+        items = manifest_items(data.split("test"), data.root)
+        x = torch.stack([transform(item)["image"] for item in items])
+        with torch.no_grad():
+            scores = torch.softmax(model(x), 1)[:, meta["labels"]["abnormal_index"]].numpy()
+        expected = pd.read_csv(out / "predictions.csv").query("split == 'test'").set_index("sample_id")["score"]
+        return scores, expected.loc[[i["sample_id"] for i in items]].to_numpy()
+
+    return score

@@ -20,7 +20,7 @@ def test_demo_config_loads():
     [
         ({"data": {"root": "x"}, "trian": {}}, "unknown key 'trian'; allowed here: data, evaluate, fewshot"),
         ({"data": {"root": "x"}, "train": {"epohcs": 3}}, "unknown key 'train.epohcs'; allowed here: batch_size"),
-        ({"data": {"root": "x"}, "model": {"lora": {"rank": 4}}}, "unknown key 'model.lora.rank'; allowed here: alpha, dropout, r,"),
+        ({"data": {"root": "x"}, "model": {"lora": {"rank": 4}}}, "unknown key 'model.lora.rank'; allowed here: alpha, blocks, dropout, r,"),
         ({}, "missing required key 'data'"),
         ({"data": {"root": "x", "abnormal": "tumour"}}, "data.abnormal='tumour' is not one of"),
         ({"data": {"root": "x"}, "evaluate": {"operating_point": "sensitivity:1.5"}}, "allowed: youden, sensitivity:T"),

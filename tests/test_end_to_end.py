@@ -58,31 +58,8 @@ def test_split_has_no_patient_in_two_splits(finished_run):
     assert preds.groupby("patient_key")["split"].nunique().max() == 1
 
 
-def test_plain_timm_peft_reload_reproduces_scores(finished_run):
+def test_plain_timm_peft_reload_reproduces_scores(finished_run, plain_reload_scores):
     """Only timm + peft + medlora.json: rebuild the base, load the adapter, score the test images."""
-    import timm
-    import torch
-    from peft import PeftModel
-    from safetensors.torch import load_file
-
-    from medlora.io.prepare import prepare_dataset
-    from medlora.transforms.pipeline import build_transforms, manifest_items
-
     out, cfg, _ = finished_run
-    meta = json.loads((out / "medlora.json").read_text())
-    base_info = meta["base"]
-    base = timm.create_model(base_info["timm_name"], pretrained=False, num_classes=base_info["num_classes"],
-                             **base_info["timm_kwargs"])
-    missing, unexpected = base.load_state_dict(load_file(base_info["weights_path"]), strict=False)
-    assert not unexpected and all(k.startswith("head.") for k in missing)
-    model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
-
-    data = prepare_dataset(cfg.data)  # same persisted split
-    pre = meta["preprocess"]
-    transform = build_transforms(cfg.preprocess, pre["image_size"], pre["mean"], pre["std"])
-    items = manifest_items(data.split("test"), data.root)
-    x = torch.stack([transform(item)["image"] for item in items])
-    with torch.no_grad():
-        scores = torch.softmax(model(x), 1)[:, meta["labels"]["abnormal_index"]].numpy()
-    expected = pd.read_csv(out / "predictions.csv").query("split == 'test'").set_index("sample_id")["score"]
-    np.testing.assert_allclose(scores, expected.loc[[i["sample_id"] for i in items]].to_numpy(), atol=1e-5)
+    scores, expected = plain_reload_scores(out, cfg)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)

@@ -46,32 +46,49 @@ def for_inference(model: nn.Module) -> nn.Module:
     from peft import PeftModel
     from peft.tuners.lora import LoraModel
 
+    from .prefix import SuffixModel
+
+    if isinstance(model, SuffixModel):
+        return SuffixModel(for_inference(model.inner), model.depth).eval()
     if isinstance(model, PeftModel) and isinstance(model.base_model, LoraModel):
         return copy.deepcopy(model).merge_and_unload().eval()
     return model
 
 
-def resolve_targets(targets: str | list[str]) -> str | list[str]:
-    """A preset name → its regex; a list of module names passes through."""
+def resolve_targets(targets: str | list[str], blocks: list[int] | None = None, depth: int | None = None) -> str | list[str]:
+    """A preset name → its regex (restricted to ``blocks`` of a ``depth``-block ViT when given); a list
+    of module names passes through."""
     if isinstance(targets, list):
         if not targets:
             raise ConfigError("model.lora.targets is an empty list")
+        if blocks is not None:
+            raise ConfigError("model.lora.blocks selects blocks for a target preset; explicit module names in "
+                              "model.lora.targets already name their blocks: drop one of the two")
         return targets
     if targets not in LORA_TARGET_PRESETS:
         raise ConfigError(f"model.lora.targets={targets!r} is not a preset; presets: {', '.join(LORA_TARGET_PRESETS)} "
                           "(or give a list of module names)")
-    return LORA_TARGET_PRESETS[targets]
+    regex = LORA_TARGET_PRESETS[targets]
+    if blocks is None:
+        return regex
+    if not depth:
+        raise ConfigError("model.lora.blocks needs a backbone with transformer blocks (timm's model.blocks)")
+    bad = [b for b in blocks if not -depth <= b < depth]
+    if bad or not blocks:
+        raise ConfigError(f"model.lora.blocks={blocks}: this backbone has blocks 0..{depth - 1} (negative counts from the end)")
+    chosen = sorted({b % depth for b in blocks})
+    return regex.replace(r"blocks\.\d+", r"blocks\.(" + "|".join(map(str, chosen)) + ")")
 
 
-def lora_config(cfg: LoraConfigModel, head: str = "head"):
-    """The peft ``LoraConfig`` for a medlora LoRA config."""
+def lora_config(cfg: LoraConfigModel, head: str = "head", depth: int | None = None):
+    """The peft ``LoraConfig`` for a medlora LoRA config (``depth``: the backbone's number of blocks)."""
     from peft import LoraConfig
 
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=resolve_targets(cfg.targets),
+        target_modules=resolve_targets(cfg.targets, cfg.blocks, depth),
         modules_to_save=[head],
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
@@ -85,7 +102,8 @@ def apply_method(model: nn.Module, method: str, lora: LoraConfigModel) -> nn.Mod
     if method == "lora":
         from peft import get_peft_model
 
-        peft_model = get_peft_model(model, lora_config(lora, head))
+        blocks = getattr(model, "blocks", None)
+        peft_model = get_peft_model(model, lora_config(lora, head, len(blocks) if blocks is not None else None))
         if not any("lora_" in n for n, _ in peft_model.named_parameters()):
             raise ConfigError(f"model.lora.targets={lora.targets!r} matched no module of this backbone")
         return peft_model

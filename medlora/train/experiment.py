@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,17 +74,24 @@ def run_tags(cfg: Config, data: Any) -> dict[str, str]:
     return tags
 
 
-def mlflow_dataset(data: Any, name: str) -> Any:
-    """The de-identified manifest as an MLflow dataset (schema and profile computed once)."""
-    import warnings
+@contextmanager
+def _no_integer_schema_hint() -> Iterator[None]:
+    """MLflow's hint about integer columns concerns model signatures, not dataset inputs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        yield
 
+
+def mlflow_dataset(data: Any, name: str) -> Any:
+    """The de-identified manifest as an MLflow dataset (schema and profile computed once, here)."""
     import mlflow
 
     frame = data.public_manifest()
-    with warnings.catch_warnings():  # MLflow's hint about integer columns concerns model signatures, not inputs
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-        return mlflow.data.from_pandas(frame, name=name, targets="label" if "label" in frame else None,
-                                       digest=data.fingerprint)
+    with _no_integer_schema_hint():
+        dataset = mlflow.data.from_pandas(frame, name=name, targets="label" if "label" in frame else None,
+                                          digest=data.fingerprint)
+        _ = dataset.schema, dataset.profile
+    return dataset
 
 
 def log_dataset(data: Any, name: str, context: str, dataset: Any | None = None) -> None:
@@ -90,7 +99,8 @@ def log_dataset(data: Any, name: str, context: str, dataset: Any | None = None) 
     ``dataset`` reuses one built by :func:`mlflow_dataset` (a sweep logs it with every child)."""
     import mlflow
 
-    mlflow.log_input(dataset if dataset is not None else mlflow_dataset(data, name), context=context)
+    with _no_integer_schema_hint():
+        mlflow.log_input(dataset if dataset is not None else mlflow_dataset(data, name), context=context)
 
 
 def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config, device: torch.device,

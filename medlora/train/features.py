@@ -1,4 +1,4 @@
-"""Frozen-backbone features computed once and reused by every linear probe of a sweep.
+"""Frozen computation done once per sample: probe features and frozen-prefix tokens.
 
 A linear probe trains only the classifier head on top of a frozen backbone, so the backbone's
 output for a sample never changes: it is computed once (eval mode, no augmentation) and cached per
@@ -9,6 +9,11 @@ probe sees **no augmentation** (LoRA and full fine-tuning do).
 The feature of an image is timm's pre-logits output
 (``model.forward_head(model.forward_features(x), pre_logits=True)``), so
 ``head(feature) == model(image)`` in eval mode.
+
+The same holds for LoRA on the upper blocks only (``model.lora.blocks``) without augmentation: the
+tokens after the frozen blocks below the first adapted one are computed once
+(:func:`prefix_loaders`), and training and evaluation run the remaining blocks on them
+(:class:`~medlora.models.prefix.SuffixModel`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +32,7 @@ from torch.utils.data import Dataset
 
 from ..device import autocast_dtype
 from ..models.backbone import head_name
+from ..models.prefix import SuffixModel, frozen_prefix_depth, prefix_tokens
 
 log = logging.getLogger(__name__)
 KEYS = ("sample_id", "study_key", "patient_key")
@@ -51,8 +57,10 @@ def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def extract_features(model: nn.Module, loader, device: torch.device, desc: str = "features") -> FeatureSet:
-    """Run the frozen backbone once over ``loader`` (eval mode) and keep its pre-logits features."""
+def extract_features(model: nn.Module, loader, device: torch.device, desc: str = "features",
+                     fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = pre_logits) -> FeatureSet:
+    """Run the frozen backbone once over ``loader`` (eval mode) and keep ``fn(model, x)`` per sample
+    (default: its pre-logits features)."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -62,13 +70,14 @@ def extract_features(model: nn.Module, loader, device: torch.device, desc: str =
     for batch in tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty()):
         x = batch["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            f = pre_logits(model, x)
+            f = fn(model, x)
         feats.append(f.float().cpu())
         labels.append(np.asarray(batch["label"]))
         for k in KEYS:
             keys[k] += list(batch[k])
     out = FeatureSet(torch.cat(feats), np.concatenate(labels).astype(int), keys, time.perf_counter() - t0)
-    log.info("%s: %d features of size %d in %.1f s", desc, len(out), out.features.shape[1], out.seconds)
+    log.info("%s: %d samples of shape %s (%.0f MB) in %.1f s", desc, len(out), tuple(out.features.shape[1:]),
+             out.features.nbytes / 2**20, out.seconds)
     return out
 
 
@@ -95,3 +104,18 @@ def probe_head(model: nn.Module) -> nn.Module:
     for p in head.parameters():
         p.requires_grad = True
     return head
+
+
+def prefix_loaders(model: nn.Module, datasets: Mapping[str, Dataset], make_loader: Callable[[Dataset, bool], Any],
+                   device: torch.device, augment: bool) -> tuple[nn.Module, dict[str, Any]] | None:
+    """``(SuffixModel, loaders over cached prefix tokens)`` when ``model`` trains only above a frozen,
+    deterministic prefix of blocks and training images are not augmented; ``None`` otherwise (train
+    on images). ``make_loader(dataset, shuffle)`` builds each split's loader."""
+    depth = 0 if augment else frozen_prefix_depth(model)
+    if not depth:
+        return None
+    model.to(device)
+    tokens = {s: extract_features(model, make_loader(ds, False), device, f"frozen blocks 0-{depth - 1} {s}",
+                                  fn=lambda m, x: prefix_tokens(m, x, depth)) for s, ds in datasets.items()}
+    log.info("training starts at block %d: the frozen blocks below run once per sample", depth)
+    return SuffixModel(model, depth), {s: make_loader(FeatureDataset(t), s == "train") for s, t in tokens.items()}

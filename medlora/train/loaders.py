@@ -42,8 +42,3 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool) -> DataLoader
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, drop_last=False, generator=generator,
                       num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
 
-
-def make_loaders(data: PreparedData, cfg: Config, input_cfg: dict[str, Any]) -> dict[str, DataLoader]:
-    """``train`` (shuffled), ``val`` and ``test`` loaders; decoding is cached."""
-    datasets = make_datasets(data, cfg, input_cfg)
-    return {split: make_loader(ds, cfg.train, shuffle=split == "train") for split, ds in datasets.items()}

@@ -40,6 +40,7 @@ from ..io.prepare import PreparedData
 from ..models.backbone import create_base
 from ..models.build import input_config
 from ..models.lora import apply_method, count_params
+from ..models.prefix import SuffixModel, frozen_prefix_depth, prefix_tokens
 from ..summary import RunSummary
 from ..tracking import compare as cmp
 from ..tracking import mlflow_run as track
@@ -102,6 +103,7 @@ class Workbench:
         self.train_frame = data.split("train").reset_index(drop=True)
         self.datasets = make_datasets(data, cfg, self.input_cfg)  # augmentation runs on batches, in training
         self._features: dict[str, FeatureSet] | None = None
+        self._tokens: dict[int, dict[str, FeatureSet]] = {}  # frozen-prefix tokens by prefix depth
         self.mlflow_dataset = mlflow_dataset(data, cfg.data.name)  # every child logs it as its input
 
     def model_for(self, cfg: Config, point: SweepPoint) -> nn.Module:
@@ -119,6 +121,24 @@ class Workbench:
                                                   desc=f"features {s}") for s, ds in self.datasets.items()}
             self.base.to("cpu")
         return self._features
+
+    def prefix(self, model: nn.Module, cfg: Config, support: SupportSet) -> tuple[nn.Module, dict[str, Any]] | None:
+        """``(SuffixModel, loaders over cached tokens)`` when ``model`` trains only above frozen blocks and
+        images are not augmented: the tokens below are computed once per sweep, from the shared base."""
+        depth = 0 if cfg.preprocess.augment else frozen_prefix_depth(model)
+        if not depth:
+            return None
+        if depth not in self._tokens:
+            base = self.base.to(self.device)
+            self._tokens[depth] = {
+                s: extract_features(base, make_loader(ds, self.cfg.train, shuffle=False), self.device,
+                                    desc=f"frozen blocks 0-{depth - 1} {s}", fn=lambda m, x: prefix_tokens(m, x, depth))
+                for s, ds in self.datasets.items()}
+            self.base.to("cpu")
+        t = self._tokens[depth]
+        sets = {"train": FeatureDataset(t["train"], support.positions), "val": FeatureDataset(t["val"]),
+                "test": FeatureDataset(t["test"])}
+        return SuffixModel(model, depth), {s: make_loader(ds, cfg.train, shuffle=s == "train") for s, ds in sets.items()}
 
     def loaders(self, cfg: Config, point: SweepPoint, support: SupportSet) -> dict[str, Any]:
         """Loaders of one child: the support set of the training data, all of val and test."""
@@ -209,7 +229,8 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, experiment: str,
         log_dataset(bench.data, cfg.data.name, context="train", dataset=bench.mlflow_dataset)
         model = bench.model_for(cfg, point)
         trainable = count_params(model).trainable
-        loaders = bench.loaders(cfg, point, support)
+        split = bench.prefix(model, cfg, support) if point.method == "lora" else None
+        model, loaders = split or (model, bench.loaders(cfg, point, support))
         if point.method == "linear_probe":
             track.log_metrics({"feature_seconds": sum(f.seconds for f in bench.features().values())})
             model = probe_head(model)

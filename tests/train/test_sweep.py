@@ -98,3 +98,29 @@ def test_rerun_skips_finished_children_and_marks_stale_running_ones_killed(finis
     finished = [r for r in after if r.info.status == "FINISHED"]
     assert sorted(r.info.run_id for r in finished) == sorted(r.info.run_id for r in children)
     assert len(pd.read_csv(out / "summary.csv")) == 6 and not math.isnan(pd.read_csv(out / "summary.csv").n_seeds.sum())
+
+
+def test_upper_block_lora_children_share_one_pass_over_the_frozen_blocks(phantom_root, finished_run, tmp_path,
+                                                                        sweep_config, caplog):
+    """LoRA on the last block, no augmentation: the tokens below it are computed once for the whole
+    sweep (per split), and every child trains on them."""
+    import logging
+
+    from mlflow import MlflowClient
+
+    from medlora.io.prepare import prepare_dataset
+    from medlora.train.sweep import run_sweep
+
+    cfg, _ = sweep_config(phantom_root, tmp_path, **{
+        "data.name": "phantoms_prefix", "tracking.uri": finished_run[1].tracking.uri, "fewshot.methods": "[lora]",
+        "fewshot.seeds": "[0]", "model.lora.blocks": "[-1]", "preprocess.augment": "false"})
+    with caplog.at_level(logging.INFO, logger="medlora.train.features"):
+        summary = run_sweep(cfg, prepare_dataset(cfg.data, cfg.preprocess), tmp_path / "out")
+    passes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("frozen blocks 0-0 ")]
+    assert sorted(m.split(":")[0] for m in passes) == ["frozen blocks 0-0 test", "frozen blocks 0-0 train",
+                                                        "frozen blocks 0-0 val"]
+    assert summary.ran == 2 and not summary.failed
+    children = MlflowClient(cfg.tracking.uri).search_runs(
+        [MlflowClient(cfg.tracking.uri).get_experiment_by_name("phantoms_prefix").experiment_id],
+        "tags.`medlora.role` = 'child'")
+    assert len(children) == 2 and all(0.0 <= r.data.metrics["test_auroc"] <= 1.0 for r in children)
