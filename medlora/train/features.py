@@ -115,7 +115,30 @@ def prefix_loaders(model: nn.Module, datasets: Mapping[str, Dataset], make_loade
     if not depth:
         return None
     model.to(device)
+    if not fits_in_memory(model, datasets, depth, device):
+        return None
     tokens = {s: extract_features(model, make_loader(ds, False), device, f"frozen blocks 0-{depth - 1} {s}",
                                   fn=lambda m, x: prefix_tokens(m, x, depth)) for s, ds in datasets.items()}
     log.info("training starts at block %d: the frozen blocks below run once per sample", depth)
     return SuffixModel(model, depth), {s: make_loader(FeatureDataset(t), s == "train") for s, t in tokens.items()}
+
+
+def fits_in_memory(model: nn.Module, datasets: Mapping[str, Dataset], depth: int, device: torch.device,
+                   share: float = 0.5) -> bool:
+    """Whether the prefix tokens of every sample fit in ``share`` of this machine's physical memory
+    (measured on one sample); logs why not."""
+    import os
+
+    first = next(iter(datasets.values()))
+    with torch.inference_mode():
+        sample = prefix_tokens(model.eval(), first[0]["image"][None].to(device), depth)
+    need = sample.numel() * 4 * sum(len(ds) for ds in datasets.values())
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return True
+    if need > share * total:
+        log.warning("frozen-prefix tokens would need %.1f GB (more than %.0f %% of %.1f GB memory): training on "
+                    "images instead", need / 2**30, 100 * share, total / 2**30)
+        return False
+    return True

@@ -52,7 +52,7 @@ from .experiment import (
     run_tags,
     train_and_evaluate,
 )
-from .features import FeatureDataset, FeatureSet, extract_features, probe_head
+from .features import FeatureDataset, FeatureSet, extract_features, fits_in_memory, probe_head
 from .fewshot import (
     SupportSet,
     SweepPoint,
@@ -103,7 +103,7 @@ class Workbench:
         self.train_frame = data.split("train").reset_index(drop=True)
         self.datasets = make_datasets(data, cfg, self.input_cfg)  # augmentation runs on batches, in training
         self._features: dict[str, FeatureSet] | None = None
-        self._tokens: dict[int, dict[str, FeatureSet]] = {}  # frozen-prefix tokens by prefix depth
+        self._tokens: dict[int, dict[str, FeatureSet] | None] = {}  # frozen-prefix tokens by depth (None: too big)
         self.mlflow_dataset = mlflow_dataset(data, cfg.data.name)  # every child logs it as its input
 
     def model_for(self, cfg: Config, point: SweepPoint) -> nn.Module:
@@ -133,9 +133,11 @@ class Workbench:
             self._tokens[depth] = {
                 s: extract_features(base, make_loader(ds, self.cfg.train, shuffle=False), self.device,
                                     desc=f"frozen blocks 0-{depth - 1} {s}", fn=lambda m, x: prefix_tokens(m, x, depth))
-                for s, ds in self.datasets.items()}
+                for s, ds in self.datasets.items()} if fits_in_memory(base, self.datasets, depth, self.device) else None
             self.base.to("cpu")
         t = self._tokens[depth]
+        if t is None:
+            return None
         sets = {"train": FeatureDataset(t["train"], support.positions), "val": FeatureDataset(t["val"]),
                 "test": FeatureDataset(t["test"])}
         return SuffixModel(model, depth), {s: make_loader(ds, cfg.train, shuffle=s == "train") for s, ds in sets.items()}

@@ -71,3 +71,17 @@ def test_suffix_on_cached_tokens_equals_the_whole_model_and_trains_only_the_adap
     suffix(tokens).sum().backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad and all(("lora_" in n and ".blocks.2." in n) or ".head." in n for n in with_grad)
+
+
+def test_prefix_tokens_that_would_not_fit_in_memory_fall_back_to_images(monkeypatch, caplog):
+    import os
+
+    from medlora.train import features
+
+    model = _lora([-1])
+    datasets = {"train": [{"image": torch.zeros(3, 32, 32)}] * 4}
+    assert features.fits_in_memory(model, datasets, 2, torch.device("cpu"))
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_PHYS_PAGES" else real(name))  # one page
+    assert features.prefix_loaders(model, datasets, lambda ds, shuffle: ds, torch.device("cpu"), augment=False) is None
+    assert "training on images instead" in caplog.text
