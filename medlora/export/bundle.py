@@ -40,6 +40,7 @@ import yaml
 from ..errors import BundleError, MedloraError
 from ..evaluate.operating_point import OperatingPoint
 from ..models.backbone import sha256_file
+from ..tracking import mlflow_run as track
 from .adapter import METADATA_FILE, git_commit, library_versions
 from .card import model_card
 from .html import render_report
@@ -70,7 +71,8 @@ def download_run(run_id: str, dst: Path, tracking_uri: str | None = None) -> Pat
     client = MlflowClient(tracking_uri)
     try:
         client.get_run(run_id)
-        local = client.download_artifacts(run_id, "", str(dst))
+        with track.download_bars_on_terminal():
+            local = client.download_artifacts(run_id, "", str(dst))
     except MlflowException as err:
         raise BundleError(f"MLflow run {run_id!r} cannot be read from {tracking_uri or 'the default store'}: "
                           f"{err.message}") from None

@@ -53,6 +53,24 @@ def start_run(experiment: str, run_name: str | None = None, tags: Mapping[str, s
             mlflow.end_run(status=status)
 
 
+@contextmanager
+def download_bars_on_terminal() -> Iterator[None]:
+    """MLflow's per-download progress bars only when stderr is a terminal, not in a log file."""
+    import os
+    import sys
+
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = str(sys.stderr.isatty()).lower()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def log_config(config: Mapping[str, Any], name: str = "config.yaml") -> None:
     """Log the resolved config as flattened params and as a YAML artifact."""
     import mlflow

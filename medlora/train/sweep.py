@@ -67,7 +67,6 @@ from .loaders import make_datasets, make_loader
 
 log = logging.getLogger(__name__)
 HOST_TAG, PID_TAG = "medlora.host", "medlora.pid"
-BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 @dataclass
@@ -247,19 +246,10 @@ def summarise(client: Any, parent: Any, out: Path) -> tuple[pd.DataFrame, pd.Dat
     if children.empty:
         return children, pd.DataFrame(), pd.DataFrame()
     studies = {}
-    bar = os.environ.get(BAR_ENV)
-    os.environ[BAR_ENV] = str(sys.stderr.isatty()).lower()  # MLflow's per-download bars, not for a log file
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for row in children.itertuples():
-                path = client.download_artifacts(row.run_id, "test_studies.csv", tmp)
-                studies[(row.method, row.shots, row.seed)] = pd.read_csv(path, dtype={"study_key": str,
-                                                                                      "patient_key": str})
-    finally:
-        if bar is None:
-            os.environ.pop(BAR_ENV, None)
-        else:
-            os.environ[BAR_ENV] = bar
+    with track.download_bars_on_terminal(), tempfile.TemporaryDirectory() as tmp:
+        for row in children.itertuples():
+            path = client.download_artifacts(row.run_id, "test_studies.csv", tmp)
+            studies[(row.method, row.shots, row.seed)] = pd.read_csv(path, dtype={"study_key": str, "patient_key": str})
     summary = cmp.summary_table(children)
     delong = cmp.paired_delong(studies, reference="lora")
     out.mkdir(parents=True, exist_ok=True)
