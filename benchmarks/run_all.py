@@ -26,7 +26,7 @@ from benchmarks.harness import format_table, machine_info, run_isolated  # noqa:
 
 FULL: dict[str, Any] = {
     "model": "vit_small_patch16_224", "kwargs": {}, "sizes": [224, 112], "batch": 32,
-    "warmup": 1, "steps": {224: 4, 112: 6}, "gemm_n": 4096,
+    "warmup": 1, "steps": {224: 4, 112: 6}, "gemm_n": 4096, "rounds": 2,
     "pipeline": {"images": 96, "epochs": 2},
     "inference": {"batches": 3},
     "ablation_size": 112,
@@ -57,13 +57,30 @@ def _log(msg: str) -> None:
 
 
 def run_train_steps(s: dict, gemm: float, isolate: bool) -> list[dict]:
+    """Every configuration in ``s["rounds"]`` fresh processes, the order reversed every other round (the
+    VM's speed drifts: a fixed order would favour whoever runs first); step times are pooled."""
+    from benchmarks.harness import median
+
+    configs = [("naive", "lora"), ("medlora", "lora"), ("medlora", "full"), ("medlora", "linear_probe")]
     rows = []
     for size in s["sizes"]:
-        for impl, method in (("naive", "lora"), ("medlora", "lora"), ("medlora", "full"), ("medlora", "linear_probe")):
-            _log(f"train step {impl} {method} {size}px")
-            r = run_isolated("benchmarks.train_step:measure_train_step", {
-                "impl": impl, "method": method, "model_name": s["model"], "model_kwargs": s["kwargs"], "size": size,
-                "batch": s["batch"], "warmup": s["warmup"], "steps": s["steps"][size]}, isolate)
+        runs: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+        for round_ in range(s.get("rounds", 1)):
+            for impl, method in configs if round_ % 2 == 0 else configs[::-1]:
+                _log(f"train step {impl} {method} {size}px (round {round_ + 1})")
+                runs[(impl, method)].append(run_isolated("benchmarks.train_step:measure_train_step", {
+                    "impl": impl, "method": method, "model_name": s["model"], "model_kwargs": s["kwargs"], "size": size,
+                    "batch": s["batch"], "warmup": s["warmup"], "steps": s["steps"][size],
+                    "count_flops": round_ == 0}, isolate))
+        for config in configs:
+            first, *later = runs[config]
+            r = dict(first)
+            steps = [t for run in runs[config] for t in run["step_s_all"][s["warmup"]:]]
+            r.update(step_s=median(steps), step_s_min=min(steps), images_per_s=s["batch"] / median(steps),
+                     rounds=len(runs[config]), rss_peak_mb=max(run["rss_peak_mb"] for run in runs[config]))
+            if r.get("flops_per_step"):
+                r["gflops_achieved"] = r["flops_per_step"] / r["step_s"] / 1e9
+                r["gflops_achieved_best"] = r["flops_per_step"] / r["step_s_min"] / 1e9
             r["gemm_fraction"] = r["gflops_achieved"] / gemm if r.get("gflops_achieved") else None
             r["gemm_fraction_best"] = r["gflops_achieved_best"] / gemm if r.get("gflops_achieved_best") else None
             r["rss_train_increment_mb"] = r["rss_peak_mb"] - r["rss_before_train_mb"]
