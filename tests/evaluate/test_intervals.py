@@ -126,3 +126,34 @@ def test_bootstrap_auroc_coverage_binormal() -> None:
         low, high = percentile_intervals(replicates)["auroc"]
         hits += low <= truth <= high
     assert 0.93 <= hits / reps <= 0.97
+
+
+@pytest.mark.parametrize("probabilities", [True, False])
+@pytest.mark.parametrize("threshold", [0.5, 2.0, -1.0])  # ordinary, nothing predicted positive, everything positive
+def test_vectorised_replicates_equal_one_call_per_resample(probabilities, threshold):
+    """The bootstrap's vectorised metrics are exactly ``binary_metrics`` on each resample's indices,
+    with tied scores, patient clusters and undefined (NaN) values included."""
+    from medlora.evaluate.intervals import metric_replicates
+    from medlora.evaluate.metrics import _binary_metrics_unchecked
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 57)
+    s = np.round(rng.random(57), 1)  # many ties
+    clusters = rng.integers(0, 19, 57)
+    slow = bootstrap_replicates(
+        y, s, lambda yb, sb: _binary_metrics_unchecked(yb, sb, threshold, probabilities, "nan"), clusters, 150, 3
+    )
+    fast = metric_replicates(y, s, threshold, clusters, 150, 3, probabilities, chunk=64)  # several chunks
+    assert sorted(fast) == sorted(slow)
+    for name in slow:
+        np.testing.assert_allclose(fast[name], slow[name], rtol=0, atol=1e-12, equal_nan=True, err_msg=name)
+
+
+def test_vectorised_ranking_metrics_are_nan_for_single_class_resamples():
+    from medlora.evaluate.metrics import weighted_binary_metrics
+
+    y, s = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
+    w = np.array([[1, 1, 1, 1], [2, 2, 0, 0]])  # the second draws negatives only
+    out = weighted_binary_metrics(y, s, w, 0.5)
+    assert out["auroc"][0] == 0.75 and np.isnan(out["auroc"][1]) and np.isnan(out["sensitivity"][1])
+    assert out["specificity"][1] == 1.0 and out["tn"][1] == 4
