@@ -106,19 +106,26 @@ def probe_head(model: nn.Module) -> nn.Module:
     return head
 
 
+def prefix_token_sets(model: nn.Module, datasets: Mapping[str, Dataset], make_loader: Callable[[Dataset, bool], Any],
+                      device: torch.device, depth: int) -> dict[str, FeatureSet] | None:
+    """The tokens after the first ``depth`` blocks for every sample of every split, computed once
+    (eval mode); ``None`` when they would not fit in memory (:func:`fits_in_memory`)."""
+    model.to(device)
+    if not fits_in_memory(model, datasets, depth, device):
+        return None
+    return {s: extract_features(model, make_loader(ds, False), device, f"frozen blocks 0-{depth - 1} {s}",
+                                fn=lambda m, x: prefix_tokens(m, x, depth)) for s, ds in datasets.items()}
+
+
 def prefix_loaders(model: nn.Module, datasets: Mapping[str, Dataset], make_loader: Callable[[Dataset, bool], Any],
                    device: torch.device, augment: bool) -> tuple[nn.Module, dict[str, Any]] | None:
     """``(SuffixModel, loaders over cached prefix tokens)`` when ``model`` trains only above a frozen,
     deterministic prefix of blocks and training images are not augmented; ``None`` otherwise (train
     on images). ``make_loader(dataset, shuffle)`` builds each split's loader."""
     depth = 0 if augment else frozen_prefix_depth(model)
-    if not depth:
+    tokens = prefix_token_sets(model, datasets, make_loader, device, depth) if depth else None
+    if tokens is None:
         return None
-    model.to(device)
-    if not fits_in_memory(model, datasets, depth, device):
-        return None
-    tokens = {s: extract_features(model, make_loader(ds, False), device, f"frozen blocks 0-{depth - 1} {s}",
-                                  fn=lambda m, x: prefix_tokens(m, x, depth)) for s, ds in datasets.items()}
     log.info("training starts at block %d: the frozen blocks below run once per sample", depth)
     return SuffixModel(model, depth), {s: make_loader(FeatureDataset(t), s == "train") for s, t in tokens.items()}
 

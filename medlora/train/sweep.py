@@ -40,7 +40,7 @@ from ..io.prepare import PreparedData
 from ..models.backbone import create_base
 from ..models.build import input_config
 from ..models.lora import apply_method, count_params
-from ..models.prefix import SuffixModel, frozen_prefix_depth, prefix_tokens
+from ..models.prefix import SuffixModel, frozen_prefix_depth
 from ..summary import RunSummary
 from ..tracking import compare as cmp
 from ..tracking import mlflow_run as track
@@ -52,7 +52,7 @@ from .experiment import (
     run_tags,
     train_and_evaluate,
 )
-from .features import FeatureDataset, FeatureSet, extract_features, fits_in_memory, probe_head
+from .features import FeatureDataset, FeatureSet, extract_features, prefix_token_sets, probe_head
 from .fewshot import (
     SupportSet,
     SweepPoint,
@@ -127,12 +127,10 @@ class Workbench:
         depth = 0 if cfg.preprocess.augment else frozen_prefix_depth(model)
         if not depth:
             return None
-        if depth not in self._tokens:
-            base = self.base.to(self.device)
-            self._tokens[depth] = {
-                s: extract_features(base, make_loader(ds, self.cfg.train, shuffle=False), self.device,
-                                    desc=f"frozen blocks 0-{depth - 1} {s}", fn=lambda m, x: prefix_tokens(m, x, depth))
-                for s, ds in self.datasets.items()} if fits_in_memory(base, self.datasets, depth, self.device) else None
+        if depth not in self._tokens:  # the frozen blocks are the base's own: one pass serves every child
+            self._tokens[depth] = prefix_token_sets(self.base, self.datasets,
+                                                    lambda ds, shuffle: make_loader(ds, self.cfg.train, shuffle),
+                                                    self.device, depth)
             self.base.to("cpu")
         t = self._tokens[depth]
         if t is None:
