@@ -31,8 +31,13 @@ def _random(module: nn.Module) -> bool:
 
 def frozen_prefix_depth(model: nn.Module) -> int:
     """How many leading blocks of a timm ViT are frozen and deterministic, with a frozen, deterministic
-    embedding below them (0 when the model is not such a ViT or its first block trains)."""
+    embedding below them (0 when the model is not timm's ``VisionTransformer`` — whose
+    ``forward_features`` :func:`prefix_tokens` and :class:`SuffixModel` follow — or its first block trains)."""
+    from timm.models.vision_transformer import VisionTransformer
+
     vit = timm_model(model)
+    if not isinstance(vit, VisionTransformer):
+        return 0
     blocks = getattr(vit, "blocks", None)
     embed = [getattr(vit, name, None) for name in ("patch_embed", "pos_drop", "patch_drop", "norm_pre")]
     if not isinstance(blocks, nn.Sequential) or any(m is None for m in embed) or getattr(vit, "grad_checkpointing", False):
