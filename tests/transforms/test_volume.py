@@ -18,21 +18,12 @@ from medlora.transforms.volume import load_volume, oriented_shape, preprocess_vo
 
 pytestmark = pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader:UserWarning")
 
-TESTS = Path(__file__).resolve().parents[1]
-SHARED = TESTS.parent.parent / "shared" / "data"
 LINEAR = WindowConfig(mode="manual", center=500.0, width=1001.0)  # 0 → ~0, 500 → 0.5, 1000 → 1
 
 # file axes: i → posterior (3 mm), j → superior (4 mm), k → left (2 mm): nothing like RAS
 PERMUTED = np.array([[0.0, 0.0, -2.0, 10.0], [-3.0, 0.0, 0.0, 20.0], [0.0, 4.0, 0.0, -5.0], [0, 0, 0, 1]])
 SHAPE = (5, 6, 7)
 HOT, WARM = (1, 2, 3), (4, 0, 5)
-
-
-def _shared(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data {path} is not available")
-    return path
 
 
 @pytest.fixture
@@ -70,8 +61,8 @@ def test_spacing_resamples_to_the_predicted_shape(permuted_nifti) -> None:
 
 
 @pytest.mark.parametrize("name", ["example_ct_sm.nii.gz", "example_mr_sm.nii.gz"])
-def test_real_totalsegmentator_volumes_land_in_ras(name) -> None:
-    path = _shared("nifti", "totalseg", name)
+def test_real_totalsegmentator_volumes_land_in_ras(name, shared_data) -> None:
+    path = shared_data("nifti", "totalseg", name)
     img = nib.load(path)
     data = img.get_fdata(dtype=np.float32)
     window = WindowConfig(mode="preset", preset="abdomen")
@@ -82,8 +73,8 @@ def test_real_totalsegmentator_volumes_land_in_ras(name) -> None:
     assert out.shape[1:] == oriented_shape(data.shape, img.affine)
 
 
-def test_series_slice_view_equals_the_2d_path_for_the_same_slice() -> None:
-    files = sorted(_shared("dicom", "ct_3slice").glob("*.dcm"))
+def test_series_slice_view_equals_the_2d_path_for_the_same_slice(shared_data) -> None:
+    files = sorted(shared_data("dicom", "ct_3slice").glob("*.dcm"))
     pre = PreprocessConfig(window=WindowConfig(mode="dicom"), view=ViewConfig(kind="slice"))
     load = LoadSampled(keys="image", preprocess=pre)
     view = load({"image": [str(f) for f in files[::-1]], "kind": "series", "view_index": 0})["image"]
