@@ -12,8 +12,8 @@ from pathlib import Path
 from medlora.config import Config, config_to_dict
 from medlora.device import configure_threads, resolve_device
 from medlora.evaluate.plots import plot_roc
-from medlora.export.adapter import write_export
-from medlora.export.bundle import export_bundle
+from medlora.export.metadata import run_metadata
+from medlora.export.stage import run_export
 from medlora.io.prepare import prepare_dataset
 from medlora.models.build import build_model
 from medlora.summary import RunSummary
@@ -32,8 +32,6 @@ def run(cfg: Config, out: Path) -> RunSummary:
     data = prepare_dataset(cfg.data, cfg.preprocess)
     uri = track.configure(cfg.tracking)
     experiment = experiment_name(cfg, data)
-    how = cfg.preprocess.view.aggregate
-    abnormal = cfg.data.classes.index(cfg.data.abnormal)
     tags = {**run_tags(cfg, data), "medlora.method": cfg.model.method}
     with track.start_run(experiment, run_name=f"{cfg.model.method}-{cfg.model.backbone}", tags=tags) as mlrun:
         track.log_config(config_to_dict(cfg))
@@ -56,19 +54,8 @@ def run(cfg: Config, out: Path) -> RunSummary:
 
         op = result.evaluation.operating_point
         plot_roc(result.test_studies.label, result.test_studies.score, out / "roc.png", operating_point=op)
-        write_export(out, model, {
-            "method": cfg.model.method,
-            "base": built.base.to_dict(),
-            "lora": cfg.model.lora.model_dump(mode="json") if cfg.model.method == "lora" else None,
-            "preprocess": {**built.data_config, **cfg.preprocess.model_dump(mode="json", exclude={"image_size", "augment"})},
-            "labels": {"classes": cfg.data.classes, "abnormal": cfg.data.abnormal, "abnormal_index": abnormal},
-            "operating_point": {"policy": op.policy, "threshold": op.threshold, "aggregate": how},
-            "mlflow_run_id": mlrun.info.run_id,
-            "dataset": {"name": cfg.data.name, "fingerprint": data.fingerprint},
-        })
-        for name in ("roc.png", "medlora.json"):
-            track.log_artifact(out / name)
-        track.log_artifact(out / "adapter", "adapter")
-    items = {item["sample_id"]: item for item in manifest_items(data.manifest, data.root)}
-    export_bundle(mlrun.info.run_id, out / "bundle", tracking_uri=uri, overwrite=True, items=items)
+        track.log_artifact(out / "roc.png")
+        # the bundle is written inside the run: FINISHED only with a bundle, FAILED with the reason otherwise
+        items = {item["sample_id"]: item for item in manifest_items(data.manifest, data.root)}
+        run_export(out, model, run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint), uri, items=items)
     return RunSummary(mlrun.info.run_id, experiment, uri, out, result.metrics, str(built.params))

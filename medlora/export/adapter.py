@@ -1,10 +1,20 @@
-"""Write an adapter in peft's ``save_pretrained`` layout plus ``medlora.json``.
+"""What a run exports for each adaptation method, and ``medlora.json`` beside it.
 
-``medlora.json`` holds what a plain timm + peft user needs to rebuild the model and
-preprocess an input: the base (timm name, kwargs, weights source, sha256 of the file and of the
-state), the adaptation method, preprocessing, label names and which is abnormal, the frozen
-operating point and the MLflow run id. peft leaves ``base_model_name_or_path`` empty for timm
-models, so this file, not the adapter config, is the authority on the base.
+One contract for every method (:data:`ARTIFACTS`), so that export, verify, predict, register and the
+pyfunc model treat them alike:
+
+* ``lora`` → ``adapter/``: peft's ``save_pretrained`` layout (``adapter_config.json``,
+  ``adapter_model.safetensors``), classifier head included through ``modules_to_save``; it is put on
+  the exact base named in ``medlora.json``.
+* ``linear_probe`` → ``head/head.safetensors``: the classifier head's tensors only; the base is
+  unchanged and named in ``medlora.json`` (it is needed to use the head).
+* ``full`` → ``model/model.safetensors``: the whole fine-tuned model's state. A full fine-tune is a
+  new model, not an adapter: it needs no base to run, and ``medlora.json`` keeps the base only as
+  the record of where training started.
+
+``medlora.json``'s ``weights`` entry names the artifact, its kind, its file's sha256, whether the base is
+needed, and says in words what it is. peft leaves ``base_model_name_or_path`` empty for timm models,
+so ``medlora.json``, not the adapter config, is the authority on the base.
 """
 
 from __future__ import annotations
@@ -13,72 +23,144 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from .. import __version__
+from ..errors import BundleError
+from ..models.backbone import head_prefixes, sha256_file
+from ..provenance import git_commit, library_versions
+
+__all__ = ["ARTIFACTS", "FORMAT_VERSION", "METADATA_FILE", "MethodArtifact", "artifact_of", "copy_weights",
+           "git_commit", "library_versions", "require_weights", "save_trainable", "weights_entry", "write_export"]
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a ``weights`` entry and one artifact layout per method
 METADATA_FILE = "medlora.json"
 
 
-def library_versions() -> dict[str, str]:
-    import peft
-    import timm
-    import torch
+@dataclass(frozen=True)
+class MethodArtifact:
+    """Where a method's trained weights live in a run folder / bundle, and what they are."""
 
-    return {"medlora": __version__, "torch": torch.__version__, "timm": timm.__version__, "peft": peft.__version__}
+    method: str
+    kind: str  # adapter | head | model
+    folder: str
+    files: tuple[str, ...]
+    weights_file: str  # the safetensors file among ``files``
+    needs_base: bool
+    description: str
+
+    @property
+    def weights_path(self) -> str:
+        return f"{self.folder}/{self.weights_file}"
 
 
-def git_commit() -> str | None:
-    """The commit of the medlora checkout, when run from one."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+ARTIFACTS: dict[str, MethodArtifact] = {
+    "lora": MethodArtifact("lora", "adapter", "adapter", ("adapter_config.json", "adapter_model.safetensors"),
+                           "adapter_model.safetensors", True,
+                           "LoRA adapter (peft save_pretrained layout, classifier head included); valid only on the "
+                           "exact base named here"),
+    "linear_probe": MethodArtifact("linear_probe", "head", "head", ("head.safetensors",), "head.safetensors", True,
+                                   "linear probe: the classifier head only, on the unchanged base named here"),
+    "full": MethodArtifact("full", "model", "model", ("model.safetensors",), "model.safetensors", False,
+                           "full fine-tune: a new model, not an adapter; every weight was trained, the base named "
+                           "here is only where training started and is not needed to use it"),
+}
 
 
-def save_trainable(model: nn.Module, method: str, folder: Path) -> None:
-    """LoRA → peft ``save_pretrained``; other methods → their trainable weights as safetensors."""
-    folder.mkdir(parents=True, exist_ok=True)
+def artifact_of(method: str) -> MethodArtifact:
+    """The export contract of ``method``; a :class:`BundleError` naming the known methods otherwise."""
+    if method not in ARTIFACTS:
+        raise BundleError(f"method {method!r} has no export format; known methods: {', '.join(ARTIFACTS)}")
+    return ARTIFACTS[method]
+
+
+def _state(model: nn.Module, method: str) -> dict[str, Any]:
+    """The tensors a non-LoRA method exports: the head's (linear probe) or the whole state (full)."""
+    state = model.state_dict()
+    if method == "linear_probe":
+        heads = head_prefixes(model)
+        state = {k: v for k, v in state.items() if k.startswith(heads)}
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_trainable(model: nn.Module, method: str, folder: Path) -> Path:
+    """Save ``model``'s trained weights in ``method``'s layout under ``folder`` (the artifact's folder
+    is created inside it); returns the weights file."""
+    art = artifact_of(method)
+    dst = Path(folder) / art.folder
+    dst.mkdir(parents=True, exist_ok=True)
     if method == "lora":
-        model.save_pretrained(str(folder), safe_serialization=True)
-        return
-    from safetensors.torch import save_file
+        model.save_pretrained(str(dst), safe_serialization=True)
+    else:
+        from safetensors.torch import save_file
 
-    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(state, folder / "model.safetensors", metadata={"method": method})
+        state = _state(model, method)
+        if not state:
+            raise BundleError(f"the {method} model has no tensors to export under {head_prefixes(model)}")
+        save_file(state, dst / art.weights_file, metadata={"format": "pt", "method": method})
+    return dst / art.weights_file
+
+
+def weights_entry(method: str, weights_file: Path) -> dict[str, Any]:
+    """The ``weights`` entry of ``medlora.json`` for a saved artifact."""
+    art = artifact_of(method)
+    return {"kind": art.kind, "path": art.weights_path, "files": [f"{art.folder}/{f}" for f in art.files],
+            "sha256": sha256_file(weights_file), "needs_base": art.needs_base, "description": art.description}
+
+
+def require_weights(local: Path, meta: dict[str, Any], what: str) -> MethodArtifact:
+    """Check that the artifact ``meta`` describes is complete under ``local`` (a run's downloaded
+    artifacts or a bundle) and matches its sha256; ``what`` names the folder in errors."""
+    method = meta.get("method")
+    art = artifact_of(str(method))
+    entry = meta.get("weights")
+    if entry is None and method != "lora":
+        raise BundleError(f"{what} ({method}) was written by a medlora older than export format {FORMAT_VERSION}, "
+                          "which saved only adapter/model.safetensors for this method; run it again to export it")
+    for rel in art.files:
+        if not (Path(local) / art.folder / rel).is_file():
+            raise BundleError(f"{what} has no {art.folder}/{rel}: a {method} run exports {', '.join(art.files)} "
+                              f"under {art.folder}/ ({art.description})")
+    if entry is not None and sha256_file(Path(local) / art.weights_path) != entry["sha256"]:
+        raise BundleError(f"{what}: {art.weights_path} does not match the sha256 in {METADATA_FILE}")
+    return art
+
+
+def copy_weights(local: Path, dst: Path, meta: dict[str, Any], what: str) -> None:
+    """Copy the (checked) artifact of ``meta``'s method from ``local`` into ``dst``."""
+    art = require_weights(local, meta, what)
+    (Path(dst) / art.folder).mkdir(parents=True, exist_ok=True)
+    for rel in art.files:
+        shutil.copyfile(Path(local) / art.folder / rel, Path(dst) / art.folder / rel)
 
 
 def write_export(out: Path, model: nn.Module, metadata: dict[str, Any]) -> Path:
-    """Write ``out/adapter/`` and ``out/medlora.json``, staged in a temporary folder first.
+    """Write the method's artifact folder and ``out/medlora.json``, staged in a temporary folder first.
 
     Other files in ``out`` (the run's base weights, predictions) are left alone; a failure while
     saving leaves any previous export in place.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    method = metadata["method"]
+    art = artifact_of(method)
     tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=out))
     try:
-        save_trainable(model, metadata["method"], tmp / "adapter")
-        meta = {"format_version": FORMAT_VERSION, "versions": library_versions(), "git_commit": git_commit(), **metadata}
+        weights = save_trainable(model, method, tmp)
+        meta = {"format_version": FORMAT_VERSION, "versions": library_versions(), "git_commit": git_commit(),
+                **metadata, "weights": weights_entry(method, weights)}
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        if (out / "adapter").exists():
-            shutil.rmtree(out / "adapter")
-        os.replace(tmp / "adapter", out / "adapter")
+        for other in ARTIFACTS.values():  # a folder of another method's earlier export would mislead
+            if (out / other.folder).exists():
+                shutil.rmtree(out / other.folder)
+        os.replace(tmp / art.folder, out / art.folder)
         os.replace(tmp / METADATA_FILE, out / METADATA_FILE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s adapter to %s", metadata["method"], out)
+    log.info("exported the %s %s to %s", method, art.kind, out / art.folder)
     return out
-
-
-def read_metadata(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / METADATA_FILE).read_text())

@@ -2,7 +2,8 @@
 
 Layout (every file listed in ``MANIFEST.sha256``)::
 
-    adapter/                    peft save_pretrained layout (safetensors), classifier head included
+    adapter/ | head/ | model/   the method's trained weights (LoRA adapter in peft's layout with the head,
+                                linear-probe head, or a full fine-tune's whole model; medlora.export.adapter)
     base/base.safetensors       only for a randomly initialised base (source "init"); see below
     medlora.json                base, preprocessing, labels, operating point, provenance, versions
     model_card.md  data_card.md metrics.json
@@ -41,7 +42,7 @@ from ..errors import BundleError, MedloraError
 from ..evaluate.operating_point import OperatingPoint
 from ..models.backbone import sha256_file
 from ..tracking import mlflow_run as track
-from .adapter import METADATA_FILE, git_commit, library_versions
+from .adapter import METADATA_FILE, copy_weights, git_commit, library_versions, require_weights
 from .card import model_card
 from .html import render_report
 from .loading import BUNDLE_BASE_FILE, Bundle, load_model
@@ -59,7 +60,6 @@ from .review import (
 from .samples import sample_rules
 
 log = logging.getLogger(__name__)
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 PLOT_FILES = ("roc.png", "pr.png", "reliability.png", "score_histograms.png")
 
 
@@ -76,15 +76,21 @@ def download_run(run_id: str, dst: Path, tracking_uri: str | None = None) -> Pat
     except MlflowException as err:
         raise BundleError(f"MLflow run {run_id!r} cannot be read from {tracking_uri or 'the default store'}: "
                           f"{err.message}") from None
-    for needed in (METADATA_FILE, "predictions.csv", "metrics.json", "adapter/adapter_model.safetensors"):
+    for needed in (METADATA_FILE, "predictions.csv", "metrics.json"):
         if not (Path(local) / needed).is_file():
-            raise BundleError(f"MLflow run {run_id} has no artifact {needed}: it is not a finished medlora LoRA run")
+            raise BundleError(f"MLflow run {run_id} has no artifact {needed}: it is not a finished medlora run")
+    require_weights(Path(local), json.loads((Path(local) / METADATA_FILE).read_text()), f"MLflow run {run_id}")
     return Path(local)
 
 
 def bundle_base(meta: dict[str, Any], tmp: Path) -> dict[str, Any]:
     """Copy an ``init`` base into the bundle (checked by sha256); keep references for file/hub bases."""
     base = dict(meta["base"])
+    if not (meta.get("weights") or {}).get("needs_base", True):  # a full fine-tune: the base is only a record
+        base["in_bundle"], base["needed"] = False, False
+        if base["source"] == "init":
+            base["weights_path"] = None  # a file of the training machine, not needed to use the model
+        return base
     if base["source"] == "init":
         src = Path(base["weights_path"])
         if not src.is_file():
@@ -133,12 +139,8 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
                  items: dict[str, dict[str, Any]] | None = None) -> None:
     """Write the whole bundle into the empty folder ``tmp`` from the downloaded artifacts ``local``."""
     meta = json.loads((local / METADATA_FILE).read_text())
-    if meta.get("method") != "lora":
-        raise BundleError(f"run {run_id} used method {meta.get('method')!r}; only LoRA runs can be bundled")
     config = yaml.safe_load((local / "config.yaml").read_text()) if (local / "config.yaml").is_file() else {}
-    (tmp / "adapter").mkdir()
-    for name in ADAPTER_FILES:
-        shutil.copyfile(local / "adapter" / name, tmp / "adapter" / name)
+    copy_weights(local, tmp, meta, f"run {run_id}")
     meta["base"] = bundle_base(meta, tmp)
     meta["samples"] = sample_rules(config.get("data") or {})
     meta["export"] = {"exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

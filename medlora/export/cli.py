@@ -7,13 +7,15 @@ Kept beside the code they drive so that :mod:`medlora.cli` only has to call
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 from pathlib import Path
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .bundle import export_bundle
+    from .keys import require_site_keys
 
+    require_site_keys(args.run_id, args.tracking_uri)
     out = export_bundle(args.run_id, Path(args.out), tracking_uri=args.tracking_uri,
                         phi_check_against=[Path(p) for p in args.phi_check_against],
                         data_root=Path(args.data_root) if args.data_root else None, overwrite=args.force)
@@ -38,18 +40,28 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_bundles
 
+    secret = None
+    if args.secret_file:
+        from ..io.deid import load_site_key
+
+        secret = load_site_key(Path(args.secret_file)).secret
     res = predict_bundles([Path(b) for b in args.bundle], [Path(i) for i in args.inputs], merge=args.merge,
-                          salt=args.salt, verify=not args.no_verify)
+                          secret=secret, verify=not args.no_verify)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     res.studies.to_csv(out, index=False)
     if args.samples:
         res.samples.to_csv(args.samples, index=False)
     for e in res.errors.itertuples():
-        print(f"skipped {e.file}: {e.reason}")
-    print(f"{len(res.studies)} studies ({len(res.samples)} images) scored by {len(args.bundle)} bundle(s) → {out}; "
-          f"{len(res.errors)} input(s) skipped")
-    return 0 if len(res.studies) or not len(res.errors) else 1
+        print(f"skipped {e.file}: {e.reason}", file=sys.stderr)
+    unscored = int((res.studies["n_images"] == 0).sum())
+    print(f"{len(res.studies) - unscored} studies ({len(res.samples)} images) scored by {len(args.bundle)} bundle(s) "
+          f"→ {out}; {len(res.errors)} input(s) failed, {unscored} row(s) without a call")
+    if res.failed and not args.keep_going:
+        print("some inputs could not be read (rows with an empty call and an error); exit 1 "
+              "(--keep-going exits 0 when the rest was scored)", file=sys.stderr)
+        return 1
+    return 0 if len(res.studies) > unscored or not res.failed else 1
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
@@ -64,7 +76,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 def add_export_commands(sub: argparse._SubParsersAction) -> None:
     """Add the bundle subcommands to ``medlora``'s subparsers."""
     e = sub.add_parser("export", help="write a self-contained review bundle of an MLflow run")
-    e.add_argument("run_id", help="MLflow run id of a finished medlora run")
+    e.add_argument("run_id", help="MLflow run id of a finished medlora run (keys made with a site secret)")
     e.add_argument("--out", required=True, help="bundle folder to create (must not exist unless --force)")
     e.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or MLflow's default)")
     e.add_argument("--phi-check-against", action="append", default=[], metavar="DIR",
@@ -77,19 +89,23 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     v.add_argument("bundle", help="bundle folder")
     v.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("predict", help="score new DICOM studies with one or more bundles")
+    p = sub.add_parser("predict", help="score new DICOM/NIfTI studies with one or more bundles (exit 1 when an "
+                                       "input failed, unless --keep-going)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or folders")
     p.add_argument("--bundle", action="append", required=True, help="bundle folder (repeat for one score column each)")
     p.add_argument("--out", default="predictions.csv", help="study-level CSV to write (default predictions.csv)")
     p.add_argument("--samples", help="also write per-image scores to this CSV")
-    p.add_argument("--merge", action="store_true", help="merge each adapter into its base for speed (same scores)")
-    p.add_argument("--salt", default=os.environ.get("MEDLORA_SALT", "medlora"),
-                   help="salt of the study keys (default: $MEDLORA_SALT, else medlora's default data.salt)")
+    p.add_argument("--merge", action="store_true", help="merge each LoRA adapter into its base for speed (same "
+                                                        "scores); refused for linear-probe and full fine-tune bundles")
+    p.add_argument("--secret-file", help="site secret of the study keys (default: $MEDLORA_SECRET_FILE, "
+                                         "else ~/.config/medlora/site.key, as in ingest)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="exit 0 when some inputs could not be read but others were scored (they still get no call)")
     p.add_argument("--no-verify", action="store_true", help="skip the MANIFEST.sha256 check of the bundles")
     p.set_defaults(func=_cmd_predict)
 
     r = sub.add_parser("register", help="register a run as an MLflow pyfunc model with alias 'candidate'")
-    r.add_argument("run_id", help="MLflow run id of a finished medlora run")
+    r.add_argument("run_id", help="MLflow run id of a finished medlora run (keys made with a site secret)")
     r.add_argument("--name", required=True, help="registered model name")
     r.add_argument("--tracking-uri", help="MLflow tracking URI")
     r.add_argument("--bundle", help="an already exported bundle of that run (default: export one to a temp folder)")

@@ -1,10 +1,13 @@
-"""Put a bundle's adapter back on its exact base: one base per content hash, adapters swapped on it.
+"""Put a bundle's trained weights back into a model: adapters and heads on their exact base, full
+fine-tunes on their own.
 
-A bundle's ``medlora.json`` names its base by timm name, kwargs, weight source and two hashes (of the
-weights file and of the canonical state). :func:`load_base` rebuilds and checks both through
-:func:`medlora.models.backbone.rebuild_base`, so an adapter is never put on a different base (peft
-alone would only warn about mismatching shapes, and say nothing about different values). Weights are
-read only from safetensors (or ``torch.load(weights_only=True)``).
+A bundle's ``medlora.json`` names its method and artifact (:mod:`medlora.export.adapter`) and its base
+by timm name, kwargs, weight source and two hashes (of the weights file and of the canonical state).
+:func:`load_base` rebuilds and checks both through :func:`medlora.models.backbone.rebuild_base`, so an
+adapter or a head is never put on a different base (peft alone would only warn about mismatching
+shapes, and say nothing about different values). A full fine-tune is a new model: it is rebuilt from
+the timm name and its own weights file, checked by that file's sha256, and needs no base. Weights are
+read only from safetensors.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..config import PreprocessConfig
 from ..errors import BundleError, WeightsError
-from .adapter import METADATA_FILE
+from ..models.backbone import head_prefixes, sha256_file
+from .adapter import METADATA_FILE, MethodArtifact, require_weights
 
 log = logging.getLogger(__name__)
 BUNDLE_BASE_FILE = "base/base.safetensors"
@@ -28,7 +33,7 @@ BUNDLE_BASE_FILE = "base/base.safetensors"
 
 @dataclass
 class Bundle:
-    """An exported bundle on disk: its folder and parsed ``medlora.json``."""
+    """An exported bundle (or a run's output folder) on disk: its folder and parsed ``medlora.json``."""
 
     path: Path
     meta: dict[str, Any]
@@ -36,6 +41,21 @@ class Bundle:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def method(self) -> str:
+        return str(self.meta["method"])
+
+    @property
+    def artifact(self) -> MethodArtifact:
+        from .adapter import artifact_of
+
+        return artifact_of(self.method)
+
+    @property
+    def weights_file(self) -> Path:
+        """The safetensors file of the trained weights (adapter, head or whole model)."""
+        return self.path / self.artifact.weights_path
 
     @property
     def threshold(self) -> float:
@@ -65,7 +85,7 @@ class Bundle:
 
 
 def open_bundle(path: Path) -> Bundle:
-    """Read ``path/medlora.json``; raise :class:`BundleError` if it is not a LoRA bundle."""
+    """Read ``path/medlora.json`` and check that the method's artifact is there; :class:`BundleError` if not."""
     path = Path(path)
     meta_file = path / METADATA_FILE
     if not meta_file.is_file():
@@ -77,10 +97,7 @@ def open_bundle(path: Path) -> Bundle:
     for key in ("base", "preprocess", "labels", "operating_point", "method"):
         if key not in meta:
             raise BundleError(f"{meta_file} has no {key!r} entry")
-    if meta["method"] != "lora":
-        raise BundleError(f"{path}: method {meta['method']!r}; only LoRA bundles can be loaded with peft")
-    if not (path / "adapter" / "adapter_model.safetensors").is_file():
-        raise BundleError(f"{path}: adapter/adapter_model.safetensors is missing (only safetensors adapters are loaded)")
+    require_weights(path, meta, f"bundle {path}")
     return Bundle(path, meta)
 
 
@@ -88,6 +105,8 @@ def load_base(bundle: Bundle) -> nn.Module:
     """The bundle's base, rebuilt and verified by file sha256 and state sha256."""
     from ..models.backbone import rebuild_base
 
+    if not bundle.artifact.needs_base:
+        raise BundleError(f"bundle {bundle.path} is a full fine-tune, a new model: it needs no base (load_model loads it)")
     info = bundle.base_info()
     if info["source"] != "hub" and not Path(info["weights_path"]).is_file():
         raise BundleError(f"bundle {bundle.path}: base weights {info['weights_path']} are not available "
@@ -100,13 +119,69 @@ def load_base(bundle: Bundle) -> nn.Module:
 
 
 def same_base(a: Bundle, b: Bundle) -> bool:
-    """True when two bundles were trained on bases with the same content."""
+    """True when two bundles need a base and were trained on bases with the same content."""
+    if not (a.artifact.needs_base and b.artifact.needs_base):
+        return False
     ka, kb = a.meta["base"], b.meta["base"]
     return (ka["timm_name"], ka["state_sha256"], ka["num_classes"]) == (kb["timm_name"], kb["state_sha256"], kb["num_classes"])
 
 
+def _read_checked(bundle: Bundle) -> dict[str, torch.Tensor]:
+    """The bundle's weights file, checked against the sha256 of its ``medlora.json`` when it has one."""
+    from safetensors.torch import load_file
+
+    path = bundle.weights_file
+    expected = (bundle.meta.get("weights") or {}).get("sha256")
+    if expected and sha256_file(path) != expected:
+        raise BundleError(f"bundle {bundle.path}: {bundle.artifact.weights_path} does not match its sha256 in "
+                          f"{METADATA_FILE}; re-export it")
+    return load_file(path)
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], bundle: Bundle, strict: bool) -> None:
+    """``load_state_dict`` with a readable error: which keys are missing, unexpected or of another shape."""
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state)) if strict else []
+    if bad or unexpected or missing:
+        raise BundleError(f"bundle {bundle.path}: {bundle.artifact.weights_path} does not fit timm "
+                          f"{bundle.meta['base']['timm_name']} {bundle.meta['base'].get('timm_kwargs', {})}: "
+                          f"shapes {bad[:3]}, unexpected {unexpected[:3]}, missing {missing[:3]}")
+    model.load_state_dict(state, strict=strict)
+
+
+def head_state(bundle: Bundle) -> dict[str, torch.Tensor]:
+    """The classifier-head tensors of a linear-probe bundle."""
+    if bundle.method != "linear_probe":
+        raise BundleError(f"bundle {bundle.path} is a {bundle.method} bundle, not a linear probe")
+    return _read_checked(bundle)
+
+
+def put_head(model: nn.Module, state: dict[str, torch.Tensor], bundle: Bundle) -> nn.Module:
+    """Load a linear probe's head into ``model`` (a base of the same content), in place."""
+    heads = head_prefixes(model)
+    if not state or not all(k.startswith(heads) for k in state):
+        raise BundleError(f"bundle {bundle.path}: {bundle.artifact.weights_path} holds tensors outside the "
+                          f"classifier head {heads}: {sorted(state)[:3]}")
+    _load_state(model, state, bundle, strict=False)
+    return model
+
+
+def load_full(bundle: Bundle) -> nn.Module:
+    """A full fine-tune: timm's architecture from ``medlora.json`` with the bundle's whole state."""
+    import timm
+
+    if bundle.method != "full":
+        raise BundleError(f"bundle {bundle.path} is a {bundle.method} bundle, not a full fine-tune")
+    b = bundle.meta["base"]
+    model = timm.create_model(b["timm_name"], pretrained=False, num_classes=b["num_classes"], **b.get("timm_kwargs", {}))
+    _load_state(model, _read_checked(bundle), bundle, strict=True)
+    return model.eval()
+
+
 def attach_adapters(base: nn.Module, bundles: list[Bundle], names: list[str]) -> nn.Module:
-    """One ``PeftModel`` holding each bundle's adapter under its name (use ``set_adapter`` to switch)."""
+    """One ``PeftModel`` holding each LoRA bundle's adapter under its name (use ``set_adapter`` to switch)."""
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(base, str(bundles[0].path / "adapter"), adapter_name=names[0])
@@ -115,15 +190,32 @@ def attach_adapters(base: nn.Module, bundles: list[Bundle], names: list[str]) ->
     return model.eval()
 
 
+def refuse_merge(bundle: Bundle) -> None:
+    """Merging makes sense for a LoRA adapter only; say why for the other methods."""
+    if bundle.method == "full":
+        raise BundleError(f"bundle {bundle.path} is a full fine-tune, a new model and not an adapter: there is "
+                          "nothing to merge; drop --merge (it already runs at the base model's speed)")
+    if bundle.method != "lora":
+        raise BundleError(f"bundle {bundle.path} is a {bundle.method}: only its classifier head was trained and the "
+                          "base is used as is, so there is no adapter to merge; drop --merge")
+
+
 def merged_model(base: nn.Module, bundle: Bundle) -> nn.Module:
-    """A plain timm model with the adapter (and head) merged in; ``base`` is copied, not changed."""
+    """A plain timm model with a LoRA adapter (and head) merged in; ``base`` is copied, not changed."""
     from peft import PeftModel
 
+    refuse_merge(bundle)
     model = PeftModel.from_pretrained(copy.deepcopy(base), str(bundle.path / "adapter"))
     return model.merge_and_unload().eval()
 
 
 def load_model(bundle: Bundle, merge: bool = False) -> nn.Module:
-    """The adapted model of one bundle, verified base included."""
+    """The trained model of one bundle, verified base included; ``merge`` only for LoRA."""
+    if merge:
+        refuse_merge(bundle)
+    if bundle.method == "full":
+        return load_full(bundle)
     base = load_base(bundle)
+    if bundle.method == "linear_probe":
+        return put_head(base, head_state(bundle), bundle).eval()
     return merged_model(base, bundle) if merge else attach_adapters(base, [bundle], ["default"])

@@ -1,23 +1,32 @@
-"""Score new DICOM studies with one or more exported bundles.
+"""Score new DICOM/NIfTI studies with one or more exported bundles of any method.
 
-Files (or folders of files) are grouped into studies by StudyInstanceUID, which becomes a salted
-pseudonymous study key (:func:`medlora.io.deid.pseudonym`) before anything is written. Each file goes
-through the bundle's exact preprocessing (:func:`medlora.transforms.pipeline.build_transforms` with the
-window/view/size/mean/std of ``medlora.json``); sample scores are aggregated per study with the
-bundle's rule and called at its frozen operating point (``score >= threshold``).
+Files (or folders of files) are grouped into studies by StudyInstanceUID, which becomes a
+pseudonymous study key (HMAC under the site secret, :func:`medlora.io.deid.pseudonym`, as in ingest)
+before anything is written. Each file goes through the bundle's exact preprocessing
+(:func:`medlora.transforms.pipeline.build_transforms` with the window/view/size/mean/std of
+``medlora.json``); sample scores are aggregated per study with the bundle's rule and called at its
+frozen operating point (``score >= threshold``).
 
-Several bundles trained on the same base share one base model in memory: their adapters are loaded
-side by side with peft's ``load_adapter`` and switched with ``set_adapter``. ``merge=True`` instead
-merges each adapter into a copy of the base (``merge_and_unload``): the same scores, faster
-inference. A file that cannot be read is reported with its reason and skipped; the others go on.
+Bundles that need the same base share one base model in memory, loaded and checked once: LoRA
+adapters are loaded side by side with peft's ``load_adapter`` and switched with ``set_adapter``;
+linear-probe heads are swapped on one copy of the base. A full fine-tune is its own model.
+``merge=True`` merges each LoRA adapter into a copy of the base (``merge_and_unload``): the same
+scores, faster inference; it is refused for the other methods, which have nothing to merge.
+
+A failure is never a negative finding: a study none of whose images could be read gets a row with
+no score and no call (``call`` empty) and its reason in ``error``; an input whose study cannot even
+be told (a missing path, an unreadable header) gets such a row too. A study scored from only some
+of its files names the others in ``error``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +38,18 @@ from tqdm.auto import tqdm
 
 from ..errors import BundleError, InputError, MedloraError
 from ..evaluate.aggregate import aggregate_scores
-from .loading import Bundle, attach_adapters, load_base, merged_model, open_bundle, same_base
+from .loading import (
+    Bundle,
+    attach_adapters,
+    head_state,
+    load_base,
+    load_full,
+    merged_model,
+    open_bundle,
+    put_head,
+    refuse_merge,
+    same_base,
+)
 from .manifest import require_verified
 from .samples import DEFAULT_RULES, plan_samples, sample_tensors
 
@@ -39,11 +59,25 @@ SKIP_SUFFIXES = {".csv", ".md", ".json", ".txt", ".html", ".png", ".yaml"}  # si
 
 @dataclass
 class PredictResult:
-    """Study-level scores/calls, per-sample scores, and the inputs that were skipped with why."""
+    """Study-level scores/calls (with an ``error`` column), per-sample scores, and every input that
+    failed with why (``file``, ``reason``, ``study_key`` when known)."""
 
     studies: pd.DataFrame
     samples: pd.DataFrame
-    errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["file", "reason"]))
+    errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["file", "reason", "study_key"]))
+
+    @property
+    def failed(self) -> bool:
+        """True when any input could not be used."""
+        return len(self.errors) > 0
+
+
+@dataclass
+class Slot:
+    """The model that scores one bundle, and what to do before using it (switch adapter or head)."""
+
+    model: nn.Module
+    activate: Callable[[], None] | None = None
 
 
 def collect_files(inputs: list[Path]) -> tuple[list[Path], list[dict[str, str]]]:
@@ -51,8 +85,11 @@ def collect_files(inputs: list[Path]) -> tuple[list[Path], list[dict[str, str]]]
     files, errors = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".")
-                            and p.suffix.lower() not in SKIP_SUFFIXES and p.name != "DICOMDIR")
+            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".")
+                           and p.suffix.lower() not in SKIP_SUFFIXES and p.name != "DICOMDIR")
+            if not found:
+                errors.append({"file": str(item), "reason": "folder holds no image file"})
+            files += found
         elif item.is_file():
             files.append(item)
         else:
@@ -73,32 +110,63 @@ def column_names(bundles: list[Bundle]) -> list[str]:
     return names
 
 
+def site_secret(secret: bytes | str | None) -> bytes | str:
+    """The secret study keys are made with: the given one, else this site's key file."""
+    if secret is not None:
+        return secret
+    from ..io.deid import load_site_key
+
+    return load_site_key().secret
+
+
 class Predictor:
     """Loaded bundles ready to score inputs; each base is loaded (and checked) once."""
 
-    def __init__(self, bundles: list[Bundle], merge: bool = False, salt: str = "medlora", batch_size: int = 32) -> None:
+    def __init__(self, bundles: list[Bundle], merge: bool = False, secret: bytes | str | None = None,
+                 batch_size: int = 32) -> None:
         if not bundles:
             raise BundleError("no bundle given")
-        self.bundles, self.salt, self.batch_size, self.merge = bundles, salt, batch_size, merge
+        if merge:
+            for bundle in bundles:
+                refuse_merge(bundle)
+        self.bundles, self.batch_size, self.merge = bundles, batch_size, merge
+        self.secret = site_secret(secret)
         self.columns = column_names(bundles)
         self._transforms: dict[str, object] = {}
-        self.models: dict[int, tuple[nn.Module, str | None]] = {}
-        done: set[int] = set()
+        self.slots: dict[int, Slot] = {}
+        for i, bundle in enumerate(bundles):
+            if bundle.method == "full":
+                self.slots[i] = Slot(load_full(bundle))
+        done: set[int] = set(self.slots)
         for i, bundle in enumerate(bundles):
             if i in done:
                 continue
             group = [j for j in range(len(bundles)) if j not in done and same_base(bundle, bundles[j])]
             done.update(group)
-            base = load_base(bundle)
-            log.info("base %s loaded once for %d bundle(s)", bundle.meta["base"]["timm_name"], len(group))
-            if merge:
-                for j in group:
-                    self.models[j] = (merged_model(base, bundles[j]), None)
-            else:
-                names = [f"b{j}" for j in group]
-                shared = attach_adapters(base, [bundles[j] for j in group], names)
-                for j, name in zip(group, names, strict=True):
-                    self.models[j] = (shared, name)
+            self._load_group(group)
+
+    def _load_group(self, group: list[int]) -> None:
+        """Bundles on one base: load it once; heads swap on one copy, adapters sit side by side."""
+        base = load_base(self.bundles[group[0]])
+        log.info("base %s loaded once for %d bundle(s)", self.bundles[group[0]].meta["base"]["timm_name"], len(group))
+        lora = [j for j in group if self.bundles[j].method == "lora"]
+        probes = [j for j in group if self.bundles[j].method == "linear_probe"]
+        if probes:
+            model = copy.deepcopy(base) if lora else base  # peft changes the base it is attached to
+            for j in probes:
+                state, bundle = head_state(self.bundles[j]), self.bundles[j]
+                put_head(model, state, bundle)  # fail at load time, not at the first input
+                self.slots[j] = Slot(model, _head_switch(model, state, bundle))
+        if not lora:
+            return
+        if self.merge:
+            for j in lora:
+                self.slots[j] = Slot(merged_model(base, self.bundles[j]))
+            return
+        names = [f"b{j}" for j in lora]
+        shared = attach_adapters(base, [self.bundles[j] for j in lora], names)
+        for j, name in zip(lora, names, strict=True):
+            self.slots[j] = Slot(shared, lambda m=shared, n=name: m.set_adapter(n))
 
     @classmethod
     def from_paths(cls, paths: list[Path], verify: bool = True, **kwargs) -> Predictor:
@@ -111,13 +179,13 @@ class Predictor:
     @torch.inference_mode()
     def score_tensors(self, index: int, images: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
         """P(abnormal) of bundle ``index`` for preprocessed ``(C, H, W)`` images, stacked batch by batch."""
-        model, adapter = self.models[index]
-        if adapter is not None:
-            model.set_adapter(adapter)
+        slot = self.slots[index]
+        if slot.activate is not None:
+            slot.activate()
         out = []
         for i in range(0, len(images), self.batch_size):
             x = torch.stack(list(images[i:i + self.batch_size])).as_subclass(torch.Tensor)
-            out.append(torch.softmax(model(x).float(), 1)[:, self.bundles[index].abnormal_index])
+            out.append(torch.softmax(slot.model(x).float(), 1)[:, self.bundles[index].abnormal_index])
         return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
 
     def _key(self, bundle: Bundle) -> str:
@@ -126,8 +194,9 @@ class Predictor:
         return json.dumps([pre.model_dump(mode="json"), size, mean, std, rules], sort_keys=True)
 
     def _inputs(self, bundle: Bundle, headers: dict[Path, dict], niftis: list[Path],
-                errors: dict[str, str]) -> list[tuple[str, str, torch.Tensor]]:
-        """``(sample_id, study_key, image)`` of every readable sample under ``bundle``'s preprocessing."""
+                errors: dict[str, tuple[str, str]]) -> list[tuple[str, str, torch.Tensor]]:
+        """``(sample_id, study_key, image)`` of every readable sample under ``bundle``'s preprocessing;
+        failures go to ``errors`` (label → (reason, study key))."""
         from ..transforms.pipeline import build_transforms
 
         pre, size, mean, std = bundle.preprocess()
@@ -135,12 +204,12 @@ class Predictor:
         transform = self._transforms.get(key) or build_transforms(pre, size, mean, std)
         self._transforms[key] = transform
         out = []
-        specs = plan_samples(headers, niftis, bundle.meta.get("samples") or DEFAULT_RULES, self.salt)
+        specs = plan_samples(headers, niftis, bundle.meta.get("samples") or DEFAULT_RULES, self.secret)
         for spec in tqdm(specs, desc="preprocess", unit="sample", disable=not sys.stderr.isatty()):
             try:
-                out += [(sid, spec.study_key, x) for sid, x in sample_tensors(spec, transform, pre, self.salt)]
+                out += [(sid, spec.study_key, x) for sid, x in sample_tensors(spec, transform, pre, self.secret)]
             except (MedloraError, RuntimeError, ValueError, OSError) as err:
-                errors.setdefault(spec.label, _root_cause(err))
+                errors.setdefault(spec.label, (_root_cause(err), spec.study_key))
         return out
 
     def predict_files(self, inputs: list[Path]) -> PredictResult:
@@ -149,7 +218,7 @@ class Predictor:
         from ..io.nifti import is_nifti
 
         files, missing = collect_files(inputs)
-        errors = {e["file"]: e["reason"] for e in missing}
+        errors: dict[str, tuple[str, str]] = {e["file"]: (e["reason"], "") for e in missing}
         headers: dict[Path, dict] = {}
         niftis = [f for f in files if is_nifti(f)]
         for f in files:
@@ -158,7 +227,7 @@ class Predictor:
             try:
                 headers[f] = read_dicom_header(f)
             except MedloraError as err:
-                errors[str(f)] = str(err)
+                errors[str(f)] = (str(err), "")
         inputs_by_key: dict[str, list[tuple[str, str, torch.Tensor]]] = {}
         samples = pd.DataFrame(columns=["sample_id", "study_key"])
         for i, (bundle, col) in enumerate(zip(self.bundles, self.columns, strict=True)):
@@ -170,26 +239,54 @@ class Predictor:
             frame = pd.DataFrame({"sample_id": [r[0] for r in rows], "study_key": [r[1] for r in rows],
                                   f"score{col}": scores})
             samples = frame if samples.empty else samples.merge(frame, on=["sample_id", "study_key"], how="outer")
-        for name, reason in errors.items():
+        for name, (reason, _) in errors.items():
             log.warning("skipped %s: %s", name, reason)
-        errs = pd.DataFrame([{"file": k, "reason": v} for k, v in errors.items()], columns=["file", "reason"])
-        return PredictResult(self._studies(samples), samples, errs)
+        errs = pd.DataFrame([{"file": k, "reason": r, "study_key": s} for k, (r, s) in errors.items()],
+                            columns=["file", "reason", "study_key"])
+        return PredictResult(self._studies(samples, errs), samples, errs)
 
-    def _studies(self, samples: pd.DataFrame) -> pd.DataFrame:
-        """Aggregate sample scores per study with each bundle's rule; call at its threshold."""
+    def _studies(self, samples: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
+        """One row per study (scored or not) and per input of unknown study; each bundle's score is
+        aggregated with its rule and called at its threshold; no score means no call."""
         counts = samples.groupby("study_key").size() if len(samples) else pd.Series(dtype=int)
-        studies = pd.DataFrame({"study_key": counts.index.to_numpy(), "n_images": counts.to_numpy()})
+        failed = defaultdict(list)
+        for e in errors.itertuples():
+            failed[e.study_key].append(f"{Path(e.file).name}: {e.reason}")
+        keys = list(counts.index) + sorted(k for k in failed if k and k not in counts.index)
+        studies = pd.DataFrame({"study_key": keys, "n_images": [int(counts.get(k, 0)) for k in keys]})
         for bundle, col in zip(self.bundles, self.columns, strict=True):
             part = samples.dropna(subset=[f"score{col}"]) if f"score{col}" in samples else samples.iloc[:0]
-            if not len(part):
-                studies[f"score{col}"], studies[f"call{col}"] = np.nan, 0
-                continue
-            keys, scores, _ = aggregate_scores(part["study_key"].to_numpy(), part[f"score{col}"].to_numpy(),
-                                               np.zeros(len(part), dtype=int), how=bundle.aggregate)
-            by_key = dict(zip(keys, scores, strict=True))
-            studies[f"score{col}"] = studies["study_key"].map(by_key).astype(float)
-            studies[f"call{col}"] = (studies[f"score{col}"] >= bundle.threshold).astype(int)
-        return studies
+            by_key: dict[str, float] = {}
+            if len(part):
+                uniq, scores, _ = aggregate_scores(part["study_key"].to_numpy(), part[f"score{col}"].to_numpy(),
+                                                   np.zeros(len(part), dtype=int), how=bundle.aggregate)
+                by_key = dict(zip(uniq, scores, strict=True))
+            score = studies["study_key"].map(by_key).astype(float)
+            studies[f"score{col}"] = score
+            studies[f"call{col}"] = pd.array([pd.NA if np.isnan(s) else int(s >= bundle.threshold) for s in score],
+                                             dtype="Int64")
+        studies["error"] = [_study_error(k, n, failed.get(k, [])) for k, n in zip(studies["study_key"], studies["n_images"],
+                                                                                   strict=True)]
+        unknown = pd.DataFrame({"study_key": [""] * len(failed.get("", [])), "n_images": 0, "error": failed.get("", [])})
+        for col in self.columns:
+            unknown[f"score{col}"] = np.nan
+            unknown[f"call{col}"] = pd.array([pd.NA] * len(unknown), dtype="Int64")
+        return pd.concat([studies, unknown[studies.columns]], ignore_index=True) if len(unknown) else studies
+
+
+def _head_switch(model: nn.Module, state: dict[str, torch.Tensor], bundle: Bundle) -> Callable[[], None]:
+    """Put ``bundle``'s head on the shared base before it scores (a few kB copied, no new model)."""
+    def activate() -> None:
+        put_head(model, state, bundle)
+    return activate
+
+
+def _study_error(key: str, n_images: int, reasons: list[str]) -> str:
+    if not reasons:
+        return "" if n_images else "no readable image"
+    if n_images:
+        return f"scored without {len(reasons)} unreadable input(s): " + "; ".join(reasons)
+    return "no readable image: " + "; ".join(reasons)
 
 
 def _root_cause(err: BaseException) -> str:
@@ -199,7 +296,7 @@ def _root_cause(err: BaseException) -> str:
     return str(err) if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
 
 
-def predict_bundles(bundles: list[Path], inputs: list[Path], merge: bool = False, salt: str = "medlora",
+def predict_bundles(bundles: list[Path], inputs: list[Path], merge: bool = False, secret: bytes | str | None = None,
                     verify: bool = True) -> PredictResult:
     """Load ``bundles`` (bases once, verified) and score ``inputs``."""
-    return Predictor.from_paths(bundles, verify=verify, merge=merge, salt=salt).predict_files(inputs)
+    return Predictor.from_paths(bundles, verify=verify, merge=merge, secret=secret).predict_files(inputs)

@@ -1,24 +1,27 @@
 """``medlora register``: a bundle as an MLflow pyfunc model in the Model Registry, alias ``candidate``.
 
-The pyfunc's artifacts are the bundle folder itself (adapter, ``medlora.json``, preprocessing, and
-the base weights when the bundle carries them, i.e. for a randomly initialised base) plus, for a
-``file`` base, that weights file; a ``hub`` base stays a reference (timm name + state sha256) that
-must be in the local hub cache where the model is loaded. :class:`MedloraPyfunc` rebuilds and
-verifies the base in ``load_context`` exactly as ``medlora predict`` does.
+Every method registers the same way. The pyfunc's artifacts are the bundle folder itself (the
+method's artifact, ``medlora.json``, preprocessing, and the base weights when the bundle carries
+them, i.e. for a randomly initialised base) plus, for a ``file`` base an adapter or head needs, that
+weights file; a ``hub`` base stays a reference (timm name + state sha256) that must be in the local
+hub cache where the model is loaded. A full fine-tune carries its whole model and needs no base.
+:class:`MedloraPyfunc` rebuilds and verifies the model in ``load_context`` exactly as
+``medlora predict`` does (a LoRA adapter is merged once there).
 
 ``mlflow.pyfunc.load_model("models:/NAME@candidate").predict(frame)`` takes a DataFrame with a
 ``path`` column (a DICOM file or a folder holding one study) and/or an ``image`` column (an
 already-preprocessed ``C×H×W`` array, as :func:`medlora.transforms.pipeline.build_transforms`
 makes) and returns one row per study: ``input`` (row number), ``study_key``, ``n_images``,
-``score``, ``call``, ``error``. Study keys are salted with ``MEDLORA_SALT`` (default ``medlora``,
-medlora's default ``data.salt``) read where the model is loaded, so the site secret is never
-stored with the model.
+``score``, ``call``, ``error``. A study that cannot be read gets no score and no call (``call`` is
+null) and its reason in ``error``; a failure never reads as a negative finding. Study keys are HMACs
+under the site secret of the machine that loads the model (``MEDLORA_SECRET_FILE``, else the user's
+key file), so the secret is never stored with the model. ``register_run`` refuses a run whose keys
+were not made with a site secret (:mod:`medlora.export.keys`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -49,7 +52,7 @@ class MedloraPyfunc(PythonModel):
         bundle = open_bundle(Path(context.artifacts["bundle"]))
         if "base_weights" in context.artifacts:
             bundle.meta["base"]["weights_path"] = context.artifacts["base_weights"]
-        self.predictor = Predictor([bundle], merge=True, salt=os.environ.get("MEDLORA_SALT", "medlora"))
+        self.predictor = Predictor([bundle], merge=bundle.method == "lora")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Score each row's study path or preprocessed image; one output row per study."""
@@ -65,19 +68,24 @@ class MedloraPyfunc(PythonModel):
                 rows.append({"input": i, "study_key": "", "n_images": 1, "score": score,
                              "call": int(score >= bundle.threshold), "error": ""})
                 continue
-            if not path:
-                rows.append({"input": i, "study_key": "", "n_images": 0, "score": float("nan"), "call": 0,
-                             "error": "row has neither a path nor an image"})
+            if not path or (isinstance(path, float) and np.isnan(path)):
+                rows.append(_no_call(i, "row has neither a path nor an image"))
                 continue
             res = self.predictor.predict_files([Path(str(path))])
-            error = "; ".join(f"{Path(e.file).name}: {e.reason}" for e in res.errors.itertuples())
             if res.studies.empty:
-                rows.append({"input": i, "study_key": "", "n_images": 0, "score": float("nan"), "call": 0,
-                             "error": error or "no readable image"})
+                rows.append(_no_call(i, "no readable image"))
             for s in res.studies.itertuples():
-                rows.append({"input": i, "study_key": s.study_key, "n_images": int(s.n_images), "score": float(s.score),
-                             "call": int(s.call), "error": error})
-        return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+                scored = not pd.isna(s.call)
+                rows.append({"input": i, "study_key": s.study_key, "n_images": int(s.n_images),
+                             "score": float(s.score) if scored else None, "call": int(s.call) if scored else None,
+                             "error": s.error})
+        frame = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+        return frame.astype({"call": object, "score": object}).where(frame.notna(), None)
+
+
+def _no_call(row: int, error: str) -> dict[str, Any]:
+    """An output row without a call: the study could not be scored, which is not a negative finding."""
+    return {"input": row, "study_key": "", "n_images": 0, "score": None, "call": None, "error": error}
 
 
 def signature():
@@ -88,12 +96,13 @@ def signature():
     inputs = Schema([ColSpec("string", "path", required=False),
                      ColSpec(Array(Array(Array("double"))), "image", required=False)])
     outputs = Schema([ColSpec("long", "input"), ColSpec("string", "study_key"), ColSpec("long", "n_images"),
-                      ColSpec("double", "score"), ColSpec("long", "call"), ColSpec("string", "error")])
+                      ColSpec("double", "score", required=False), ColSpec("long", "call", required=False),
+                      ColSpec("string", "error")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def pip_requirements() -> list[str]:
-    from .adapter import library_versions
+    from ..provenance import library_versions
 
     v = library_versions()
     return [f"medlora=={v['medlora']}", f"torch=={v['torch'].split('+')[0]}", f"timm=={v['timm']}", f"peft=={v['peft']}"]
@@ -113,7 +122,7 @@ def register_bundle(bundle_dir: Path, name: str, run_id: str | None = None, trac
     bundle = open_bundle(bundle_dir)
     artifacts = {"bundle": str(bundle_dir)}
     base = bundle.meta["base"]
-    if base["source"] == "file":
+    if base["source"] == "file" and bundle.artifact.needs_base:
         path = Path(base["weights_path"])
         if not path.is_file():
             raise BundleError(f"base weights {path} of bundle {bundle_dir} are not on this machine; cannot register")
@@ -126,7 +135,8 @@ def register_bundle(bundle_dir: Path, name: str, run_id: str | None = None, trac
             info = mlflow.pyfunc.log_model(
                 name="medlora_model", python_model=MedloraPyfunc(), artifacts=artifacts, signature=signature(),
                 registered_model_name=name, pip_requirements=pip_requirements(),
-                metadata={"medlora_base": {k: base[k] for k in ("timm_name", "source", "sha256", "state_sha256")}},
+                metadata={"medlora_base": {k: base[k] for k in ("timm_name", "source", "sha256", "state_sha256")},
+                          "medlora_method": bundle.method, "medlora_weights": bundle.meta.get("weights")},
             )
         version = str(info.registered_model_version)
         MlflowClient().set_registered_model_alias(name, alias, version)
@@ -138,7 +148,13 @@ def register_bundle(bundle_dir: Path, name: str, run_id: str | None = None, trac
 
 def register_run(run_id: str, name: str, tracking_uri: str | None = None, bundle_dir: Path | None = None,
                  **export_kwargs: Any) -> tuple[str, str]:
-    """Register run ``run_id`` (exported to a temporary bundle unless ``bundle_dir`` is given)."""
+    """Register run ``run_id`` (exported to a temporary bundle unless ``bundle_dir`` is given).
+
+    Refused, before anything is written, when the run's keys were not made with a site secret.
+    """
+    from .keys import require_site_keys
+
+    require_site_keys(run_id, tracking_uri)
     if bundle_dir is not None:
         return register_bundle(bundle_dir, name, run_id, tracking_uri)
     from .bundle import export_bundle

@@ -22,16 +22,20 @@ def predicted(bundle_dir, test_split, finished_run, tmp_path_factory):
     broken.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     out = tmp / "predictions.csv"
     args = ["predict", *map(str, test_split["file"]), str(broken), str(tmp / "missing"),
-            "--bundle", str(bundle_dir), "--out", str(out), "--samples", str(tmp / "samples.csv"),
-            "--salt", cfg.data.salt]
-    assert main(args) == 0
-    return pd.read_csv(out), pd.read_csv(tmp / "samples.csv")
+            "--bundle", str(bundle_dir), "--out", str(out), "--samples", str(tmp / "samples.csv")]
+    assert main(args) == 1, "an input failed: non-zero exit"
+    assert main([*args, "--keep-going"]) == 0
+    return pd.read_csv(out, keep_default_na=False, na_values={"score": [""], "call": [""]}), pd.read_csv(tmp / "samples.csv")
 
 
 def test_predict_reproduces_test_scores_and_calls(predicted, bundle_dir):
     studies, samples = predicted
     expected = pd.read_csv(bundle_dir / "predictions.csv").query("split == 'test'").set_index("study_key")
-    assert sorted(studies["study_key"]) == sorted(expected.index)
+    failed = studies[studies["n_images"] == 0]  # a header-only file has a study key, a missing path none
+    assert len(failed) == 2 and failed["call"].isna().all() and failed["score"].isna().all()
+    assert failed["error"].str.contains("broken.dcm").sum() == 1 and failed["error"].str.contains("missing").sum() == 1
+    studies = studies[studies["n_images"] > 0]
+    assert sorted(studies["study_key"]) == sorted(expected.index) and (studies["error"] == "").all()
     got = studies.set_index("study_key").loc[expected.index]
     np.testing.assert_allclose(got["score"], expected["score"], atol=1e-5)
     assert (got["call"] == expected["call"]).all()
@@ -45,14 +49,50 @@ def test_bad_inputs_are_reported_and_do_not_stop_the_others(bundle_dir, tmp_path
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"not a dicom file")
     res = predict_bundles([bundle_dir], [broken, tmp_path / "missing"])
-    assert res.studies.empty
+    assert res.failed and res.samples.empty
     assert set(res.errors["file"]) == {str(broken), str(tmp_path / "missing")}
     assert res.errors["reason"].str.len().min() > 5
+    # no study could be read: no call at all (never a 0, which would read as "normal"), the reason filled
+    assert len(res.studies) == 2 and res.studies["call"].isna().all() and res.studies["score"].isna().all()
+    assert (res.studies["n_images"] == 0).all() and (res.studies["error"].str.len() > 10).all()
+
+
+def test_a_study_whose_files_all_fail_gets_no_call_but_its_key(bundle_dir, test_split, tmp_path):
+    """Readable headers, truncated pixels: a study with no readable image is known (its key) but not
+    called; a study with one bad file among good ones is scored from the rest and says so."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from medlora.export.predict import predict_bundles
+
+    good = list(test_split["file"])
+    ds = pydicom.dcmread(good[0])
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]  # truncated pixel data, header intact
+    ds.SOPInstanceUID = generate_uid()
+    ds.save_as(tmp_path / "partial.dcm")  # same study as good[0]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.save_as(tmp_path / "alone.dcm")  # a study of its own
+    res = predict_bundles([bundle_dir], [tmp_path / "alone.dcm", tmp_path / "partial.dcm", *good])
+    row = res.studies[res.studies["n_images"] == 0]
+    assert len(row) == 1 and row["study_key"].iloc[0].startswith("stu-")
+    assert pd.isna(row["call"].iloc[0]) and np.isnan(row["score"].iloc[0]) and "alone.dcm" in row["error"].iloc[0]
+    scored = res.studies[res.studies["n_images"] > 0]
+    assert scored["call"].notna().all() and len(scored) == test_split["study_key"].nunique()
+    partial = scored[scored["error"] != ""]
+    assert len(partial) == 1 and "partial.dcm" in partial["error"].iloc[0] and "scored without 1" in partial["error"].iloc[0]
 
 
 def _rewrite_manifest(folder: Path) -> None:
-    from medlora.export.manifest import write_manifest
+    """Make an edited bundle consistent again: the weights' sha256 in medlora.json, then the manifest."""
+    import json
 
+    from medlora.export.manifest import write_manifest
+    from medlora.models.backbone import sha256_file
+
+    meta = json.loads((folder / "medlora.json").read_text())
+    if "weights" in meta:
+        meta["weights"]["sha256"] = sha256_file(folder / meta["weights"]["path"])
+        (folder / "medlora.json").write_text(json.dumps(meta))
     write_manifest(folder)
 
 
@@ -117,7 +157,7 @@ def test_two_bundles_share_one_base_and_match_each_alone(bundle_dir, second_bund
     monkeypatch.setattr(predict_mod, "load_base", lambda b: loads.append(b) or real(b))
     both = predict_mod.predict_bundles([bundle_dir, second_bundle], files).studies.set_index("study_key")
     assert len(loads) == 1, "the shared base must be loaded once"
-    assert list(both.columns) == ["n_images", "score_review", "call_review", "score_second", "call_second"]
+    assert list(both.columns) == ["n_images", "score_review", "call_review", "score_second", "call_second", "error"]
     np.testing.assert_allclose(both["score_review"], alone[0].loc[both.index], atol=1e-6)
     np.testing.assert_allclose(both["score_second"], alone[1].loc[both.index], atol=1e-6)
     assert np.abs(both["score_review"] - both["score_second"]).max() > 1e-3, "the two adapters must differ"

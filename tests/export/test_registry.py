@@ -28,9 +28,49 @@ def registered(finished_run, bundle_dir, tmp_path_factory):
     db = tmp_path_factory.mktemp("registry") / "mlflow.db"
     shutil.copyfile(cfg.tracking.uri.removeprefix("sqlite:///"), db)
     uri = f"sqlite:///{db}"
+    mark_site_keyed(uri, run_id_of(out))
     assert main(["register", run_id_of(out), "--name", "phantom-detector", "--tracking-uri", uri,
                  "--bundle", str(bundle_dir)]) == 0
     return uri, "models:/phantom-detector@candidate"
+
+
+def mark_site_keyed(uri: str, run_id: str) -> None:
+    """The key-scheme tag ingest gives a run keyed under the site secret (set here when the run lacks it)."""
+    from mlflow import MlflowClient
+
+    from medlora.io.deid import SCHEME
+    from medlora.tracking import tags as T
+
+    client = MlflowClient(uri)
+    if T.KEY_SCHEME not in client.get_run(run_id).data.tags:
+        client.set_tag(run_id, T.KEY_SCHEME, SCHEME)
+
+
+@pytest.mark.parametrize("scheme", [None, "sha256-salt"])
+def test_register_and_export_refuse_a_run_without_site_secret_keys(finished_run, bundle_dir, tmp_path, scheme,
+                                                                  capsys):
+    from mlflow import MlflowClient
+
+    from medlora.cli import main
+    from medlora.errors import BundleError
+    from medlora.export.registry import register_run
+    from medlora.tracking import tags as T
+
+    out, cfg, _ = finished_run
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(cfg.tracking.uri.removeprefix("sqlite:///"), db)
+    uri, run_id = f"sqlite:///{db}", run_id_of(out)
+    client = MlflowClient(uri)
+    if scheme is None:
+        if T.KEY_SCHEME in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, T.KEY_SCHEME)
+    else:
+        client.set_tag(run_id, T.KEY_SCHEME, scheme)
+    with pytest.raises(BundleError, match="not made with a site secret"):
+        register_run(run_id, "refused", tracking_uri=uri, bundle_dir=bundle_dir)
+    assert main(["export", run_id, "--out", str(tmp_path / "b"), "--tracking-uri", uri]) == 2
+    assert T.KEY_SCHEME in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not client.search_registered_models()
 
 
 def _test_study_folders(test_split: pd.DataFrame) -> list[str]:
@@ -56,9 +96,10 @@ def test_registered_pyfunc_predicts_the_bundle_scores(registered, bundle_dir, te
     expected = pd.read_csv(bundle_dir / "predictions.csv").query("split == 'test'").set_index("study_key")
     ok = got[got["error"] == ""].set_index("study_key")
     assert sorted(ok.index) == sorted(expected.index)
-    np.testing.assert_allclose(ok["score"], expected.loc[ok.index, "score"], atol=1e-5)
+    np.testing.assert_allclose(ok["score"].astype(float), expected.loc[ok.index, "score"], atol=1e-5)
     assert (ok["call"] == expected.loc[ok.index, "call"]).all()
-    assert got.iloc[-1]["error"] and got.iloc[-1]["input"] == len(folders)
+    last = got.iloc[-1]  # an unreadable study: no call and no score, never a 0 read as "normal"
+    assert last["error"] and last["input"] == len(folders) and last["call"] is None and last["score"] is None
 
     from medlora.transforms.pipeline import build_transforms
 

@@ -1,0 +1,45 @@
+"""The content of ``medlora.json``: what a plain timm + peft user needs to rebuild a run's model.
+
+:func:`run_metadata` assembles it from the run's resolved config, the built model (base record and
+timm's input config), the frozen operating point, the MLflow run id and the dataset fingerprint.
+:func:`medlora.export.adapter.write_export` adds the versions, the git commit and the ``weights``
+entry (the trained artifact and its sha256) when it writes the file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Config
+from .adapter import artifact_of
+
+# preprocessing fields that are not part of the model's input contract (training-time only, or
+# resolved into ``image_size`` from the model's own data config)
+TRAINING_ONLY_PREPROCESS = {"image_size", "augment"}
+
+
+def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dataset_fingerprint: str) -> dict[str, Any]:
+    """The ``medlora.json`` dict of a run.
+
+    ``built`` is the :class:`~medlora.models.build.BuiltModel` (``base``, ``data_config``);
+    ``operating_point`` the frozen :class:`~medlora.evaluate.operating_point.OperatingPoint` chosen on
+    validation. A full fine-tune is stated as a new model, not an adapter (``adapter: false``,
+    ``summary``), so that cards and reports can say so.
+    """
+    method = cfg.model.method
+    art = artifact_of(method)
+    classes = list(cfg.data.classes)
+    return {
+        "method": method,
+        "adapter": art.kind == "adapter",
+        "summary": art.description,
+        "base": built.base.to_dict(),
+        "lora": cfg.model.lora.model_dump(mode="json") if method == "lora" else None,
+        "preprocess": {**built.data_config,
+                       **cfg.preprocess.model_dump(mode="json", exclude=TRAINING_ONLY_PREPROCESS)},
+        "labels": {"classes": classes, "abnormal": cfg.data.abnormal, "abnormal_index": classes.index(cfg.data.abnormal)},
+        "operating_point": {"policy": operating_point.policy, "threshold": float(operating_point.threshold),
+                            "aggregate": cfg.preprocess.view.aggregate},
+        "mlflow_run_id": run_id,
+        "dataset": {"name": cfg.data.name, "fingerprint": dataset_fingerprint},
+    }
