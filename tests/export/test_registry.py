@@ -139,7 +139,8 @@ def test_mlflow_models_serve_answers_invocations(registered, bundle_dir, test_sp
                     pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text()[-3000:])
                 time.sleep(1)
         folders = _test_study_folders(test_split)
-        body = json.dumps({"dataframe_split": {"columns": ["path"], "data": [[f] for f in folders]}}).encode()
+        rows = [[f] for f in folders] + [["/does/not/exist"]]
+        body = json.dumps({"dataframe_split": {"columns": ["path"], "data": rows}}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                      headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(req, timeout=120).read())
@@ -147,7 +148,9 @@ def test_mlflow_models_serve_answers_invocations(registered, bundle_dir, test_sp
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
-    got = pd.DataFrame(answer["predictions"]).set_index("study_key")
+    unreadable = answer["predictions"][-1]  # no call over HTTP either: null, with the reason
+    assert unreadable["call"] is None and unreadable["score"] is None and unreadable["error"]
+    got = pd.DataFrame(answer["predictions"][:-1]).set_index("study_key")
     expected = pd.read_csv(bundle_dir / "predictions.csv").query("split == 'test'").set_index("study_key")
     np.testing.assert_allclose(got["score"], expected.loc[got.index, "score"], atol=1e-5)
     assert len(got) == len(expected)
