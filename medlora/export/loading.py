@@ -194,10 +194,10 @@ def refuse_merge(bundle: Bundle) -> None:
     """Merging makes sense for a LoRA adapter only; say why for the other methods."""
     if bundle.method == "full":
         raise BundleError(f"bundle {bundle.path} is a full fine-tune, a new model and not an adapter: there is "
-                          "nothing to merge; drop --merge (it already runs at the base model's speed)")
+                          "nothing to merge (it already runs at the base model's speed); merging is for LoRA bundles")
     if bundle.method != "lora":
         raise BundleError(f"bundle {bundle.path} is a {bundle.method}: only its classifier head was trained and the "
-                          "base is used as is, so there is no adapter to merge; drop --merge")
+                          "base is used as is, so there is no adapter to merge; merging is for LoRA bundles")
 
 
 def merged_model(base: nn.Module, bundle: Bundle) -> nn.Module:

@@ -131,7 +131,10 @@ def register_bundle(bundle_dir: Path, name: str, run_id: str | None = None, trac
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     try:
-        with mlflow.start_run(run_id=run_id or bundle.meta.get("mlflow_run_id")):
+        run_id = run_id or bundle.meta.get("mlflow_run_id")
+        # resuming a run needs its experiment active, whichever experiment this process used before
+        mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+        with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="medlora_model", python_model=MedloraPyfunc(), artifacts=artifacts, signature=signature(),
                 registered_model_name=name, pip_requirements=pip_requirements(),
