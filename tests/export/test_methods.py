@@ -211,3 +211,19 @@ def test_a_failed_export_marks_the_run_failed_with_the_reason(tmp_path):
     assert "predictions.csv" in done.data.tags[T.FAILURE_REASON]
     assert "model/model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert not (tmp_path / "out" / "bundle").exists()
+
+
+@pytest.mark.parametrize("method", ["linear_probe", "full"])
+def test_a_non_lora_export_of_an_older_medlora_is_refused_with_the_reason(method_runs, tmp_path, method):
+    """Before one contract per method, non-LoRA runs saved only adapter/model.safetensors: say so."""
+    import shutil
+
+    from medlora.errors import BundleError
+    from medlora.export.loading import open_bundle
+
+    old = Path(shutil.copytree(method_runs(method)[0] / "bundle", tmp_path / "old"))
+    meta = json.loads((old / "medlora.json").read_text())
+    del meta["weights"]
+    (old / "medlora.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="older than export format"):
+        open_bundle(old)
