@@ -25,7 +25,7 @@ from torch import nn
 from ..config import PreprocessConfig
 from ..errors import BundleError, WeightsError
 from ..models.backbone import head_prefixes, sha256_file
-from .adapter import METADATA_FILE, MethodArtifact, require_weights
+from .adapter import METADATA_FILE, MethodArtifact, artifact_of, require_weights
 
 log = logging.getLogger(__name__)
 BUNDLE_BASE_FILE = "base/base.safetensors"
@@ -48,8 +48,6 @@ class Bundle:
 
     @property
     def artifact(self) -> MethodArtifact:
-        from .adapter import artifact_of
-
         return artifact_of(self.method)
 
     @property
