@@ -62,6 +62,7 @@ def _test_files(cfg) -> pd.DataFrame:
 def test_every_method_runs_to_a_bundle_that_predicts_and_registers(method_runs, method):
     import mlflow
 
+    from medlora.cli import main
     from medlora.export.manifest import verify_bundle
     from medlora.export.predict import predict_bundles
     from medlora.export.registry import register_run
@@ -100,9 +101,15 @@ def test_every_method_runs_to_a_bundle_that_predicts_and_registers(method_runs, 
     np.testing.assert_allclose(studies["score"], expected.loc[studies.index, "score"], atol=1e-5)
     assert (studies["call"] == expected.loc[studies.index, "call"]).all()
 
-    # register (a run keyed under a site secret) → the pyfunc predicts the same per study
+    # `medlora export RUN_ID` of the finished run (a run keyed under a site secret) gives the same model
     if T.KEY_SCHEME not in run.data.tags:
         client.set_tag(run.info.run_id, T.KEY_SCHEME, SCHEME)
+    again = out.parent / f"{method}-export"
+    assert main(["export", run.info.run_id, "--out", str(again), "--tracking-uri", cfg.tracking.uri]) == 0
+    assert verify_bundle(again).ok
+    assert json.loads((again / "medlora.json").read_text())["weights"] == meta["weights"]
+
+    # register → the pyfunc predicts the same per study
     model_uri, _ = register_run(run.info.run_id, f"detector-{method}", tracking_uri=cfg.tracking.uri, bundle_dir=bundle)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     try:
@@ -116,9 +123,10 @@ def test_every_method_runs_to_a_bundle_that_predicts_and_registers(method_runs, 
     assert (served["call"] == expected.loc[served.index, "call"]).all()
 
 
-def test_bundles_of_all_methods_on_one_base_load_it_once(method_runs, monkeypatch):
+def test_bundles_of_all_methods_on_one_base_load_it_once(method_runs, monkeypatch, tmp_path, capsys):
     """LoRA and linear probe share the base (loaded once); the full fine-tune brings its own model;
     together each column equals that bundle alone; merging is refused for all but LoRA."""
+    from medlora.cli import main
     from medlora.errors import BundleError
     from medlora.export import predict as predict_mod
 
@@ -136,6 +144,9 @@ def test_bundles_of_all_methods_on_one_base_load_it_once(method_runs, monkeypatc
     for m in ("linear_probe", "full"):
         with pytest.raises(BundleError, match="merge"):
             predict_mod.predict_bundles([bundles[m]], files, merge=True)
+    assert main(["predict", str(files[0]), "--bundle", str(bundles["full"]), "--merge", "--out",
+                 str(tmp_path / "p.csv")]) == 2
+    assert "a new model and not an adapter" in capsys.readouterr().err
     merged = predict_mod.predict_bundles([bundles["lora"]], files, merge=True).samples.set_index("sample_id")["score"]
     np.testing.assert_allclose(merged, alone["lora"].loc[merged.index], atol=1e-5)
 
