@@ -18,17 +18,23 @@ KINDS = {"lora": ("adapter", "adapter/adapter_model.safetensors"), "linear_probe
 
 
 @pytest.fixture(scope="module")
-def method_runs(phantom_root, tiny_cfg, tmp_path_factory):
-    """``f(method) -> (out, cfg, run)``: a short ``medlora run`` per method, once per module, all in one
-    MLflow store (one set of migrations) with its artifacts under the module's temporary folder."""
+def store(tmp_path_factory) -> tuple[Path, str]:
+    """One MLflow store for the module's runs (one set of migrations): (folder, tracking uri)."""
+    tmp = tmp_path_factory.mktemp("methods")
+    return tmp, f"sqlite:///{tmp / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def method_runs(phantom_root, tiny_cfg, store):
+    """``f(method) -> (out, cfg, run)``: a short ``medlora run`` per method, once per module, with its
+    artifacts under the module's temporary folder."""
     import yaml
     from mlflow import MlflowClient
 
     from medlora.cli import main
     from medlora.config import config_to_dict
 
-    tmp = tmp_path_factory.mktemp("methods")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    tmp, uri = store
     done: dict[str, tuple[Path, object, object]] = {}
 
     def run(method: str):
@@ -238,3 +244,31 @@ def test_a_non_lora_export_of_an_older_medlora_is_refused_with_the_reason(method
     (old / "medlora.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="older than export format"):
         open_bundle(old)
+
+
+def test_medlora_run_whose_export_fails_ends_failed_not_finished(phantom_root, tiny_cfg, store, tmp_path, monkeypatch):
+    """The issue's case end to end: training and evaluation succeed, the bundle cannot be written →
+    the run is FAILED in MLflow with the reason, and `medlora run` exits non-zero."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from medlora.cli import main
+    from medlora.config import config_to_dict
+    from medlora.errors import BundleError
+    from medlora.export import bundle as bundle_mod
+    from medlora.tracking import tags as T
+
+    def refuse(*args, **kwargs):
+        raise BundleError("planted: the PHI scan found an identifier")
+
+    monkeypatch.setattr(bundle_mod, "require_no_phi", refuse)
+    uri = store[1]
+    cfg = tiny_cfg(phantom_root, tmp_path, **{"model.method": "full", "train.epochs": 1, "data.name": "fails",
+                                               "tracking.uri": uri})
+    client = MlflowClient(uri)
+    client.create_experiment("fails", artifact_location=(tmp_path / "artifacts").as_uri())
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")]) == 2
+    (run,) = client.search_runs([client.get_experiment_by_name("fails").experiment_id])
+    assert run.info.status == "FAILED" and "planted" in run.data.tags[T.FAILURE_REASON]
+    assert "test_auroc" in run.data.metrics and not (tmp_path / "out" / "bundle").exists()
