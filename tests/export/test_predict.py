@@ -209,3 +209,16 @@ def test_predict_cuts_volumes_into_the_bundles_views_like_ingest(bundle_copy, tm
     got = res.samples.set_index("sample_id").loc[[it["sample_id"] for it in items], "score"]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert (res.studies["n_images"] == manifest.groupby("study_key").size().loc[res.studies["study_key"]].to_numpy()).all()
+
+
+def test_study_keys_follow_the_site_secret(bundle_dir, test_split, tmp_path):
+    """Another site's secret (--secret-file) gives other study keys for the same files, the same scores."""
+    from medlora.cli import main
+
+    files = [str(f) for f in test_split["file"][:4]]
+    for name, extra in (("here", []), ("elsewhere", ["--secret-file", str(tmp_path / "other.key")])):
+        assert main(["predict", *files, "--bundle", str(bundle_dir), "--out", str(tmp_path / f"{name}.csv"), *extra]) == 0
+    here, elsewhere = (pd.read_csv(tmp_path / f"{n}.csv") for n in ("here", "elsewhere"))
+    assert (tmp_path / "other.key").is_file() and set(here["study_key"]) <= set(test_split["study_key"])
+    assert not set(here["study_key"]) & set(elsewhere["study_key"])
+    np.testing.assert_allclose(sorted(here["score"]), sorted(elsewhere["score"]), atol=1e-6)
