@@ -265,8 +265,8 @@ class Predictor:
             studies[f"score{col}"] = score
             studies[f"call{col}"] = pd.array([pd.NA if np.isnan(s) else int(s >= bundle.threshold) for s in score],
                                              dtype="Int64")
-        studies["error"] = [_study_error(k, n, failed.get(k, [])) for k, n in zip(studies["study_key"], studies["n_images"],
-                                                                                   strict=True)]
+        studies["error"] = [_study_error(n, failed.get(k, []))
+                            for k, n in zip(studies["study_key"], studies["n_images"], strict=True)]
         unknown = pd.DataFrame({"study_key": [""] * len(failed.get("", [])), "n_images": 0, "error": failed.get("", [])})
         for col in self.columns:
             unknown[f"score{col}"] = np.nan
@@ -281,7 +281,8 @@ def _head_switch(model: nn.Module, state: dict[str, torch.Tensor], bundle: Bundl
     return activate
 
 
-def _study_error(key: str, n_images: int, reasons: list[str]) -> str:
+def _study_error(n_images: int, reasons: list[str]) -> str:
+    """A study's ``error``: empty when every input was read, else which inputs were not and why."""
     if not reasons:
         return "" if n_images else "no readable image"
     if n_images:
