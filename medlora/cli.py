@@ -43,23 +43,17 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, *extra: str):
     from .config import load_config
 
-    return load_config(args.config, args.set)
+    return load_config(args.config, [*args.set, *extra])
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import importlib
+    from .registry import pipeline_module
 
     cfg = _load(args)
-    try:
-        pipeline = importlib.import_module(f"pipelines.{cfg.pipeline}")
-    except ModuleNotFoundError:
-        import pipelines
-
-        names = sorted(p.stem for p in Path(pipelines.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
-        raise MedloraError(f"pipeline {cfg.pipeline!r} does not exist; available: {', '.join(names)}") from None
+    pipeline = pipeline_module(cfg.pipeline)
     out = Path(args.out) if args.out else Path("runs") / cfg.data.name
     summary = pipeline.run(cfg, out)
     print(summary.describe())
@@ -69,9 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from .io.prepare import prepare_dataset
 
-    cfg = _load(args)
-    if args.strict:
-        cfg.data.strict = True
+    cfg = _load(args, *(["data.strict=true"] if args.strict else []))
     data = prepare_dataset(cfg.data, cfg.preprocess)
     out = Path(args.out) if args.out else Path("runs") / cfg.data.name
     out.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .registry import METHODS, Method, Pipeline
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors; a validated config is frozen (derived values go into a copy)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SynthConfig(_Strict):
@@ -38,7 +41,9 @@ class SplitConfig(_Strict):
     val: float = Field(0.2, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
-    file: Path | None = None  # where the split is persisted; default <out>/../splits/<dataset>.csv
+    # where the split is persisted; default .medlora/splits/<data.name>.csv under the working directory
+    # (decided in medlora.io.prepare.default_split_file; .medlora/ is git-ignored)
+    file: Path | None = None
     column: str | None = None  # labels-CSV column with each sample's official split (train/val/test); no draw
 
     @model_validator(mode="after")
@@ -67,8 +72,17 @@ class DataConfig(_Strict):
     synth: SynthConfig | None = None  # if set and root is missing, synthesise phantoms there
     split: SplitConfig = Field(default_factory=SplitConfig)
     cache: Literal["memory", "disk", "none"] = "memory"
-    cache_dir: Path | None = None
-    salt: str = "medlora"  # salt of the hashed patient/study keys; set a secret per site
+    cache_dir: Path | None = None  # cache: disk; default .medlora/cache/<fingerprint> (medlora.transforms.pipeline)
+    # site secret of the HMAC patient/study keys (created on first use, mode 0600; never logged);
+    # default $MEDLORA_SECRET_FILE, else $XDG_CONFIG_HOME/medlora/site.key (~/.config/medlora/site.key)
+    secret_file: Path | None = None
+    # where a blank PatientID/Study/Series UID is taken from: tags (nearest identified level, else the
+    # file's folder), folder:N (the N-th folder level under root is the patient), labels[:COLUMN] (the
+    # labels CSV names each path's patient, column PatientID by default; needs label_key: path)
+    identity: str = Field("tags", pattern=r"^(tags|folder:[1-9][0-9]*|labels(:.+)?)$")
+    # a volume candidate whose geometry is inconsistent: its slices become 2D samples (2d) or are skipped
+    volume_fallback: Literal["2d", "skip"] = "2d"
+    modality: str | None = None  # modality of NIfTI samples (no tag to read it from); default: the card's
     strict: bool = False  # any skipped input fails the ingest
     # a DICOM series of >= volume_min_slices single-frame slices of these modalities becomes a volume
     volume_min_slices: int = Field(8, ge=2)
@@ -138,7 +152,7 @@ class ModelConfig(_Strict):
     pretrained: bool = False
     weights: Path | None = None  # local .safetensors/.pth (air-gapped sites)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to timm.create_model
-    method: Literal["lora", "linear_probe", "full"] = "lora"
+    method: Method = "lora"
     lora: LoraConfigModel = Field(default_factory=LoraConfigModel)
 
     @model_validator(mode="after")
@@ -192,9 +206,7 @@ class TrackingConfig(_Strict):
 class FewShotConfig(_Strict):
     shots: list[int | Literal["all"]] = Field(default_factory=lambda: [1, 5, 10, "all"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    methods: list[Literal["lora", "linear_probe", "full"]] = Field(
-        default_factory=lambda: ["lora", "linear_probe", "full"]
-    )
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-method train.* values
 
     @model_validator(mode="after")
@@ -202,8 +214,8 @@ class FewShotConfig(_Strict):
         """``overrides`` maps a method to ``train.*`` values; anything else names the allowed keys."""
         allowed = sorted(set(TrainConfig.model_fields) - {"seed"})  # the sweep sets the seed
         for method, values in self.overrides.items():
-            if method not in {"lora", "linear_probe", "full"}:
-                raise ValueError(f"fewshot.overrides.{method}: unknown method; allowed: full, linear_probe, lora")
+            if method not in METHODS:
+                raise ValueError(f"fewshot.overrides.{method}: unknown method; allowed: {', '.join(sorted(METHODS))}")
             for key in values:
                 if key not in allowed:
                     raise ValueError(f"fewshot.overrides.{method}.{key}: not a train key; allowed: {', '.join(allowed)}")
@@ -227,7 +239,7 @@ class OneClassConfig(_Strict):
 
 
 class Config(_Strict):
-    pipeline: str = "classify"
+    pipeline: Pipeline = "classify"  # see medlora.registry.PIPELINES
     data: DataConfig
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -295,27 +307,26 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> Config:
-    """Validate a raw mapping into a :class:`Config`; relative data paths resolve against ``base_dir``."""
+    """Validate a raw mapping into a frozen :class:`Config`; relative paths resolve against ``base_dir``."""
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
-    if base_dir is not None:
-        _resolve_paths(cfg, base_dir)
-    return cfg
+    return resolve_paths(cfg, base_dir) if base_dir is not None else cfg
 
 
-def _resolve_paths(cfg: Config, base_dir: Path) -> None:
+def resolve_paths(cfg: Config, base_dir: Path) -> Config:
+    """A copy of ``cfg`` whose relative paths are made absolute against ``base_dir``."""
+
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base_dir / p)
 
-    cfg.data.root = fix(cfg.data.root)
-    cfg.data.labels = fix(cfg.data.labels)
-    cfg.data.card = fix(cfg.data.card)
-    cfg.data.cache_dir = fix(cfg.data.cache_dir)
-    cfg.data.split.file = fix(cfg.data.split.file)
-    cfg.model.weights = fix(cfg.model.weights)
-    cfg.oneclass.adapter = fix(cfg.oneclass.adapter)
+    d = cfg.data
+    data = d.model_copy(update={"root": fix(d.root), "labels": fix(d.labels), "card": fix(d.card),
+                                "cache_dir": fix(d.cache_dir), "secret_file": fix(d.secret_file),
+                                "split": d.split.model_copy(update={"file": fix(d.split.file)})})
+    return cfg.model_copy(update={"data": data, "model": cfg.model.model_copy(update={"weights": fix(cfg.model.weights)}),
+                                  "oneclass": cfg.oneclass.model_copy(update={"adapter": fix(cfg.oneclass.adapter)})})
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None) -> Config:
@@ -341,14 +352,3 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The resolved config as plain YAML-able data (paths as strings)."""
     return cfg.model_dump(mode="json")
 
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into ``a.b.c`` keys (MLflow params)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out

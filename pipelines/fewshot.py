@@ -4,7 +4,7 @@ ingest → split → for every (shots, seed) a per-patient support set of the tr
 method trained on it and evaluated on the fixed val/test splits → one MLflow parent run with a
 nested child per (method, shots, seed), a summary table, DeLong tests and a learning curve.
 Rerunning the same config resumes the sweep. Wiring only: the work is in
-:mod:`medlora.train.sweep`.
+:mod:`medlora.experiment.sweep`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from medlora.config import Config
 from medlora.io.prepare import prepare_dataset
 from medlora.summary import RunSummary
-from medlora.train.sweep import run_sweep
+from medlora.experiment.sweep import run_sweep
 
 
 def run(cfg: Config, out: Path) -> RunSummary:

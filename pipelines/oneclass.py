@@ -14,17 +14,17 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Subset
 
-from medlora.config import Config, config_to_dict
+from medlora.config import Config
 from medlora.device import configure_threads, resolve_device
 from medlora.evaluate.plots import plot_roc
 from medlora.evaluate.report import flat_metrics, to_json
 from medlora.evaluate.stage import run_evaluate, study_auroc
+from medlora.experiment.session import experiment_name, open_run
 from medlora.io.prepare import prepare_dataset
 from medlora.models.anomaly import AnomalyScorer
 from medlora.models.build import input_config
 from medlora.summary import RunSummary
 from medlora.tracking import mlflow_run as track
-from medlora.train.experiment import experiment_name, log_dataset, run_tags
 from medlora.train.features import extract_features
 from medlora.train.loaders import make_datasets, make_loader
 
@@ -56,12 +56,7 @@ def run(cfg: Config, out: Path) -> RunSummary:
     device = resolve_device(cfg.train.device)
     configure_threads(cfg.train.threads)
     experiment = experiment_name(cfg, data)
-    tags = {**run_tags(cfg, data), "medlora.method": f"oneclass-{cfg.oneclass.score}"}
-    with track.start_run(experiment, run_name=f"oneclass-{cfg.oneclass.score}-{cfg.model.backbone}", tags=tags) as mlrun:
-        track.log_config(config_to_dict(cfg))
-        track.log_data_card(data.card)
-        track.log_table(data.skipped, "ingest_report.csv")
-        log_dataset(data, cfg.data.name, context="train")
+    with open_run(cfg, data, f"oneclass-{cfg.oneclass.score}") as mlrun:
         model, input_cfg = _feature_model(cfg, out)
         model.to(device)
         datasets = make_datasets(data, cfg, input_cfg, cache=False)

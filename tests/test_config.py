@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from medlora.config import apply_overrides, config_from_dict, flatten, load_config
+from medlora.config import apply_overrides, config_from_dict, load_config
+from medlora.tracking.mlflow_run import flatten
 from medlora.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

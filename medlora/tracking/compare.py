@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import MedloraError
+from ..registry import METHODS
+from . import tags as T
 
 log = logging.getLogger(__name__)
 
-ROLE_TAG, SWEEP_HASH_TAG, POINT_HASH_TAG = "medlora.role", "medlora.sweep_hash", "medlora.config_hash"
-SUPPORT_TAG = "medlora.support_hash"
 SUMMARY_METRICS = ("test_auroc", "test_auprc", "test_sensitivity", "test_specificity", "val_auroc", "train_seconds")
-METHOD_ORDER = ("lora", "linear_probe", "full")
+METHOD_ORDER = METHODS
 
 
 def shots_order(value: Any) -> float:
@@ -58,11 +58,11 @@ def children_frame(runs: Iterable[Any], finished_only: bool = True) -> pd.DataFr
     rows = []
     for r in runs:
         p, t = r.data.params, r.data.tags
-        if t.get(ROLE_TAG) != "child" or (finished_only and r.info.status != "FINISHED"):
+        if t.get(T.ROLE) != "child" or (finished_only and r.info.status != "FINISHED"):
             continue
         rows.append({"run_id": r.info.run_id, "status": r.info.status, "end_time": r.info.end_time or 0,
                      "method": p.get("method"), "shots": p.get("shots"), "seed": int(p.get("seed", -1)),
-                     "config_hash": t.get(POINT_HASH_TAG), "support_hash": t.get(SUPPORT_TAG), **r.data.metrics})
+                     "config_hash": t.get(T.POINT_HASH), "support_hash": t.get(T.SUPPORT_HASH), **r.data.metrics})
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -84,6 +84,22 @@ def summary_table(children: pd.DataFrame, metrics: Iterable[str] = SUMMARY_METRI
             row[f"{m}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def summary_metrics(summary: pd.DataFrame, metrics: Iterable[str] = ("test_auroc", "val_auroc")) -> dict[str, float]:
+    """Parent-run metrics from a :func:`summary_table`: ``<m>_mean.<method>.<shots>shot`` per row and
+    ``best_<m>_mean.<method>`` (the best shot count's mean), so the experiment table compares sweeps
+    without opening them."""
+    out: dict[str, float] = {}
+    for row in summary.itertuples(index=False):
+        for m in metrics:
+            value = getattr(row, f"{m}_mean", float("nan"))
+            if not math.isfinite(value):
+                continue
+            out[f"{m}_mean.{row.method}.{row.shots}shot"] = value
+            best = f"best_{m}_mean.{row.method}"
+            out[best] = max(out.get(best, -math.inf), value)
+    return out
 
 
 def _cell(mean: float, sd: float, digits: int) -> str:
@@ -185,18 +201,18 @@ def _resolve_parents(client: Any, target: str) -> list[Any]:
 
     exp = client.get_experiment_by_name(target)
     if exp is not None:
-        parents = search_all(client, exp.experiment_id, f"tags.`{ROLE_TAG}` = 'sweep'")
+        parents = search_all(client, exp.experiment_id, f"tags.`{T.ROLE}` = 'sweep'")
         if not parents:
-            raise MedloraError(f"experiment {target!r} holds no few-shot sweep (no run tagged {ROLE_TAG}=sweep)")
+            raise MedloraError(f"experiment {target!r} holds no few-shot sweep (no run tagged {T.ROLE}=sweep)")
         return sorted(parents, key=lambda r: r.info.start_time, reverse=True)
     try:
         run = client.get_run(target)
     except MlflowException:
         raise MedloraError(f"{target!r} is neither an experiment name nor a run id in {client.tracking_uri}") from None
-    if run.data.tags.get(ROLE_TAG) == "child":
+    if run.data.tags.get(T.ROLE) == "child":
         run = client.get_run(run.data.tags["mlflow.parentRunId"])
-    if run.data.tags.get(ROLE_TAG) != "sweep":
-        raise MedloraError(f"run {target} is not a few-shot sweep (tag {ROLE_TAG} is not 'sweep')")
+    if run.data.tags.get(T.ROLE) != "sweep":
+        raise MedloraError(f"run {target} is not a few-shot sweep (tag {T.ROLE} is not 'sweep')")
     return [run]
 
 

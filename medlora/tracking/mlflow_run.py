@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from ..config import TrackingConfig, flatten
+from ..config import TrackingConfig
+from . import tags as T
 
 log = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000
@@ -71,6 +72,18 @@ def download_bars_on_terminal() -> Iterator[None]:
             os.environ[name] = before
 
 
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into ``a.b.c`` keys (MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def log_config(config: Mapping[str, Any], name: str = "config.yaml") -> None:
     """Log the resolved config as flattened params and as a YAML artifact."""
     import mlflow
@@ -121,4 +134,4 @@ def log_data_card(card: Any | None) -> None:
     if card is None:
         return
     mlflow.log_text(card.text, "data_card.md")
-    mlflow.set_tags({"medlora.data_card.name": card.name, "medlora.data_card.version": str(card.version)})
+    mlflow.set_tags({T.DATA_CARD_NAME: card.name, T.DATA_CARD_VERSION: str(card.version)})

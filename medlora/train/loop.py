@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..device import autocast_dtype, maybe_compile
 from ..models.lora import for_inference
+from . import checkpoint as ckpt
 from .inference import Predictions, predict
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,13 @@ def fit(
     val_metric: Callable[[Predictions], float],
     on_epoch: Callable[[EpochLog], None] | None = None,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; returns the history and restores the best validation epoch."""
+    """Train ``model`` in place; returns the history and restores the best validation epoch.
+
+    With ``checkpoint``, the loop's state is saved there after every epoch and, when the file
+    already exists, training continues after the epoch it holds (:mod:`.checkpoint`).
+    """
     from tqdm.auto import tqdm
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -104,13 +111,14 @@ def fit(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    result = TrainResult(best_epoch=-1, best_val_auroc=-math.inf)
-    best_loss = math.inf
-    best_state: dict[str, torch.Tensor] = {}
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    images, train_time, data_time, bad_epochs = 0, 0.0, 0.0, 0
+    st = ckpt.LoopState()
+    if checkpoint is not None and Path(checkpoint).is_file():
+        st = ckpt.load(checkpoint, trainable, optimizer, scheduler, train_loader, augment)
+        log.info("resuming training after epoch %d of %d (checkpoint %s)", st.epoch + 1, cfg.epochs, checkpoint)
     quiet = not sys.stderr.isatty()
-    for epoch in range(cfg.epochs):
+    stopped_early = st.bad_epochs >= cfg.patience  # a checkpoint written by the epoch that stopped the run
+    for epoch in range(cfg.epochs if stopped_early else st.epoch + 1, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
         total, n, epoch_data = 0.0, 0, 0.0
@@ -131,32 +139,37 @@ def fit(
             total += loss.item() * len(y)
             n += len(y)
             waited = time.perf_counter()
-        train_time += time.perf_counter() - t0
-        data_time += epoch_data
-        images += n
+        st.train_time += time.perf_counter() - t0
+        st.data_time += epoch_data
+        st.images += n
         val = predict(for_inference(model), val_loader, device, abnormal_index)
         val_auroc, val_loss = val_metric(val), binary_log_loss(val)
         entry = EpochLog(epoch, total / max(n, 1), val_auroc, val_loss, scheduler.get_last_lr()[0], time.perf_counter() - t0,
                          epoch_data)
-        result.history.append(entry)
-        log.info("epoch %d: train_loss=%.4f val_loss=%.4f val_auroc=%.4f", epoch + 1, entry.train_loss, val_loss, val_auroc)
+        st.history.append(entry)
+        eta = entry.seconds * (cfg.epochs - epoch - 1)
+        log.info("epoch %d/%d: train_loss=%.4f val_loss=%.4f val_auroc=%.4f (%.1f s; at most %.0f s left)", epoch + 1,
+                 cfg.epochs, entry.train_loss, val_loss, val_auroc, entry.seconds, eta)
         if on_epoch is not None:
             on_epoch(entry)
+        st.epoch = epoch
         # AUROC saturates on easy data: equal AUROC with a lower validation loss is still progress
-        if val_auroc > result.best_val_auroc or (val_auroc == result.best_val_auroc and val_loss < best_loss):
-            result.best_epoch, result.best_val_auroc, best_loss, bad_epochs = epoch, val_auroc, val_loss, 0
-            best_state = {k: p.detach().clone() for k, p in trainable.items()}
-            result.best_val = val
+        if val_auroc > st.best_val_auroc or (val_auroc == st.best_val_auroc and val_loss < st.best_loss):
+            st.best_epoch, st.best_val_auroc, st.best_loss, st.bad_epochs = epoch, val_auroc, val_loss, 0
+            st.best_state = {k: p.detach().clone() for k, p in trainable.items()}
+            st.best_val = val
         else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                result.stopped_early = True
-                log.info("early stopping after epoch %d (best %d)", epoch + 1, result.best_epoch + 1)
-                break
+            st.bad_epochs += 1
+        if checkpoint is not None:
+            ckpt.save(checkpoint, st, trainable, optimizer, scheduler, train_loader, augment)
+        if st.bad_epochs >= cfg.patience:
+            stopped_early = True
+            log.info("early stopping after epoch %d (best %d)", epoch + 1, st.best_epoch + 1)
+            break
     with torch.no_grad():
-        for k, p in best_state.items():
+        for k, p in st.best_state.items():
             trainable[k].copy_(p)
-    result.train_seconds, result.data_seconds = train_time, data_time
-    result.images_per_second = images / train_time if train_time > 0 else 0.0
-    result.peak_memory_mb = peak_memory_mb(device)
-    return result
+    return TrainResult(
+        best_epoch=st.best_epoch, best_val_auroc=st.best_val_auroc, history=st.history, train_seconds=st.train_time,
+        data_seconds=st.data_time, images_per_second=st.images / st.train_time if st.train_time > 0 else 0.0,
+        peak_memory_mb=peak_memory_mb(device), stopped_early=stopped_early, best_val=st.best_val)

@@ -211,6 +211,7 @@ def build_dataset(items: list[dict[str, Any]], transform, data: DataConfig, fing
         return CacheDataset(items, transform=transform, cache_rate=1.0, num_workers=None, progress=False,
                             copy_cache=False)
     if data.cache == "disk":
+        # default .medlora/cache/<fingerprint> under the working directory (git-ignored)
         cache_dir = Path(data.cache_dir or Path(".medlora") / "cache") / fingerprint
         cache_dir.mkdir(parents=True, exist_ok=True)
 

@@ -47,3 +47,44 @@ def test_without_augment_batches_reach_the_model_unchanged():
     fit(model, train, _batches(1, seed=1), TrainConfig(epochs=1, batch_size=4, warmup_epochs=0, patience=1),
         torch.device("cpu"), 1, val_metric=lambda p: 0.5)
     assert [torch.equal(s, b["image"]) for s, b in zip(seen, train, strict=True)] == [True, True]
+
+
+def _shuffled_run(epochs_before_stop: int | None, checkpoint, seed: int = 0):
+    """Train a small model with a shuffling loader, dropout and augmentation (all seeded); with
+    ``epochs_before_stop`` the run is interrupted (Ctrl-C) after that many epochs."""
+    from torch.utils.data import DataLoader
+
+    from medlora.transforms.augment import BatchAugment
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(3 * 8 * 8, 2))
+    items = [{"image": b["image"][i], "label": b["label"][i]} for b in _batches(4) for i in range(4)]
+    loader = DataLoader(items, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    val = _batches(2, seed=1)
+    cfg = TrainConfig(epochs=4, batch_size=4, warmup_epochs=1, patience=4, lr=1e-2)
+    epochs = []
+
+    def on_epoch(e):
+        epochs.append(e.epoch)
+        if epochs_before_stop is not None and len(epochs) == epochs_before_stop:
+            raise KeyboardInterrupt
+
+    try:
+        result = fit(model, loader, val, cfg, torch.device("cpu"), 1, val_metric=lambda p: float(p.score.mean()),
+                     on_epoch=on_epoch, augment=BatchAugment(seed=seed), checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        return None, model, epochs
+    return result, model, epochs
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
+    whole, whole_model, _ = _shuffled_run(None, None)
+    ckpt = tmp_path / "checkpoint.pt"
+    assert _shuffled_run(2, ckpt)[0] is None and ckpt.is_file()
+    resumed, resumed_model, epochs = _shuffled_run(None, ckpt)  # a new process would build the model afresh
+    # the interrupt came while epoch 2 was being logged, before its checkpoint: epochs 2-4 run again
+    assert epochs == [1, 2, 3]
+    assert [e.train_loss for e in resumed.history] == [e.train_loss for e in whole.history]
+    assert resumed.best_epoch == whole.best_epoch
+    for a, b in zip(whole_model.state_dict().values(), resumed_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

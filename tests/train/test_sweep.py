@@ -7,8 +7,9 @@ import sys
 
 import pandas as pd
 
-CHILD_PARAMS = {"method", "shots", "seed", "backbone", "lr", "epochs", "support_hash", "support_patients"}
-LORA_PARAMS = {"lora_r", "lora_alpha", "lora_targets"}
+# the flattened config plus the short keys, as on single runs
+CHILD_PARAMS = {"method", "shots", "seed", "backbone", "train.lr", "train.epochs", "model.lora.r", "model.backbone",
+                "support_hash", "support_patients"}
 CHILD_METRICS = {"val_auroc", "test_auroc", "test_auprc", "test_sensitivity", "test_specificity",
                  "test_auroc_ci_low", "test_auroc_ci_high", "test_sensitivity_ci_low", "test_specificity_ci_high",
                  "trainable_params", "train_seconds", "train_images_per_second", "peak_memory_mb"}
@@ -36,7 +37,9 @@ def test_parent_and_nested_children_carry_the_comparison_names(finished_sweep):
     assert keys == {(m, k, s) for m in ("lora", "linear_probe", "full") for k in ("1", "2") for s in ("0", "1")}
     for r in children:
         assert CHILD_PARAMS <= set(r.data.params), r.info.run_name
-        assert (LORA_PARAMS <= set(r.data.params)) == (r.data.params["method"] == "lora")
+        assert r.data.params["model.method"] == r.data.params["method"]
+        assert r.data.params["train.seed"] == r.data.params["seed"]
+        assert "lr" not in r.data.metrics and "train_lr" in r.data.metrics  # no metric shadows a param
         assert CHILD_METRICS <= set(r.data.metrics), CHILD_METRICS - set(r.data.metrics)
         assert 0.0 <= r.data.metrics["test_auroc"] <= 1.0 and r.data.metrics["trainable_params"] > 0
         assert r.data.tags["medlora.config_hash"] and r.data.tags["medlora.dataset_fingerprint"]
@@ -44,11 +47,16 @@ def test_parent_and_nested_children_carry_the_comparison_names(finished_sweep):
         assert dataset.digest == r.data.tags["medlora.dataset_fingerprint"] and dataset.name == cfg.data.name
     tags = parent.data.tags
     assert {"medlora.sweep_hash", "medlora.dataset_fingerprint", "medlora.version"} <= set(tags)
-    from medlora.export.adapter import git_commit
+    from medlora.provenance import git_commit
 
     assert tags.get("medlora.git_commit") == git_commit()  # None outside a git checkout
     lp = {r.data.params["method"]: r.data.metrics["trainable_params"] for r in children}
     assert lp["linear_probe"] < lp["lora"] < lp["full"]
+    assert len({r.info.run_name for r in children}) == 12  # names tell the runs apart
+    assert all(cfg.data.name in r.info.run_name for r in [parent, *children])
+    best = {m: parent.data.metrics[f"best_test_auroc_mean.{m}"] for m in ("lora", "linear_probe", "full")}
+    assert all(0.0 <= v <= 1.0 for v in best.values())
+    assert parent.data.metrics["test_auroc_mean.lora.2shot"] <= best["lora"]
 
 
 def test_every_method_sees_the_same_support_set_and_seeds_differ(finished_sweep):
@@ -109,7 +117,7 @@ def test_upper_block_lora_children_share_one_pass_over_the_frozen_blocks(phantom
     from mlflow import MlflowClient
 
     from medlora.io.prepare import prepare_dataset
-    from medlora.train.sweep import run_sweep
+    from medlora.experiment.sweep import run_sweep
 
     cfg, _ = sweep_config(phantom_root, tmp_path, **{
         "data.name": "phantoms_prefix", "tracking.uri": finished_run[1].tracking.uri, "fewshot.methods": "[lora]",

@@ -1,8 +1,8 @@
 """Train one model, evaluate it at the study level and log both to the active MLflow run.
 
-Shared by every pipeline that trains a model (``classify`` trains one, ``fewshot`` one per sweep
-point), so the metric names, artifacts and evaluation protocol are the same everywhere:
-per-epoch ``train_loss``/``val_auroc``/``lr``; at the end ``val_auroc``, ``best_epoch``,
+Shared by every run that trains a model (a single run trains one, a sweep one per point), so the
+metric names, artifacts and evaluation protocol are the same everywhere: per-epoch
+``train_loss``/``val_auroc``/``train_lr``; at the end ``val_auroc``, ``best_epoch``,
 :func:`~medlora.evaluate.report.flat_metrics` (``test_auroc``, ``test_auprc``, ``test_sensitivity``,
 ``test_specificity`` with ``_ci_low``/``_ci_high``, ...), ``trainable_params``, ``train_seconds``,
 ``train_data_seconds`` (of it, waiting for and augmenting batches), ``train_images_per_second`` and
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +22,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import __version__
 from ..config import Config
 from ..evaluate.report import EvaluationResult, flat_metrics, to_json
 from ..evaluate.stage import StudyScores, run_evaluate, study_auroc
 from ..models.lora import for_inference
 from ..tracking import mlflow_run as track
-from .inference import Predictions, predict
-from .loop import TrainResult, fit
+from ..train.inference import Predictions, predict
+from ..train.loop import TrainResult, fit
+from ..transforms.augment import BatchAugment
 
 log = logging.getLogger(__name__)
 
@@ -52,79 +50,28 @@ class ExperimentResult:
         return pd.concat([self.val.frame().assign(split="val"), self.test.frame().assign(split="test")])
 
 
-def experiment_name(cfg: Config, data: Any) -> str:
-    """The MLflow experiment: ``tracking.experiment``, else the data card's name, else ``data.name``."""
-    card = getattr(data, "card", None)
-    return cfg.tracking.experiment or (getattr(card, "name", None) if card is not None else None) or cfg.data.name
-
-
-def run_tags(cfg: Config, data: Any) -> dict[str, str]:
-    """Tags that say which data and code produced a run (dataset fingerprint, card, git commit, version)."""
-    from ..export.adapter import git_commit
-
-    tags = {"medlora.dataset": cfg.data.name, "medlora.dataset_fingerprint": data.fingerprint,
-            "medlora.pipeline": cfg.pipeline, "medlora.version": __version__}
-    commit = git_commit()
-    if commit:
-        tags["medlora.git_commit"] = commit
-    card = getattr(data, "card", None)
-    if card is not None:
-        tags["medlora.data_card.name"] = str(card.name)
-        tags["medlora.data_card.version"] = str(card.version)
-    return tags
-
-
-@contextmanager
-def _no_integer_schema_hint() -> Iterator[None]:
-    """MLflow's hint about integer columns concerns model signatures, not dataset inputs."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-        yield
-
-
-def mlflow_dataset(data: Any, name: str) -> Any:
-    """The de-identified manifest as an MLflow dataset (schema and profile computed once, here)."""
-    import mlflow
-
-    frame = data.public_manifest()
-    with _no_integer_schema_hint():
-        dataset = mlflow.data.from_pandas(frame, name=name, targets="label" if "label" in frame else None,
-                                          digest=data.fingerprint)
-        _ = dataset.schema, dataset.profile
-    return dataset
-
-
-def log_dataset(data: Any, name: str, context: str, dataset: Any | None = None) -> None:
-    """Log the de-identified manifest as the run's MLflow dataset input (``mlflow.log_input``);
-    ``dataset`` reuses one built by :func:`mlflow_dataset` (a sweep logs it with every child)."""
-    import mlflow
-
-    with _no_integer_schema_hint():
-        mlflow.log_input(dataset if dataset is not None else mlflow_dataset(data, name), context=context)
-
-
 def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config, device: torch.device,
-                       trainable_params: int, out: Path | None = None, augment: bool = True) -> ExperimentResult:
+                       trainable_params: int, out: Path | None = None, augment: bool = True,
+                       checkpoint: Path | None = None) -> ExperimentResult:
     """Train ``model`` on ``loaders['train']`` (early stopping on ``loaders['val']``), evaluate on
     ``loaders['test']`` and log per-epoch and final metrics to the active MLflow run.
 
     Training batches are augmented (seeded by ``train.seed``) when ``preprocess.augment`` and
-    ``augment`` (``False`` where the loader yields features rather than images).
+    ``augment`` (``False`` where the loader yields features rather than images). With
+    ``checkpoint``, training saves its state there after every epoch and continues from it.
 
     With ``out``, ``predictions.csv`` (per sample), ``test_studies.csv`` (per test study: the scores a
     paired DeLong test compares) and ``metrics.json`` are written there and logged as artifacts.
     """
     how = cfg.preprocess.view.aggregate
-    from ..transforms.augment import BatchAugment
-
     abnormal = cfg.data.classes.index(cfg.data.abnormal)
     augmenter = BatchAugment(seed=cfg.train.seed) if augment and cfg.preprocess.augment else None
     result = fit(
         model, loaders["train"], loaders["val"], cfg.train, device, abnormal,
         val_metric=lambda p: study_auroc(p.frame(), how),
-        on_epoch=lambda e: track.log_metrics({"train_loss": e.train_loss, "val_auroc": e.val_auroc, "lr": e.lr},
-                                             step=e.epoch),
-        augment=augmenter,
+        on_epoch=lambda e: track.log_metrics(
+            {"train_loss": e.train_loss, "val_auroc": e.val_auroc, "train_lr": e.lr}, step=e.epoch),
+        augment=augmenter, checkpoint=checkpoint,
     )
     # the best epoch's validation predictions are those of the restored weights (eval mode is deterministic)
     val = result.best_val or predict(model, loaders["val"], device, abnormal)

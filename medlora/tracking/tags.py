@@ -1,0 +1,25 @@
+"""The names of the MLflow tags medlora writes and searches; one place, so writers and readers agree.
+
+``medlora.role`` tells a sweep parent (``sweep``) from its children (``child``) and single runs
+(``run``); a sweep is found again by ``medlora.sweep_hash``, a child by ``medlora.config_hash``
+(the hash of its resolved config); ``medlora.host``/``medlora.pid`` name the process running it.
+"""
+
+from __future__ import annotations
+
+ROLE = "medlora.role"
+SWEEP_HASH = "medlora.sweep_hash"
+POINT_HASH = "medlora.config_hash"
+SUPPORT_HASH = "medlora.support_hash"
+HOST = "medlora.host"
+PID = "medlora.pid"
+METHOD = "medlora.method"
+PIPELINE = "medlora.pipeline"
+VERSION = "medlora.version"
+GIT_COMMIT = "medlora.git_commit"
+DATASET = "medlora.dataset"
+DATASET_FINGERPRINT = "medlora.dataset_fingerprint"
+DATA_CARD_NAME = "medlora.data_card.name"
+DATA_CARD_VERSION = "medlora.data_card.version"
+KEY_SCHEME = "medlora.key_scheme"
+FAILURE_REASON = "medlora.failure_reason"  # why a run ended FAILED, set by the stage that failed
