@@ -16,9 +16,22 @@ from .errors import MedloraError
 log = logging.getLogger("medlora")
 
 
+def _quiet_third_party() -> None:
+    """Warnings of other libraries that tell a medlora user nothing, filtered once for every command."""
+    import warnings
+
+    # MONAI offers an optional GPU DICOM decoder on every import; medlora reads through pydicom
+    warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*", category=UserWarning)
+    warnings.filterwarnings("ignore", message=".*nvimgcodec.*", category=UserWarning)
+    # MLflow's schema hints concern model signatures of its own flavours, not medlora's inputs
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname).1s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "urllib3", "filelock", "PIL", "matplotlib", "timm", "monai"):
+    for noisy in ("alembic", "mlflow", "urllib3", "filelock", "PIL", "matplotlib", "timm", "monai", "huggingface_hub",
+                  "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -50,12 +63,22 @@ def _load(args: argparse.Namespace, *extra: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .experiment.preflight import preflight
     from .registry import pipeline_module
 
     cfg = _load(args)
+    preflight(cfg)
     pipeline = pipeline_module(cfg.pipeline)
     out = Path(args.out) if args.out else Path("runs") / cfg.data.name
-    summary = pipeline.run(cfg, out)
+    created = not out.exists()
+    try:
+        summary = pipeline.run(cfg, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.rglob("*")):  # nothing worth keeping: no empty folder left
+            shutil.rmtree(out)
+        raise
     print(summary.describe())
     return 0
 
@@ -136,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    _quiet_third_party()
     try:
         return args.func(args)
     except MedloraError as err:

@@ -8,6 +8,7 @@ exactly like the file.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,9 @@ class SynthConfig(_Strict):
     size: int = Field(64, ge=16)
     abnormal_fraction: float = Field(0.34, gt=0, lt=1)
     seed: int = 0
+    # easy: large dense nodule on a flat background (tests that need a near-perfect model);
+    # subtle: small faint nodule among vessel look-alikes on textured lungs with varied anatomy (the demos)
+    difficulty: Literal["easy", "subtle"] = "easy"
 
 
 class SplitConfig(_Strict):
@@ -306,34 +310,65 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def path_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """The dotted keys of every path-valued field (``data.root``, ``model.weights`` ...)."""
+    keys: list[str] = []
+    for name, info in (model or Config).model_fields.items():
+        args = getattr(info.annotation, "__args__", ()) or (info.annotation,)
+        if Path in args:
+            keys.append(prefix + name)
+        for arg in args:
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                keys += path_keys(arg, f"{prefix}{name}.")
+    return keys
+
+
+MUST_EXIST = ("data.card", "data.labels", "model.weights", "oneclass.adapter")  # inputs read, never written
+
+
+def _get(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _set(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def _absolute(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """``raw`` with every relative path value made absolute against ``base_dir`` (in place)."""
+    for key in path_keys():
+        value = _get(raw, key)
+        if isinstance(value, str | Path) and str(value) and not Path(value).is_absolute():
+            _set(raw, key, str(Path(base_dir) / value))
+    return raw
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> Config:
-    """Validate a raw mapping into a frozen :class:`Config`; relative paths resolve against ``base_dir``."""
+    """Validate a raw mapping into a frozen :class:`Config`; relative paths resolve against ``base_dir``
+    (before validation: the validated config is never changed afterwards)."""
+    if base_dir is not None:
+        raw = _absolute(copy.deepcopy(raw), base_dir)
     try:
-        cfg = Config.model_validate(raw)
+        return Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
-    return resolve_paths(cfg, base_dir) if base_dir is not None else cfg
-
-
-def resolve_paths(cfg: Config, base_dir: Path) -> Config:
-    """A copy of ``cfg`` whose relative paths are made absolute against ``base_dir``."""
-
-    def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base_dir / p)
-
-    d = cfg.data
-    data = d.model_copy(update={"root": fix(d.root), "labels": fix(d.labels), "card": fix(d.card),
-                                "cache_dir": fix(d.cache_dir), "secret_file": fix(d.secret_file),
-                                "split": d.split.model_copy(update={"file": fix(d.split.file)})})
-    return cfg.model_copy(update={"data": data, "model": cfg.model.model_copy(update={"weights": fix(cfg.model.weights)}),
-                                  "oneclass": cfg.oneclass.model_copy(update={"adapter": fix(cfg.oneclass.adapter)})})
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None) -> Config:
     """Read a YAML config, apply ``--set`` overrides, validate.
 
-    Relative paths inside the config resolve against ``base_dir`` (default: the current directory,
-    so configs in ``configs/`` can name ``data_cards/...`` as a user reads them from the repo root).
+    Relative paths written in the config file resolve against the file's folder (``base_dir``
+    when given), so a config works from any working directory; relative paths in ``--set``
+    overrides resolve against the current directory, where the user typed them. Input files the
+    config names (data card, labels, weights, adapter) must exist: the error shows the path as
+    written and as resolved.
     """
     path = Path(path)
     if not path.is_file():
@@ -344,8 +379,22 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    written = {k: _get(raw, k) for k in MUST_EXIST}
+    _absolute(raw, Path(base_dir) if base_dir is not None else path.resolve().parent)
+    given = apply_overrides({}, overrides or [])
+    written.update({k: _get(given, k) for k in MUST_EXIST if _get(given, k) is not None})
     apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, str(path), base_dir or Path.cwd())
+    for key in path_keys():
+        value = _get(given, key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            _set(raw, key, str(Path.cwd() / value))
+    cfg = config_from_dict(raw, str(path))
+    for key in MUST_EXIST:
+        resolved = _get(cfg.model_dump(), key)
+        if resolved is not None and not Path(resolved).exists():
+            raise ConfigError(f"{key}: {written[key]!s} does not exist (resolved to {resolved}; relative paths in a "
+                              f"config file resolve against its folder {path.resolve().parent})")
+    return cfg
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

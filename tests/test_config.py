@@ -2,15 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from medlora.config import apply_overrides, config_from_dict, load_config
-from medlora.tracking.mlflow_run import flatten
+from medlora.config import apply_overrides, config_from_dict, load_config, path_keys
 from medlora.errors import ConfigError
+from medlora.tracking.mlflow_run import flatten
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_config_loads():
-    cfg = load_config(REPO / "configs" / "demo.yaml", base_dir=REPO)
+    cfg = load_config(REPO / "configs" / "demo.yaml")
     assert cfg.pipeline == "classify"
     assert cfg.model.method == "lora"
     assert cfg.data.root.is_absolute()
@@ -53,3 +53,50 @@ def test_missing_config_file(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": []}) == {"a.b": 1, "a.c.d": 2, "e": []}
+
+
+def test_config_paths_resolve_against_the_config_file_and_overrides_against_the_working_directory(tmp_path,
+                                                                                                  monkeypatch):
+    folder = tmp_path / "site" / "configs"
+    folder.mkdir(parents=True)
+    (tmp_path / "site" / "cards").mkdir()
+    (tmp_path / "site" / "cards" / "ct.md").write_text("card")
+    (folder / "run.yaml").write_text("data: {root: ../studies, card: ../cards/ct.md, split: {file: splits/a.csv}}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(folder / "run.yaml", ["data.cache_dir=cache"])
+    assert cfg.data.root == folder / "../studies" and cfg.data.card == folder / "../cards/ct.md"
+    assert cfg.data.split.file == folder / "splits/a.csv"
+    assert cfg.data.cache_dir == elsewhere / "cache"  # typed on the command line: the working directory's
+
+
+def test_an_input_file_that_does_not_exist_shows_the_written_and_the_resolved_path(tmp_path):
+    (tmp_path / "run.yaml").write_text("data: {root: studies, card: cards/missing.md}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "run.yaml")
+    assert "data.card: cards/missing.md does not exist" in str(err.value)
+    assert str(tmp_path / "cards/missing.md") in str(err.value)
+
+
+def test_every_path_field_is_resolved():
+    assert {"data.root", "data.labels", "data.card", "data.split.file", "model.weights", "oneclass.adapter"} <= set(
+        path_keys())
+
+
+def test_a_validated_config_is_frozen():
+    cfg = config_from_dict({"data": {"root": "x"}})
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.data.strict = True
+
+
+def test_unknown_pipeline_and_method_list_the_valid_names():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"data": {"root": "x"}, "pipeline": "segment"})
+    assert "'classify', 'fewshot' or 'oneclass'" in str(err.value)
+    with pytest.raises(ConfigError, match="'lora', 'linear_probe' or 'full'"):
+        config_from_dict({"data": {"root": "x"}, "model": {"method": "adapter"}})
+    from medlora.registry import pipeline_module
+
+    with pytest.raises(ConfigError, match="available: classify, fewshot, oneclass"):
+        pipeline_module("segment")

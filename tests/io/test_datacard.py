@@ -93,7 +93,7 @@ def test_required_fields_are_the_documented_ones():
 
 @pytest.mark.parametrize("config", CONFIGS_WITH_CARDS)
 def test_configs_agree_with_their_cards(config):
-    cfg = load_config(REPO / "configs" / config, base_dir=REPO)
+    cfg = load_config(REPO / "configs" / config)
     card = card_for_run(cfg.data)
     assert card is not None and card.classes == cfg.data.classes
 
@@ -109,19 +109,19 @@ def test_configs_agree_with_their_cards(config):
     ],
 )
 def test_card_and_config_disagree(overrides, message):
-    cfg = load_config(REPO / "configs" / "breastmnist.yaml", overrides, base_dir=REPO)
+    cfg = load_config(REPO / "configs" / "breastmnist.yaml", overrides)
     with pytest.raises(ConfigError) as err:
         card_for_run(cfg.data)
     assert message in str(err.value)
 
 
 def test_card_for_run_without_a_card_is_none():
-    cfg = load_config(REPO / "configs" / "breastmnist.yaml", ["data.card=null"], base_dir=REPO)
+    cfg = load_config(REPO / "configs" / "breastmnist.yaml", ["data.card=null"])
     assert card_for_run(cfg.data) is None
 
 
 def test_check_card_matches_accepts_the_demo():
-    cfg = load_config(REPO / "configs" / "demo.yaml", base_dir=REPO)
+    cfg = load_config(REPO / "configs" / "demo.yaml")
     check_card_matches(load_card(REPO / "data_cards" / "synthetic_phantoms.md"), cfg.data)
 
 

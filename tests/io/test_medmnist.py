@@ -193,8 +193,7 @@ def test_split_column_needs_path_keys(tmp_path):
     from medlora.config import load_config
     from medlora.io.prepare import prepare_dataset
 
-    cfg = load_config(REPO / "configs" / "breastmnist.yaml", ["data.label_key=study_uid", f"data.root={tmp_path}"],
-                      base_dir=REPO)
+    cfg = load_config(REPO / "configs" / "breastmnist.yaml", ["data.label_key=study_uid", f"data.root={tmp_path}"])
     with pytest.raises(ConfigError, match="data.split.column='split' needs data.label_key: path"):
         prepare_dataset(cfg.data)
 
