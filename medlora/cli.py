@@ -77,9 +77,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary = pipeline.run(cfg, out)
     except BaseException:
         if created and out.is_dir() and not any(out.rglob("*")):  # nothing worth keeping: no empty folder left
-            shutil.rmtree(out)
+            shutil.rmtree(out, ignore_errors=True)
         raise
-    print(summary.describe())
+    if summary.run_id:  # under torchrun, rank 0 speaks for the run
+        print(summary.describe())
     return 0
 
 

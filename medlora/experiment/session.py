@@ -21,6 +21,7 @@ from ..provenance import git_commit
 from ..tracking import mlflow_run as track
 from ..tracking import tags as T
 from ..tracking.dataset import log_dataset
+from ..train.distributed import is_main_process
 
 
 def experiment_name(cfg: Config, data: Any) -> str:
@@ -79,10 +80,14 @@ def open_run(cfg: Config, data: Any, method: str, role: str = "run", *, name: st
     ``role`` is the ``medlora.role`` tag (``run``, ``sweep``, ``child``); ``params`` are extra
     params; ``dataset`` reuses an MLflow dataset built once (a sweep's children);
     ``log_inputs=False`` skips the data logging (a resumed run already has it). The run ends
-    FINISHED when the block completes, FAILED (or KILLED on Ctrl-C) when it raises.
+    FINISHED when the block completes, FAILED (or KILLED on Ctrl-C) when it raises. Under
+    torchrun only rank 0 has a run: the other ranks get ``None`` and log nothing.
     """
     import mlflow
 
+    if not is_main_process():
+        yield None
+        return
     track.configure(cfg.tracking)
     all_tags = {**run_tags(cfg, data), T.ROLE: role, T.METHOD: method, **(tags or {})}
     with track.start_run(experiment_name(cfg, data), run_name=name or run_name(cfg, method), tags=all_tags,

@@ -34,7 +34,15 @@ from ..tracking import tags as T
 from ..tracking.dataset import mlflow_dataset
 from ..tracking.resume import find_parent, owner_tags, reconcile_children
 from ..train.features import probe_head
-from ..train.fewshot import SweepPoint, check_shots, draw_support, point_config, point_hash, sweep_hash, sweep_points
+from ..train.fewshot import (
+    SweepPoint,
+    check_shots,
+    draw_support,
+    point_config,
+    point_hash,
+    sweep_hash,
+    sweep_points,
+)
 from ..train.workbench import Workbench
 from .session import experiment_name, open_run, run_name, run_tags
 from .train_eval import ExperimentResult, train_and_evaluate

@@ -27,6 +27,7 @@ from ..evaluate.report import EvaluationResult, flat_metrics, to_json
 from ..evaluate.stage import StudyScores, run_evaluate, study_auroc
 from ..models.lora import for_inference
 from ..tracking import mlflow_run as track
+from ..train.distributed import Dist
 from ..train.inference import Predictions, predict
 from ..train.loop import TrainResult, fit
 from ..transforms.augment import BatchAugment
@@ -52,13 +53,15 @@ class ExperimentResult:
 
 def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config, device: torch.device,
                        trainable_params: int, out: Path | None = None, augment: bool = True,
-                       checkpoint: Path | None = None) -> ExperimentResult:
+                       checkpoint: Path | None = None, dist: Dist | None = None) -> ExperimentResult:
     """Train ``model`` on ``loaders['train']`` (early stopping on ``loaders['val']``), evaluate on
     ``loaders['test']`` and log per-epoch and final metrics to the active MLflow run.
 
     Training batches are augmented (seeded by ``train.seed``) when ``preprocess.augment`` and
     ``augment`` (``False`` where the loader yields features rather than images). With
-    ``checkpoint``, training saves its state there after every epoch and continues from it.
+    ``checkpoint``, training saves its state there after every epoch and continues from it. Under
+    torchrun (``dist``) every rank trains and scores its shard; scores are gathered on every rank and
+    only rank 0 writes files and logs.
 
     With ``out``, ``predictions.csv`` (per sample), ``test_studies.csv`` (per test study: the scores a
     paired DeLong test compares) and ``metrics.json`` are written there and logged as artifacts.
@@ -71,11 +74,12 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
         val_metric=lambda p: study_auroc(p.frame(), how),
         on_epoch=lambda e: track.log_metrics(
             {"train_loss": e.train_loss, "val_auroc": e.val_auroc, "train_lr": e.lr}, step=e.epoch),
-        augment=augmenter, checkpoint=checkpoint,
+        augment=augmenter, checkpoint=checkpoint, dist=dist,
     )
     # the best epoch's validation predictions are those of the restored weights (eval mode is deterministic)
-    val = result.best_val or predict(model, loaders["val"], device, abnormal)
-    test = predict(for_inference(model), loaders["test"], device, abnormal)
+    dist = dist or Dist()
+    val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal))
+    test = dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal))
     evaluation, _, test_studies = run_evaluate(val.frame(), test.frame(), cfg.evaluate, how, seed=cfg.train.seed)
     metrics = {**flat_metrics(evaluation), "val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "train_data_seconds": result.data_seconds,
@@ -83,7 +87,7 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
                "peak_memory_mb": result.peak_memory_mb, "trainable_params": trainable_params}
     track.log_metrics(metrics, step=len(result.history))
     done = ExperimentResult(result, val, test, evaluation, test_studies, metrics)
-    if out is not None:
+    if out is not None and dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         done.predictions().to_csv(out / "predictions.csv", index=False)
         test_studies.frame().to_csv(out / "test_studies.csv", index=False)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..config import TrackingConfig
+from ..train.distributed import is_main_process
 from . import tags as T
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     import mlflow
 
     clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-    if clean:
+    if clean and is_main_process():  # under torchrun, only rank 0 logs
         mlflow.log_metrics(clean, step=step)
 
 
@@ -110,6 +111,8 @@ def log_table(frame, name: str) -> None:
     """Log a pandas frame as a CSV artifact."""
     import mlflow
 
+    if not is_main_process():
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         frame.to_csv(path, index=False)
@@ -119,6 +122,8 @@ def log_table(frame, name: str) -> None:
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     import mlflow
 
+    if not is_main_process():
+        return
     if Path(path).is_dir():
         mlflow.log_artifacts(str(path), artifact_path=artifact_path)
     else:

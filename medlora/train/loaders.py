@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import Config, TrainConfig
 from ..io.prepare import PreparedData
 from ..transforms.pipeline import build_dataset, build_transforms, manifest_items, transform_fingerprint
+from .distributed import Dist, GlobalBatchSampler, ShardSampler, local_batch_size
 
 SPLITS = ("train", "val", "test")
 
@@ -36,9 +37,21 @@ def make_datasets(data: PreparedData, cfg: Config, input_cfg: dict[str, Any], sp
     return out
 
 
-def make_loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool) -> DataLoader:
-    """A loader over ``dataset``; shuffling is seeded by ``cfg.seed``."""
+def make_loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, dist: Dist | None = None) -> DataLoader:
+    """A loader over ``dataset``; shuffling is seeded by ``cfg.seed``.
+
+    Under torchrun (``dist``), a training loader (``shuffle``) yields this rank's part of the global
+    batches a single process would draw, an evaluation loader this rank's shard of the samples
+    (:mod:`.distributed`).
+    """
     generator = torch.Generator().manual_seed(cfg.seed)
+    workers = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
+    if dist is not None and dist.enabled:
+        if shuffle:
+            sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, dist, True, generator)
+            return DataLoader(dataset, batch_sampler=sampler, generator=generator, **workers)
+        return DataLoader(dataset, batch_size=local_batch_size(cfg.batch_size, dist),
+                          sampler=ShardSampler(len(dataset), dist), **workers)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, drop_last=False, generator=generator,
-                      num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+                      **workers)
 

@@ -26,6 +26,7 @@ from ..config import TrainConfig
 from ..device import autocast_dtype, maybe_compile
 from ..models.lora import for_inference
 from . import checkpoint as ckpt
+from .distributed import Dist, wrap
 from .inference import Predictions, predict
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,16 @@ def fit(
     on_epoch: Callable[[EpochLog], None] | None = None,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     checkpoint: Path | None = None,
+    dist: Dist | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; returns the history and restores the best validation epoch.
 
     With ``checkpoint``, the loop's state is saved there after every epoch and, when the file
-    already exists, training continues after the epoch it holds (:mod:`.checkpoint`).
+    already exists, training continues after the epoch it holds (:mod:`.checkpoint`). Under
+    torchrun (``dist``), the loaders come from :func:`~medlora.train.loaders.make_loader` with the
+    same ``dist``: the model is wrapped in DistributedDataParallel and each global batch's loss is
+    weighted so that the all-reduced gradient is the single-process one; validation is scored on
+    shards and gathered, so every rank takes the same early-stopping decisions.
     """
     from tqdm.auto import tqdm
 
@@ -105,9 +111,10 @@ def fit(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_loader))
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss()
+    dist = dist or Dist()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     dtype = autocast_dtype(device)
-    step_model = maybe_compile(model, cfg.compile)
+    step_model = maybe_compile(wrap(model, dist, device), cfg.compile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -130,19 +137,24 @@ def fit(
             if augment is not None:
                 x = augment(x)
             epoch_data += time.perf_counter() - waited
+            # the global batch's mean loss: DDP averages the ranks' gradients, hence x world / global size
+            batch_n = dist.sum(len(y))[0] if dist.enabled else len(y)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(step_model(x).float(), y)
+                loss_sum = loss_fn(step_model(x).float(), y)
+            loss = loss_sum * (dist.world / batch_n)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += loss.item() * len(y)
+            total += loss_sum.item()
             n += len(y)
             waited = time.perf_counter()
+        if dist.enabled:
+            total, n = dist.sum(total, n)
         st.train_time += time.perf_counter() - t0
         st.data_time += epoch_data
-        st.images += n
-        val = predict(for_inference(model), val_loader, device, abnormal_index)
+        st.images += int(n)
+        val = dist.gather_predictions(predict(for_inference(model), val_loader, device, abnormal_index))
         val_auroc, val_loss = val_metric(val), binary_log_loss(val)
         entry = EpochLog(epoch, total / max(n, 1), val_auroc, val_loss, scheduler.get_last_lr()[0], time.perf_counter() - t0,
                          epoch_data)
@@ -160,7 +172,7 @@ def fit(
             st.best_val = val
         else:
             st.bad_epochs += 1
-        if checkpoint is not None:
+        if checkpoint is not None and dist.is_main:
             ckpt.save(checkpoint, st, trainable, optimizer, scheduler, train_loader, augment)
         if st.bad_epochs >= cfg.patience:
             stopped_early = True

@@ -1,0 +1,72 @@
+"""One tracked run: ingest → model → train → study-level evaluation → MLflow → export → review bundle.
+
+The MLflow run is marked FINISHED only once the bundle is written (a failure anywhere marks it
+FAILED with the reason). An interrupted run continues from its last epoch in the same MLflow run
+(:mod:`.resume`). Under torchrun the same function runs on every rank (:mod:`medlora.train.distributed`):
+rank 0 ingests and sends the prepared data to the others, all ranks train and score their shards,
+and only rank 0 writes files, logs and exports.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..config import Config
+from ..device import configure_threads, resolve_device
+from ..evaluate.plots import plot_roc
+from ..export.metadata import run_metadata
+from ..export.stage import run_export
+from ..io.prepare import prepare_dataset
+from ..models.build import build_model
+from ..summary import RunSummary
+from ..tracking import mlflow_run as track
+from ..train.distributed import from_env, local_batch_size
+from ..train.features import prefix_loaders
+from ..train.loaders import make_datasets, make_loader
+from ..transforms.pipeline import manifest_items
+from . import resume
+from .session import experiment_name, open_run
+from .train_eval import train_and_evaluate
+
+
+def run_single(cfg: Config, out: Path) -> RunSummary:
+    """Train, evaluate and export ``cfg``'s model; everything under ``out``, tracked in MLflow."""
+    dist = from_env()
+    local_batch_size(cfg.train.batch_size, dist)  # refuse an uneven split before any work
+    out = Path(out)
+    prior = None
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        prior = resume.resumable_run(cfg, out)  # an interrupted run of this config in out: continue it
+    data = dist.main_first(lambda: prepare_dataset(cfg.data, cfg.preprocess))
+    uri = track.configure(cfg.tracking)
+    experiment = experiment_name(cfg, data)
+    device = dist.place(resolve_device(cfg.train.device))
+    with open_run(cfg, data, cfg.model.method, run_id=prior, log_inputs=prior is None) as mlrun, \
+            tempfile.TemporaryDirectory() as scratch:
+        checkpoint = resume.remember(out, mlrun.info.run_id, cfg) if dist.is_main else None
+        built = build_model(cfg, out if dist.is_main else Path(scratch))  # the same seeded base on every rank
+        track.log_metrics({"trainable_params": built.params.trainable, "total_params": built.params.total})
+        configure_threads(cfg.train.threads)
+        model = built.model.to(device)
+        datasets = make_datasets(data, cfg, built.data_config)
+
+        def loader(ds, shuffle: bool):
+            return make_loader(ds, cfg.train, shuffle, dist)
+
+        loaders = {s: loader(ds, s == "train") for s, ds in datasets.items()}
+        # LoRA on the upper blocks only, no augmentation: the frozen blocks below run once per image
+        split = prefix_loaders(model, datasets, loader, device, augment=cfg.preprocess.augment)
+        trained, loaders = split or (model, loaders)
+        result = train_and_evaluate(trained, loaders, cfg, device, built.params.trainable,
+                                    out=out if dist.is_main else None, checkpoint=checkpoint, dist=dist)
+        if dist.is_main:
+            op = result.evaluation.operating_point
+            plot_roc(result.test_studies.label, result.test_studies.score, out / "roc.png", operating_point=op)
+            track.log_artifact(out / "roc.png")
+            items = {item["sample_id"]: item for item in manifest_items(data.manifest, data.root)}
+            run_export(out, model, run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint), uri, items=items)
+            resume.forget(out)
+        dist.barrier()  # the other ranks end with rank 0, after its export
+    return RunSummary(mlrun.info.run_id if mlrun else "", experiment, uri, out, result.metrics, str(built.params))

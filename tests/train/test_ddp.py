@@ -1,0 +1,66 @@
+"""One run on two torchrun processes (gloo, CPU) equals the single-process run with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from medlora.config import config_to_dict
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd, env) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # LoRA on every block, trained on images
+    {"model.method": "linear_probe"},
+    {"model.lora.blocks": "[-1]"},  # LoRA on the last block over cached frozen-prefix tokens
+], ids=["lora", "linear_probe", "frozen_prefix"])
+def test_ddp_two_gloo_processes_match_one_process(phantom_root, tmp_path, tiny_cfg, overrides):
+    # no augmentation and no dropout: the two runs see exactly the same batches
+    cfg = tiny_cfg(phantom_root, tmp_path, **{"train.epochs": 3, "train.batch_size": 8, "model.lora.dropout": 0.0,
+                                                 "preprocess.augment": "false", **overrides})
+    cfg_file = tmp_path / "ddp.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = _run([sys.executable, "-m", "medlora", "run", str(cfg_file), "--out", str(tmp_path / "one"),
+                   "--set", f"tracking.uri=sqlite:///{tmp_path / 'one.db'}"], tmp_path, env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+                "-m", "medlora", "run", str(cfg_file), "--out", str(tmp_path / "two"),
+                "--set", f"tracking.uri=sqlite:///{tmp_path / 'two.db'}"], tmp_path, env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("run ") >= 1 and ddp.stdout.count("review bundle") == 1  # rank 0 speaks once
+
+    one, two = (pd.read_csv(tmp_path / d / "predictions.csv").sort_values("sample_id") for d in ("one", "two"))
+    assert list(one.sample_id) == list(two.sample_id)  # every val/test sample scored exactly once
+    np.testing.assert_allclose(two.score, one.score, atol=1e-4)
+    from mlflow import MlflowClient
+
+    def runs(db: str) -> list:
+        client = MlflowClient(f"sqlite:///{tmp_path / db}")
+        return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+    (r1,), two_runs = runs("one.db"), runs("two.db")
+    assert len(two_runs) == 1 and two_runs[0].info.status == "FINISHED"  # one MLflow run, by rank 0
+    for name in ("val_auroc", "test_auroc", "test_sensitivity", "test_specificity", "best_epoch"):
+        assert two_runs[0].data.metrics[name] == pytest.approx(r1.data.metrics[name], abs=1e-6), name
+    assert two_runs[0].data.metrics["train_loss"] == pytest.approx(r1.data.metrics["train_loss"], rel=1e-4)
+    assert (tmp_path / "two" / "medlora.json").is_file() and (tmp_path / "two" / "bundle" / "report.html").is_file()
+
+
+def test_ddp_global_batch_that_does_not_divide_is_refused(phantom_root, tmp_path):
+    from medlora.errors import ConfigError
+    from medlora.train.distributed import Dist, local_batch_size
+
+    with pytest.raises(ConfigError, match="train.batch_size=9 does not divide over 2 processes.*e.g. 10"):
+        local_batch_size(9, Dist(rank=0, world=2))
