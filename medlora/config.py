@@ -80,13 +80,6 @@ class DataConfig(_Strict):
     # site secret of the HMAC patient/study keys (created on first use, mode 0600; never logged);
     # default $MEDLORA_SECRET_FILE, else $XDG_CONFIG_HOME/medlora/site.key (~/.config/medlora/site.key)
     secret_file: Path | None = None
-    # where a blank PatientID/Study/Series UID is taken from: tags (nearest identified level, else the
-    # file's folder), folder:N (the N-th folder level under root is the patient), labels[:COLUMN] (the
-    # labels CSV names each path's patient, column PatientID by default; needs label_key: path)
-    identity: str = Field("tags", pattern=r"^(tags|folder:[1-9][0-9]*|labels(:.+)?)$")
-    # a volume candidate whose geometry is inconsistent: its slices become 2D samples (2d) or are skipped
-    volume_fallback: Literal["2d", "skip"] = "2d"
-    modality: str | None = None  # modality of NIfTI samples (no tag to read it from); default: the card's
     strict: bool = False  # any skipped input fails the ingest
     # a DICOM series of >= volume_min_slices single-frame slices of these modalities becomes a volume
     volume_min_slices: int = Field(8, ge=2)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from medlora.config import Config
+from medlora.experiment.sweep import run_sweep
 from medlora.io.prepare import prepare_dataset
 from medlora.summary import RunSummary
-from medlora.experiment.sweep import run_sweep
 
 
 def run(cfg: Config, out: Path) -> RunSummary:

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub (air-gapped machines, CI)
+# a site secret of this test session only: tests never read or create the real one in the home folder
+os.environ["MEDLORA_SECRET_FILE"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"medlora-tests-{os.getpid()}.key")
 os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///" + os.path.join(os.environ.get("TMPDIR", "/tmp"), f"medlora-tests-{os.getpid()}.db"))
 
 import pytest

@@ -53,7 +53,8 @@ def test_oneclass_on_lora_adapted_features(finished_run, tmp_path, tiny_cfg):
 
     tiny_config = tiny_cfg
     out, cfg, _ = finished_run
-    cfg1 = tiny_config(cfg.data.root, tmp_path, pipeline="oneclass", **{"oneclass.adapter": str(out)})
-    cfg1.data.split.file = cfg.data.split.file  # the adapter's own split: no test study was seen in training
+    # the adapter's own split: no test study was seen in training
+    cfg1 = tiny_config(cfg.data.root, tmp_path, pipeline="oneclass", **{"oneclass.adapter": str(out),
+                                                                         "data.split.file": str(cfg.data.split.file)})
     summary = run(cfg1, tmp_path / "out")
     assert summary.metrics["test_auroc"] > 0.8

@@ -95,7 +95,7 @@ Evaluation notes:
 {warnings}
 
 ## Ethical considerations
-Study keys in this bundle are salted pseudonyms; no patient identifier, name, date or DICOM UID is included,
+Study keys in this bundle are HMAC-SHA256 pseudonyms under a site secret; no patient identifier, name, date or DICOM UID is included,
 and the bundle was scanned for them before it was written. Saliency overlays are pixel renderings without
 identifiers. Errors of a screening-like model fall unevenly: false negatives delay care, false positives cause
 extra work-up; review both kinds of examples in report.html.

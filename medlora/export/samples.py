@@ -4,7 +4,7 @@ The rules mirror :mod:`medlora.io.ingest`: files are grouped by SeriesInstanceUI
 ``volume_min_slices`` single-frame slices of a ``volume_modalities`` modality (or one multi-frame object
 with that many frames) is a volume that yields one sample per view of ``preprocess.view``; any other
 DICOM instance is one 2D sample; a NIfTI file is a volume of its own study. The bundle records the
-rules it was trained with (``medlora.json`` → ``samples``). Keys are salted pseudonyms, as in ingest.
+rules it was trained with (``medlora.json`` → ``samples``). Keys are HMAC pseudonyms under the site secret, as in ingest.
 """
 
 from __future__ import annotations

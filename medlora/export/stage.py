@@ -37,7 +37,8 @@ def record_failure(run_id: str, err: BaseException, tracking_uri: str | None = N
 def run_export(out: Path, model: nn.Module, metadata: dict[str, Any], tracking_uri: str | None = None,
                items: dict[str, dict[str, Any]] | None = None) -> Path:
     """Export the active run ``metadata["mlflow_run_id"]``: write and log its weights and
-    ``medlora.json`` under ``out``, then its review bundle at ``out/bundle``; returns the bundle.
+    ``medlora.json`` under ``out``, then its review bundle at ``out/bundle`` (also logged to the run
+    as ``bundle/``); returns the bundle.
 
     Call it inside the run block, after the run's predictions and metrics are logged. ``items``
     (sample id → MONAI item) spares re-ingesting the data for the saliency examples.
@@ -51,7 +52,9 @@ def run_export(out: Path, model: nn.Module, metadata: dict[str, Any], tracking_u
         art = artifact_of(metadata["method"])
         track.log_artifact(out / METADATA_FILE)
         track.log_artifact(out / art.folder, art.folder)
-        return export_bundle(run_id, out / "bundle", tracking_uri=tracking_uri, overwrite=True, items=items)
+        bundle = export_bundle(run_id, out / "bundle", tracking_uri=tracking_uri, overwrite=True, items=items)
+        track.log_artifact(bundle, "bundle")  # report, plots, saliency, metrics: on the run that made them
+        return bundle
     except Exception as err:  # noqa: BLE001 - recorded on the run, then re-raised unchanged
         record_failure(run_id, err, tracking_uri)
         raise

@@ -18,7 +18,12 @@ Contract of :func:`read_dicom` (and of :class:`medlora.io.monai_reader.MedloraDi
 Errors: a file that cannot be read or is not DICOM, has no pixel data or truncated pixel data raises
 :class:`~medlora.errors.InputError`; a transfer syntax without an installed decoder or a photometric
 interpretation medlora does not handle raises :class:`~medlora.errors.UnsupportedDicomError` naming the
-tag and its value. Every message starts with the file path.
+tag and its value. Every message starts with the file path, and every error carries a ``category``
+attribute (one of :data:`CATEGORIES`: empty file, not DICOM, unreadable header, truncated pixel data,
+absent pixel data, undecodable pixel data, no decoder, unsupported image) so an ingest report can count
+failures by kind. A file whose Pixel Data element is cut off is *truncated* (pydicom drops the element
+and reads on, so "no pixel data" alone would be misleading); an image object without the element is
+*absent pixel data*.
 """
 
 from __future__ import annotations
@@ -73,6 +78,19 @@ IDENTIFIER_KEYS = {
 
 _READ_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError)
 
+EMPTY, NOT_DICOM, UNREADABLE = "empty file", "not DICOM", "unreadable header"
+TRUNCATED, NO_PIXELS, UNDECODABLE = "truncated pixel data", "absent pixel data", "undecodable pixel data"
+NO_DECODER, UNSUPPORTED = "no decoder", "unsupported image"
+CATEGORIES = (EMPTY, NOT_DICOM, UNREADABLE, TRUNCATED, NO_PIXELS, UNDECODABLE, NO_DECODER, UNSUPPORTED)
+_PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010) little / big endian
+
+
+def _error(cls: type[InputError], category: str, message: str) -> InputError:
+    """``cls(message)`` with its ``category`` set (see the module docstring)."""
+    err = cls(message)
+    err.category = category  # type: ignore[attr-defined]
+    return err
+
 
 @dataclass
 class DicomImage:
@@ -99,20 +117,26 @@ def read_dicom(path: str | Path) -> DicomImage:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = ds.get("SOPClassUID")
         name = getattr(sop, "name", "")
-        hint = "the file is probably truncated" if "Image" in name else "only image objects can be read"
-        raise InputError(f"{path}: has no pixel data (SOPClassUID={sop} {name}); {hint}")
+        head = path.read_bytes()
+        if any(tag in head for tag in _PIXEL_DATA_TAGS):
+            raise _error(InputError, TRUNCATED, f"{path}: truncated pixel data: the file ends inside its "
+                         f"(7FE0,0010) Pixel Data element ({len(head)} bytes; SOPClassUID={sop} {name})")
+        hint = "" if "Image" in name else "; only image objects can be read"
+        raise _error(InputError, NO_PIXELS, f"{path}: has no pixel data (SOPClassUID={sop} {name}){hint}")
     meta = _technical_meta(ds)
     pi = meta["photometric_interpretation"]
     if pi is None:
-        raise UnsupportedDicomError(f"{path}: (0028,0004) PhotometricInterpretation is missing")
+        raise _error(UnsupportedDicomError, UNSUPPORTED, f"{path}: (0028,0004) PhotometricInterpretation is missing")
     if pi not in SUPPORTED_PHOTOMETRIC:
-        raise UnsupportedDicomError(
+        raise _error(
+            UnsupportedDicomError, UNSUPPORTED,
             f"{path}: (0028,0004) PhotometricInterpretation={pi!r} is not supported; "
             f"medlora reads {', '.join(SUPPORTED_PHOTOMETRIC)}"
         )
     expected_samples = 1 if pi in GRAYSCALE or pi == "PALETTE COLOR" else 3
     if meta["samples_per_pixel"] != expected_samples:
-        raise UnsupportedDicomError(
+        raise _error(
+            UnsupportedDicomError, UNSUPPORTED,
             f"{path}: (0028,0002) SamplesPerPixel={meta['samples_per_pixel']} does not match "
             f"PhotometricInterpretation={pi!r} (expected {expected_samples})"
         )
@@ -135,7 +159,7 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
     Besides :data:`TECHNICAL_KEYS` the result holds ``patient_id``, ``study_uid``, ``series_uid``,
     ``sop_uid``, ``accession`` (strings or None), ``instance_number`` (int or None) and
     ``sop_class_uid``. **These identifiers are raw protected health information: the caller must hash
-    them (salted) before they are logged, saved, or leave memory in any other way.**
+    them (HMAC keys under the site secret) before they are logged, saved, or leave memory in any other way.**
 
     Raises:
         InputError: unreadable, empty, truncated or non-DICOM file.
@@ -161,49 +185,67 @@ def has_dicm_preamble(path: Path) -> bool:
 
 def _dcmread(path: Path, stop_before_pixels: bool) -> Dataset:
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        raise _error(InputError, UNREADABLE, f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty (0 bytes)")
+        raise _error(InputError, EMPTY, f"{path}: file is empty (0 bytes)")
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as e:
-        raise InputError(f"{path}: not a DICOM file ({e})") from e
+        raise _error(InputError, NOT_DICOM, f"{path}: not a DICOM file ({e})") from e
     except _READ_ERRORS as e:
-        raise InputError(f"{path}: unreadable or truncated DICOM ({type(e).__name__}: {e})") from e
+        if not stop_before_pixels:
+            try:  # the header reads: the damage is in the pixel data
+                pydicom.dcmread(path, stop_before_pixels=True)
+            except _READ_ERRORS:
+                pass
+            else:
+                raise _error(InputError, TRUNCATED, f"{path}: truncated pixel data ({type(e).__name__}: {e})") from e
+        raise _error(InputError, UNREADABLE, f"{path}: unreadable or truncated DICOM header ({type(e).__name__}: {e})") from e
 
 
 def _decode(ds: Dataset, path: Path) -> np.ndarray:
     """pydicom's ``pixel_array`` (YBR converted to RGB) with its failures mapped to medlora errors."""
     tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if not tsuid:
-        raise UnsupportedDicomError(f"{path}: (0002,0010) TransferSyntaxUID is missing from the file meta")
+        raise _error(UnsupportedDicomError, NO_DECODER, f"{path}: (0002,0010) TransferSyntaxUID is missing from the file meta")
     ts = f"(0002,0010) TransferSyntaxUID={tsuid} ({tsuid.name})"
     try:
         decoder = get_decoder(tsuid)
     except NotImplementedError as e:
-        raise UnsupportedDicomError(
+        raise _error(
+            UnsupportedDicomError, NO_DECODER,
             f"{path}: {ts} has no pixel data decoder in pydicom {pydicom.__version__}; "
             "decompress it first (e.g. `gdcmconv --raw` or dcmtk `dcmdjpeg`)"
         ) from e
     if not decoder.is_available:
-        raise UnsupportedDicomError(
+        raise _error(
+            UnsupportedDicomError, NO_DECODER,
             f"{path}: no decoder is installed for {ts}; install one of: "
             + "; ".join(decoder.missing_dependencies)
         )
     try:
         return pixel_array(ds, raw=False)
-    except RuntimeError as e:  # every available plugin raised
+    except RuntimeError as e:  # every available plugin raised: damaged data, or a variant none handles
         missing = "; ".join(decoder.missing_dependencies) or "none"
-        raise UnsupportedDicomError(
-            f"{path}: no installed decoder could decode {ts} "
-            f"(tried {', '.join(decoder.available_plugins)}; not installed: {missing}): {e}"
+        raise _error(
+            UnsupportedDicomError, UNDECODABLE,
+            f"{path}: the installed decoders could not decode the pixel data of {ts} "
+            f"(tried {', '.join(decoder.available_plugins)}; not installed: {missing}): {_first_line(e)}"
         ) from e
     except NotImplementedError as e:
-        raise UnsupportedDicomError(f"{path}: {ts}: {e}") from e
+        raise _error(UnsupportedDicomError, NO_DECODER, f"{path}: {ts}: {e}") from e
     except (ValueError, AttributeError, KeyError, TypeError) as e:
-        raise InputError(
-            f"{path}: pixel data is truncated or inconsistent with its Image Pixel module ({e})"
+        short = "less than expected" in str(e) or "truncated" in str(e).lower()
+        raise _error(
+            InputError, TRUNCATED if short else UNDECODABLE,
+            f"{path}: pixel data is {'truncated' if short else 'inconsistent with its Image Pixel module'} ({e})"
         ) from e
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message (pydicom joins every plugin's traceback into one)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _modality_lut(arr: np.ndarray, ds: Dataset, frames: int) -> np.ndarray:

@@ -22,7 +22,7 @@ A volume yields one row per view (``preprocess.view``: ``view`` = its kind, ``vi
 Every sample is decoded once here: images/volumes with NaN/inf values or a single value are skipped, and
 ``pixel_hash`` (:func:`~medlora.io.pixels.pixel_hash` of the decoded pixels; of the whole volume for
 volume rows) lets the leakage audit find one image planted under two patients. Raw identifiers
-(PatientID, UIDs, accession numbers) are read only to group and join; they are replaced by salted keys
+(PatientID, UIDs, accession numbers) are read only to group and join; they are replaced by HMAC keys under the site secret
 (:mod:`.deid`) before anything is written, and never appear in a skip reason. Files that cannot be used
 are skipped with their reason, never silently and never at the cost of the good files beside them
 (``strict`` turns any skip into a failure).
@@ -43,7 +43,7 @@ import pandas as pd
 
 from ..config import DataConfig, PreprocessConfig
 from ..errors import InputError, MedloraError
-from .deid import pseudonym
+from .deid import SiteKey, load_site_key
 from .labels import DEFAULT_KEY_COLUMNS, read_labels
 from .nifti import is_nifti
 from .pixels import pixel_hash, unusable_reason
@@ -64,6 +64,7 @@ class IngestResult:
     manifest: pd.DataFrame  # one row per sample, de-identified
     skipped: pd.DataFrame  # columns: path, reason
     root: Path
+    key_scheme: str = ""  # how the keys were made (hmac-sha256:<key id>); never the secret
 
     def summary(self) -> str:
         m = self.manifest
@@ -92,6 +93,7 @@ class _Collector:
     root: Path
     labels: dict[str, int]
     labels_name: str
+    site: SiteKey
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     matched: set[str] = field(default_factory=set)
@@ -102,7 +104,7 @@ class _Collector:
         log.debug("skipped %s: %s", path, text)
 
     def key(self, name: str, kind: str) -> str:
-        return pseudonym(name, self.cfg.salt, kind)
+        return self.site.key(name, kind)
 
     def label_for(self, paths: list[str], header: dict[str, Any] | None) -> tuple[int | None, str]:
         """(label, reason when None) for a sample whose relative path(s) are ``paths``."""
@@ -318,7 +320,8 @@ def run_ingest(cfg: DataConfig, preprocess: PreprocessConfig | None = None) -> I
     labels_path = Path(cfg.labels) if cfg.labels else root / "labels.csv"
     key_column = cfg.key_column or DEFAULT_KEY_COLUMNS[cfg.label_key]
     labels = read_labels(labels_path, key_column, cfg.label_column, cfg.classes)
-    col = _Collector(cfg, preprocess or PreprocessConfig(), root, labels, labels_path.name)
+    site = load_site_key(cfg.secret_file)
+    col = _Collector(cfg, preprocess or PreprocessConfig(), root, labels, labels_path.name, site)
 
     instances, niftis = _scan(col)
     series: dict[str, list[_Instance]] = defaultdict(list)
@@ -347,6 +350,6 @@ def run_ingest(cfg: DataConfig, preprocess: PreprocessConfig | None = None) -> I
     if cfg.strict and len(report):
         raise InputError(f"data.strict is set and {len(report)} inputs were skipped, e.g. "
                          f"{report['path'].iloc[0]}: {report['reason'].iloc[0]}")
-    result = IngestResult(manifest, report, root)
+    result = IngestResult(manifest, report, root, site.scheme)
     log.info("ingest %s: %s", cfg.name, result.summary())
     return result

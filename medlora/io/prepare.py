@@ -36,6 +36,7 @@ class PreparedData:
     fingerprint: str
     split_file: Path
     card: DataCard | None = None  # the validated data.card, logged with the run
+    key_scheme: str = ""  # hmac-sha256:<key id> of the site secret that made the keys (tag medlora.key_scheme)
 
     def split(self, name: str) -> pd.DataFrame:
         return self.manifest[self.manifest["split"] == name]
@@ -53,6 +54,8 @@ def fingerprint(manifest: pd.DataFrame) -> str:
 
 
 def default_split_file(cfg: DataConfig) -> Path:
+    """``data.split.file``, else ``.medlora/splits/<data.name>.csv`` under the working directory: the
+    split is drawn once and reused by every later run from there (``.medlora/`` is git-ignored)."""
     return Path(cfg.split.file) if cfg.split.file else Path(".medlora") / "splits" / f"{cfg.name}.csv"
 
 
@@ -83,4 +86,4 @@ def prepare_dataset(cfg: DataConfig, preprocess: PreprocessConfig | None = None)
     check_splits_usable(manifest, len(cfg.classes))
     counts = manifest.groupby("split")["patient_key"].nunique().to_dict()
     log.info("split (patients): %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    return PreparedData(manifest, ingest.skipped, root, fingerprint(manifest), split_file, card)
+    return PreparedData(manifest, ingest.skipped, root, fingerprint(manifest), split_file, card, ingest.key_scheme)

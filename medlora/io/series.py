@@ -134,8 +134,14 @@ def assemble_series(paths: Sequence[str | Path], tolerance: float | None = 0.1, 
     from .dicom import read_dicom
 
     paths = [Path(p) for p in paths]
+    return stack_slices(paths, [read_dicom(p) for p in paths], tolerance, name)
+
+
+def stack_slices(paths: Sequence[Path], images: Sequence[Any], tolerance: float | None = 0.1,
+                 name: str | None = None) -> Volume:
+    """:func:`assemble_series` over slices already decoded by :func:`~medlora.io.dicom.read_dicom`
+    (``images[i]`` of ``paths[i]``), so that ingest decodes each file once."""
     name = name or (paths[0].parent.as_posix() if paths else "series")
-    images = [read_dicom(p) for p in paths]
     if len(images) == 1 and images[0].pixels.ndim == 4:
         return _assemble_multiframe(paths[0], images[0], tolerance, name)
     for p, im in zip(paths, images, strict=True):

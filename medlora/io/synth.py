@@ -7,6 +7,16 @@ slice of the series. Pixels are stored as unsigned 16-bit with ``RescaleIntercep
 readers must apply the Modality LUT to get Hounsfield units, and each file carries a lung
 ``WindowCenter/WindowWidth``. Patients carry synthetic names, IDs and birth dates so that
 de-identification can be tested. Everything is deterministic from ``seed``.
+
+``difficulty`` (:class:`~medlora.config.SynthConfig`) sets how hard the task is:
+
+* ``easy``: a flat background and a large solid nodule (radius 6-10% of the field of view, +880 HU
+  against the lung); any working pipeline reaches a test AUROC near 1. Tests use it to check machinery.
+* ``subtle``: anatomy varies per patient (body and lung size, position), lungs are textured
+  (smoothed noise) and hold vessel cross-sections that look like small nodules in *every* study,
+  image noise is higher, and the nodule is small (radius 2.5-4.5%) and faint (+150 to +320 HU with a
+  soft edge). A small model must learn size and shape, not brightness; the demos use it so that
+  methods, bases and shot counts give different, imperfect results.
 """
 
 from __future__ import annotations
@@ -55,6 +65,84 @@ def _phantom(rng: np.random.Generator, size: int, z: float, lesion: tuple[float,
             nodule = (yy - r0) ** 2 + (xx - c0) ** 2 <= r_slice2
             hu[nodule] = 30.0
     hu += rng.normal(0, 25, size=hu.shape).astype(np.float32)
+    return hu
+
+
+@dataclass
+class _Anatomy:
+    """One subtle-phantom patient: body/lung geometry, vessel cross-sections and an optional nodule.
+
+    Vessels are ``(row, col, radius, contrast HU, drift per slice)``; the nodule is ``(row, col,
+    z-centre, radius, contrast HU)``. Lengths are in pixels.
+    """
+
+    body: tuple[float, float, float, float]  # centre row, centre col, half-height, half-width
+    lungs: tuple[tuple[float, float, float, float], ...]  # per side: centre row, centre col, half-h, half-w
+    vessels: list[tuple[float, float, float, float, float, float]]
+    nodule: tuple[float, float, float, float, float] | None
+
+
+def _in_lung(rng: np.random.Generator, lung: tuple[float, float, float, float], margin: float) -> tuple[float, float]:
+    """A point drawn uniformly inside the inner ``1 - margin`` of a lung ellipse."""
+    r0, c0, h, w = lung
+    angle, rho = rng.uniform(0, 2 * np.pi), np.sqrt(rng.uniform(0, 1)) * (1 - margin)
+    return r0 + rho * h * np.sin(angle), c0 + rho * w * np.cos(angle)
+
+
+def _subtle_anatomy(rng: np.random.Generator, size: int, slices: int, abnormal: bool) -> _Anatomy:
+    c = size / 2
+    scale = rng.uniform(0.9, 1.08)
+    body = (c + rng.uniform(-0.03, 0.03) * size, c + rng.uniform(-0.03, 0.03) * size,
+            0.38 * size * scale * rng.uniform(0.95, 1.05), 0.46 * size * scale)
+    lungs = tuple((body[0] - 0.02 * size + rng.uniform(-0.02, 0.02) * size,
+                   body[1] + side * 0.2 * size * scale + rng.uniform(-0.015, 0.015) * size,
+                   0.27 * size * scale * rng.uniform(0.9, 1.05), 0.14 * size * scale * rng.uniform(0.9, 1.1))
+                  for side in (-1, 1))
+    vessels = []
+    for _ in range(int(rng.integers(6, 12))):
+        lung = lungs[int(rng.integers(0, 2))]
+        r, col = _in_lung(rng, lung, 0.15)
+        vessels.append((r, col, rng.uniform(0.012, 0.03) * size, rng.uniform(200, 600),
+                        rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6)))
+    nodule = None
+    if abnormal:
+        r, col = _in_lung(rng, lungs[int(rng.integers(0, 2))], 0.3)
+        nodule = (r, col, (slices - 1) / 2 + rng.uniform(-0.5, 0.5), rng.uniform(0.025, 0.045) * size,
+                  rng.uniform(150, 320))
+    return _Anatomy(body, lungs, vessels, nodule)
+
+
+def _ellipse(yy: np.ndarray, xx: np.ndarray, e: tuple[float, float, float, float]) -> np.ndarray:
+    return ((yy - e[0]) / e[2]) ** 2 + ((xx - e[1]) / e[3]) ** 2 <= 1
+
+
+def _subtle_phantom(rng: np.random.Generator, size: int, z: float, a: _Anatomy) -> np.ndarray:
+    """One subtle slice in HU: textured lungs, vessels drifting with ``z``, a faint soft nodule."""
+    from scipy.ndimage import gaussian_filter
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    hu = np.full((size, size), -1000.0, dtype=np.float32)
+    hu[_ellipse(yy, xx, a.body)] = 40.0
+    texture = gaussian_filter(rng.normal(0, 1, size=hu.shape), sigma=max(size / 40, 1.0)).astype(np.float32)
+    texture *= 45.0 / max(float(texture.std()), 1e-6)
+    lung_mask = np.zeros_like(hu, dtype=bool)
+    for lung in a.lungs:
+        lung_mask |= _ellipse(yy, xx, lung)
+    hu[lung_mask] = -850.0 + texture[lung_mask]
+    spine = (yy - a.body[0] - 0.72 * a.body[2]) ** 2 + (xx - a.body[1]) ** 2 <= (0.07 * size) ** 2
+    hu[spine] = 700.0
+    inside = np.zeros_like(hu)
+    for r, col, rad, contrast, dr, dc in a.vessels:
+        d2 = (yy - r - dr * z) ** 2 + (xx - col - dc * z) ** 2
+        inside += contrast * np.exp(-d2 / (2 * rad**2))
+    if a.nodule is not None:
+        r, col, z0, rad, contrast = a.nodule
+        r_slice2 = rad**2 - (z - z0) ** 2
+        if r_slice2 > 0:
+            d2 = (yy - r) ** 2 + (xx - col) ** 2
+            inside += contrast / (1 + np.exp((np.sqrt(d2) - np.sqrt(r_slice2)) / 0.6))  # solid, soft edge
+    hu[lung_mask] += inside[lung_mask]
+    hu += rng.normal(0, 40, size=hu.shape).astype(np.float32)
     return hu
 
 
@@ -132,7 +220,9 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
             "date": "20240115",
         }
         lesion = None
-        if abnormal[p]:
+        anatomy = _subtle_anatomy(rng, size, cfg.images_per_patient, bool(abnormal[p])) \
+            if cfg.difficulty == "subtle" else None
+        if abnormal[p] and anatomy is None:
             side = rng.choice([-1, 1])
             rad = rng.uniform(0.06, 0.1) * size
             lesion = (
@@ -144,7 +234,8 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
         series_dir = out / f"patient{p:04d}" / "study1" / "series1"
         series_dir.mkdir(parents=True, exist_ok=True)
         for i in range(cfg.images_per_patient):
-            hu = _phantom(rng, size, float(i), lesion)
+            hu = _phantom(rng, size, float(i), lesion) if anatomy is None else \
+                _subtle_phantom(rng, size, float(i), anatomy)
             ids["sop"] = uid(f"sop{i}")
             _dataset(hu, ids, i, spacing, z_mm=i * spacing).save_as(series_dir / f"IM{i + 1:04d}.dcm", enforce_file_format=True)
             images += 1
@@ -154,5 +245,6 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
         w = csv.DictWriter(f, fieldnames=["StudyInstanceUID", "label"])
         w.writeheader()
         w.writerows(rows)
-    log.info("wrote %d phantom studies (%d abnormal, %d images) to %s", cfg.patients, n_abnormal, images, out)
+    log.info("wrote %d %s phantom studies (%d abnormal, %d images) to %s", cfg.patients, cfg.difficulty, n_abnormal,
+             images, out)
     return SynthResult(out, labels, cfg.patients, cfg.patients, images, n_abnormal)

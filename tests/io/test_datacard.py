@@ -105,7 +105,6 @@ def test_configs_agree_with_their_cards(config):
         (["data.classes=[malignant, benign]", "data.abnormal=malignant"], "data.classes=['malignant', 'benign']"),
         (["data.abnormal=normal_or_benign"], "abnormal_class='malignant' but data.abnormal='normal_or_benign'"),
         (["data.card=data_cards/ct_3slice.md"], "task: none (no task labels)"),
-        (["data.card=data_cards/missing.md"], "missing.md does not exist"),
     ],
 )
 def test_card_and_config_disagree(overrides, message):
@@ -113,6 +112,11 @@ def test_card_and_config_disagree(overrides, message):
     with pytest.raises(ConfigError) as err:
         card_for_run(cfg.data)
     assert message in str(err.value)
+
+
+def test_a_missing_card_is_refused_when_the_config_is_loaded():
+    with pytest.raises(ConfigError, match="data.card: data_cards/missing.md does not exist"):
+        load_config(REPO / "configs" / "breastmnist.yaml", ["data.card=data_cards/missing.md"])
 
 
 def test_card_for_run_without_a_card_is_none():

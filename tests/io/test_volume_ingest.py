@@ -15,7 +15,7 @@ from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndi
 
 from medlora.config import DataConfig, PreprocessConfig, SplitConfig, ViewConfig
 from medlora.errors import LeakageError
-from medlora.io.deid import pseudonym
+from medlora.io.deid import load_site_key
 from medlora.io.ingest import MANIFEST_COLUMNS, run_ingest
 from medlora.io.prepare import prepare_dataset
 
@@ -170,7 +170,7 @@ def test_an_image_planted_under_two_patients_in_different_splits_fails_the_audit
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     split = SplitConfig(file=tmp_path / "split.csv")
     params = f"train={split.train};val={split.val};test={split.test};seed={split.seed}"
-    pd.DataFrame({"patient_key": [pseudonym("PID-P0", "medlora", "pat"), pseudonym("PID-P1", "medlora", "pat")],
+    pd.DataFrame({"patient_key": [load_site_key().key("PID-P0", "pat"), load_site_key().key("PID-P1", "pat")],
                   "split": ["train", "test"], "params": params}).to_csv(split.file, index=False)
     with pytest.raises(LeakageError, match=r"pixel_hash=[0-9a-f]{16} in test\+train") as err:
         prepare_dataset(DataConfig(root=root, split=split))

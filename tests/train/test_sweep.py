@@ -116,8 +116,8 @@ def test_upper_block_lora_children_share_one_pass_over_the_frozen_blocks(phantom
 
     from mlflow import MlflowClient
 
-    from medlora.io.prepare import prepare_dataset
     from medlora.experiment.sweep import run_sweep
+    from medlora.io.prepare import prepare_dataset
 
     cfg, _ = sweep_config(phantom_root, tmp_path, **{
         "data.name": "phantoms_prefix", "tracking.uri": finished_run[1].tracking.uri, "fewshot.methods": "[lora]",
