@@ -88,15 +88,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from .io.prepare import prepare_dataset
 
     cfg = _load(args, *(["data.strict=true"] if args.strict else []))
-    data = prepare_dataset(cfg.data, cfg.preprocess)
     out = Path(args.out) if args.out else Path("runs") / cfg.data.name
-    out.mkdir(parents=True, exist_ok=True)
-    data.manifest.to_csv(out / "manifest.csv", index=False)
-    data.skipped.to_csv(out / "ingest_report.csv", index=False)
-    print(f"{len(data.manifest)} samples in the manifest ({out / 'manifest.csv'}), {len(data.skipped)} skipped "
+    data = prepare_dataset(cfg.data, out)  # writes manifest.csv and ingest_report.csv before any check fails
+    report = data.skipped
+    print(f"{len(data.manifest)} files in the manifest ({out / 'manifest.csv'}, "
+          f"{data.manifest['patient_key'].nunique()} patients), {len(report)} report rows "
           f"({out / 'ingest_report.csv'}); split file {data.split_file}")
-    for row in data.skipped.head(20).itertuples():
-        print(f"  skipped {row.path or '<labels>'}: {row.reason}")
+    for row in report.head(20).itertuples():  # local console: paths lead back to the files
+        print(f"  {row.status} {row.path or '<labels>'}: {row.reason}")
     return 0
 
 

@@ -9,6 +9,7 @@ exactly like the file.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +86,17 @@ class DataConfig(_Strict):
     volume_min_slices: int = Field(8, ge=2)
     volume_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR"])
     slice_spacing_tolerance: float = Field(0.1, gt=0, lt=1)  # allowed |spacing - median| / median
+    # a volume candidate whose geometry is inconsistent: its slices (frames) become 2D samples (reported)
+    volume_fallback: bool = True
+    # who a file belongs to (medlora.io.identity): tags (blank ones derived from folders), folder:N, labels[:COLUMN]
+    identity: str = "tags"
+
+    @field_validator("identity")
+    @classmethod
+    def _identity_form(cls, v: str) -> str:
+        if not re.fullmatch(r"tags|folder:[1-9][0-9]*|labels(:[^:]+)?", v):
+            raise ValueError(f"data.identity={v!r}; accepted: tags, folder:N (N >= 1), labels or labels:COLUMN")
+        return v
 
     @model_validator(mode="after")
     def _abnormal_is_a_class(self) -> DataConfig:

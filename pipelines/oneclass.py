@@ -20,11 +20,11 @@ from medlora.evaluate.plots import plot_roc
 from medlora.evaluate.report import flat_metrics, to_json
 from medlora.evaluate.stage import run_evaluate, study_auroc
 from medlora.experiment.session import experiment_name, open_run
-from medlora.io.prepare import prepare_dataset
 from medlora.models.anomaly import AnomalyScorer
 from medlora.models.build import input_config
 from medlora.summary import RunSummary
 from medlora.tracking import mlflow_run as track
+from medlora.transforms.samples import prepare_samples
 from medlora.train.features import extract_features
 from medlora.train.loaders import make_datasets, make_loader
 
@@ -50,7 +50,7 @@ def _frame(feats, scores: np.ndarray, abnormal: int) -> pd.DataFrame:
 def run(cfg: Config, out: Path) -> RunSummary:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_dataset(cfg.data, cfg.preprocess)
+    data = prepare_samples(cfg.data, cfg.preprocess, out)
     uri = track.configure(cfg.tracking)
     abnormal = cfg.data.classes.index(cfg.data.abnormal)
     device = resolve_device(cfg.train.device)

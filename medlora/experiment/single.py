@@ -17,7 +17,6 @@ from ..device import configure_threads, resolve_device
 from ..evaluate.plots import plot_roc
 from ..export.metadata import run_metadata
 from ..export.stage import run_export
-from ..io.prepare import prepare_dataset
 from ..models.build import build_model
 from ..summary import RunSummary
 from ..tracking import mlflow_run as track
@@ -25,6 +24,7 @@ from ..train.distributed import from_env, local_batch_size
 from ..train.features import prefix_loaders
 from ..train.loaders import make_datasets, make_loader
 from ..transforms.pipeline import manifest_items
+from ..transforms.samples import prepare_samples
 from . import resume
 from .session import experiment_name, open_run
 from .train_eval import train_and_evaluate
@@ -39,7 +39,7 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         prior = resume.resumable_run(cfg, out)  # an interrupted run of this config in out: continue it
-    data = dist.main_first(lambda: prepare_dataset(cfg.data, cfg.preprocess))
+    data = dist.main_first(lambda: prepare_samples(cfg.data, cfg.preprocess, out))
     uri = track.configure(cfg.tracking)
     experiment = experiment_name(cfg, data)
     device = dist.place(resolve_device(cfg.train.device))

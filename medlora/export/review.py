@@ -115,10 +115,11 @@ def sample_items(data: dict[str, Any], pre: Any, data_root: Path | None) -> dict
     from ..config import DataConfig
     from ..io.ingest import run_ingest
     from ..transforms.pipeline import manifest_items
+    from ..transforms.samples import expand_views
 
     raw = dict(data)
     if data_root is not None:
         raw["root"] = str(data_root)
     cfg = DataConfig.model_validate(raw)
-    manifest = run_ingest(cfg, pre).manifest
+    manifest = expand_views(run_ingest(cfg).manifest, pre)
     return {item["sample_id"]: item for item in manifest_items(manifest, Path(cfg.root))}

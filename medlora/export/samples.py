@@ -82,6 +82,7 @@ def sample_tensors(spec: SampleSpec, transform: Any, pre: PreprocessConfig, salt
     if spec.kind == "dicom2d":
         image = transform({"image": str(spec.files[0]), "kind": "dicom2d"})["image"]
         return [(pseudonym(spec.name, salt, "smp"), image.as_subclass(torch.Tensor))]
+    from ..transforms.samples import view_sample_id
     from ..transforms.views import view_count
     from ..transforms.volume import load_volume, preprocess_volume
 
@@ -92,6 +93,7 @@ def sample_tensors(spec: SampleSpec, transform: Any, pre: PreprocessConfig, salt
     n = view_count(int(volume.shape[1 + pre.view.axis]), pre.view)
     if n < 1:
         raise MedloraError(f"{spec.label}: the volume has no slice along axis {pre.view.axis}")
-    return [(pseudonym(f"{spec.name}#{pre.view.kind}#{i}", salt, "smp"),
+    base = pseudonym(spec.name, salt, "smp")  # the volume's id in ingest's manifest
+    return [(view_sample_id(base, pre.view.kind, i),
              transform({"image": source, "kind": spec.kind, "view_index": i})["image"].as_subclass(torch.Tensor))
             for i in range(n)]
