@@ -106,7 +106,9 @@ class _Collector:
         log.debug("%s %s: %s", status, path, text)
 
     def skip(self, path: str, category: str, reason: str | Exception) -> None:
-        self.note(path, SKIPPED, category, reason)
+        """Report a file that is not used; its reason starts with its category (what a reader scans for)."""
+        text = str(reason)
+        self.note(path, SKIPPED, category, text if text.startswith(category) else f"{category}: {text}")
 
     def label_for(self, paths: list[str], header: dict[str, Any] | None) -> tuple[int | None, str]:
         """(label, reason when None) for a sample whose relative path(s) are ``paths``."""

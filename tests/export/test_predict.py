@@ -186,6 +186,7 @@ def test_predict_cuts_volumes_into_the_bundles_views_like_ingest(bundle_copy, tm
     from medlora.io.ingest import run_ingest
     from medlora.io.synth import write_phantoms
     from medlora.transforms.pipeline import build_transforms, manifest_items
+    from medlora.transforms.samples import expand_views
 
     meta = json.loads((bundle_copy / "medlora.json").read_text())
     meta["preprocess"]["view"] = {"kind": "every_k", "k": 3, "slab": 5, "axis": 2, "aggregate": "max"}
@@ -199,7 +200,7 @@ def test_predict_cuts_volumes_into_the_bundles_views_like_ingest(bundle_copy, tm
 
     bundle = open_bundle(bundle_copy)
     pre, size, mean, std = bundle.preprocess()
-    manifest = run_ingest(DataConfig(root=root, volume_min_slices=8), pre).manifest
+    manifest = expand_views(run_ingest(DataConfig(root=root, volume_min_slices=8)).manifest, pre)
     assert set(manifest["kind"]) == {"series"} and set(res.samples["sample_id"]) == set(manifest["sample_id"])
     items = manifest_items(manifest, root)
     transform = build_transforms(pre, size, mean, std)
