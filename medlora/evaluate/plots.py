@@ -130,10 +130,10 @@ def plot_reliability(
         xlabel="mean predicted probability",
         ylabel="observed fraction positive",
         xlim=(0, 1),
-        ylim=(0, 1),
+        ylim=(-0.02, 1.08),  # room for the bin counts written beside the points
         title=title,
     )
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")
     return _save(fig, path)
 
 
@@ -155,5 +155,8 @@ def plot_score_histograms(
     if operating_point is not None:
         ax.axvline(operating_point.threshold, color="k", ls="--", label=_op_label(operating_point))
     ax.set(xlabel="score", ylabel="count", title=title)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # studies are counted in whole numbers
     ax.legend()
     return _save(fig, path)

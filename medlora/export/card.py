@@ -92,14 +92,18 @@ def _interval(low: Any, high: Any, n: int, need: int) -> str:
     return f"[{fmt(low)}, {fmt(high)}]"
 
 
-def metric_rows(metrics: dict[str, Any]) -> list[MetricRow]:
-    """The headline test metrics, each with its counts and one labelled interval."""
+def metric_rows(metrics: dict[str, Any], labels: dict[str, Any] | None = None) -> list[MetricRow]:
+    """The headline test metrics, each with its counts and one labelled interval (``labels``: the
+    ``medlora.json`` labels, naming the classes in the counts)."""
     m, iv, settings = metrics.get("metrics", {}), metrics.get("intervals", {}), metrics.get("settings", {})
     c, need = metrics.get("counts", {}), min_per_class(metrics)
     ci = float(settings.get("ci", 0.95))
     n_small = min(int(c.get("n_positive", 0)), int(c.get("n_negative", 0)))
     boot = f"{ci:.0%} bootstrap, patient-clustered ({settings.get('n_bootstrap')} resamples)"
-    study_counts = f"{c.get('n_positive')} abnormal, {c.get('n_negative')} normal studies"
+    abnormal, other = "abnormal", "normal"
+    if labels:
+        abnormal, other = labels["abnormal"], " / ".join(x for x in labels["classes"] if x != labels["abnormal"])
+    study_counts = f"{c.get('n_positive')} {abnormal}, {c.get('n_negative')} {other} studies"
     rows = []
     for key in HEADLINE:
         if key not in m:
@@ -159,7 +163,7 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any], data_card_present:
     base, labels, op = meta["base"], meta["labels"], meta["operating_point"]
     pre, lora, ds = meta["preprocess"], meta.get("lora") or {}, meta.get("dataset", {})
     counts, settings = metrics.get("counts", {}), metrics.get("settings", {})
-    table = "\n".join(f"| {r.name} | {r.value} | {r.counts} | {r.interval} ({r.method}) |" for r in metric_rows(metrics))
+    table = "\n".join(f"| {r.name} | {r.value} | {r.counts} | {r.interval} ({r.method}) |" for r in metric_rows(metrics, labels))
     warnings = "\n".join(f"- {w}" for w in metrics.get("warnings", [])) or "- none recorded by the evaluation"
     small = too_small(metrics, labels)
     banner = f"\n> **{small}**\n" if small else ""

@@ -26,6 +26,7 @@ color:#222;line-height:1.45}
 .danger{background:#fde2e1;border:2px solid #c0262d;color:#8a1016;padding:.8em 1em;border-radius:6px;font-weight:700}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.35em .7em;text-align:left;vertical-align:top}
 thead th{background:#f3f3f3}tbody th{background:#fafafa;font-weight:600;white-space:nowrap}
+.metrics{width:100%}.metrics tbody th{white-space:normal;width:34%}.metrics td:last-child{min-width:14em}
 .def{display:block;font-size:.85em;color:#555;font-weight:400}.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .grid{display:flex;flex-wrap:wrap;gap:1.2em}.grid figure{margin:0;width:500px}
 figure img{width:100%;border:1px solid #ddd}figcaption{font-size:.9em;color:#444}
@@ -106,13 +107,13 @@ def render_data_card(text: str) -> str:
     return (_rows(fields) if fields else "") + render_markdown(body)
 
 
-def _metric_table(metrics: dict[str, Any]) -> str:
+def _metric_table(metrics: dict[str, Any], labels: dict[str, Any]) -> str:
     body = "".join(
         f"<tr><th>{html.escape(r.name)}<span class=\"def\">{html.escape(r.definition)}</span></th>"
         f"<td class=\"num\">{html.escape(r.value)}</td><td class=\"num\">{html.escape(r.counts)}</td>"
         f"<td class=\"num\">{html.escape(r.interval)}</td><td>{html.escape(r.method)}</td></tr>"
-        for r in metric_rows(metrics))
-    return ("<table><thead><tr><th>metric</th><th>value</th><th>counts</th><th>interval</th><th>interval method</th>"
+        for r in metric_rows(metrics, labels))
+    return ("<table class=\"metrics\"><thead><tr><th>metric</th><th>value</th><th>counts</th><th>interval</th><th>interval method</th>"
             f"</tr></thead><tbody>{body}</tbody></table>")
 
 
@@ -159,7 +160,7 @@ def render_report(meta: dict[str, Any], metrics: dict[str, Any], plots: list[Fig
 <h1>Model review: {html.escape(task(labels))}</h1>
 <p class="warn">{html.escape(NOT_A_DEVICE)}</p>
 <h2>Model</h2>{_rows(details)}
-<h2>Test performance</h2>{_metric_table(metrics)}
+<h2>Test performance</h2>{_metric_table(metrics, labels)}
 <h3>Calls at the operating point</h3>{_confusion(metrics, labels)}
 <h3>Calibration</h3><ul>{calibration}</ul>
 <h3>Evaluation notes</h3><ul>{warnings}</ul>
