@@ -143,3 +143,29 @@ def test_export_warns_about_a_small_test_set_and_refuses_it_with_strict(finished
     else:
         assert rc == 0 and 'id="too-small"' in (target / "report.html").read_text()
         assert any("Test set too small" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_a_recalibrated_run_carries_its_map_to_the_bundle_and_says_probability(phantom_root, tiny_cfg, tmp_path):
+    import json
+
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from medlora.cli import main
+    from medlora.config import config_to_dict
+
+    cfg = tiny_cfg(phantom_root, tmp_path, **{"evaluate.calibration": "temperature", "train.epochs": 3})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out)]) == 0
+    meta = json.loads((out / "bundle" / "medlora.json").read_text())
+    metrics = json.loads((out / "bundle" / "metrics.json").read_text())
+    assert meta["calibration"]["method"] == "temperature" and meta["calibration"]["temperature"] > 0
+    assert metrics["calibration"]["val_log_loss_after"] <= metrics["calibration"]["val_log_loss_before"] + 1e-9
+    card = (out / "bundle" / "model_card.md").read_text()
+    assert "the probability of `abnormal` per study (temperature scaling" in card
+    bundle = pd.read_csv(out / "bundle" / "predictions.csv").query("split == 'test'").set_index("study_key")
+    run = pd.read_csv(out / "test_studies.csv").set_index("study_key")  # the scores the run evaluated
+    np.testing.assert_allclose(bundle.loc[run.index, "score"], run["score"], atol=1e-9)
