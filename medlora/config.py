@@ -190,6 +190,10 @@ class EvaluateConfig(_Strict):
     bootstrap: int = Field(2000, ge=0)
     ci: float = Field(0.95, gt=0, lt=1)
     subgroups: list[str] = Field(default_factory=list)
+    # temperature / Platt scaling of study scores, fitted on validation studies only (evaluate.recalibrate)
+    calibration: Literal["none", "temperature", "platt"] = "none"
+    # fewer test studies than this in either class: the bundle says the test set is too small
+    min_per_class: int = Field(10, ge=1)
 
     @field_validator("operating_point")
     @classmethod
@@ -258,6 +262,13 @@ class Config(_Strict):
     fewshot: FewShotConfig | None = None
     oneclass: OneClassConfig = Field(default_factory=OneClassConfig)
 
+    @model_validator(mode="after")
+    def _calibration_needs_probabilities(self) -> Config:
+        if self.pipeline == "oneclass" and self.evaluate.calibration != "none":
+            raise ValueError(f"evaluate.calibration={self.evaluate.calibration!r} with pipeline: oneclass; one-class "
+                             "scores are distances, not probabilities, so they are not calibrated (use 'none')")
+        return self
+
 
 def _parse_value(text: str) -> Any:
     """Parse an override value the way YAML would (numbers, booleans, lists, null)."""
@@ -311,7 +322,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         elif e["type"] == "missing":
             lines.append(f"  missing required key {key!r}")
         else:
-            lines.append(f"  {key or '<root>'}: {e['msg']} (got {e.get('input')!r})")
+            got = f" (got {e.get('input')!r})" if key else ""  # a whole-config check: the input is the config
+            lines.append(f"  {key or '<root>'}: {e['msg']}{got}")
     return "\n".join(lines)
 
 

@@ -66,7 +66,8 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
             plot_roc(result.test_studies.label, result.test_studies.score, out / "roc.png", operating_point=op)
             track.log_artifact(out / "roc.png")
             items = {item["sample_id"]: item for item in manifest_items(data.manifest, data.root)}
-            run_export(out, model, run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint), uri, items=items)
+            meta = run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint, result.evaluation.calibration)
+            run_export(out, model, meta, uri, items=items)
             resume.forget(out)
         dist.barrier()  # the other ranks end with rank 0, after its export
     return RunSummary(mlrun.info.run_id if mlrun else "", experiment, uri, out, result.metrics, str(built.params))

@@ -43,7 +43,7 @@ from ..evaluate.operating_point import OperatingPoint
 from ..models.backbone import sha256_file
 from ..tracking import mlflow_run as track
 from .adapter import METADATA_FILE, copy_weights, git_commit, library_versions, require_weights
-from .card import model_card
+from .card import model_card, too_small
 from .html import render_report
 from .loading import BUNDLE_BASE_FILE, Bundle, load_model
 from .manifest import write_manifest
@@ -128,17 +128,31 @@ def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.Data
         return [], "No examples: the run's source images were not available when this bundle was exported."
     model = load_model(bundle)
     examples = pick_examples(studies, samples)
-    figs = write_saliency(model, bundle.preprocess(), examples, items, bundle.threshold, tmp / "saliency")
+    lab = bundle.meta["labels"]
+    names = (" / ".join(c for c in lab["classes"] if c != lab["abnormal"]), lab["abnormal"])
+    figs = write_saliency(model, bundle.preprocess(), examples, items, bundle.threshold, tmp / "saliency", names)
     absent = [name for (kind, _, _), name in KINDS.items() if kind not in {e[0] for e in examples}]
     if absent:
         note += f" The test set has no {', no '.join(absent)} at this operating point."
     return figs, note if figs else "No examples: the test images could not be matched to the run's predictions."
 
 
+def check_test_size(metrics: dict[str, Any], labels: dict[str, Any], run_id: str, strict: bool) -> None:
+    """Warn when the test set is below ``evaluate.min_per_class`` studies per class; refuse with ``strict``."""
+    small = too_small(metrics, labels)
+    if small is None:
+        return
+    if strict:
+        raise BundleError(f"run {run_id}: {small} --strict refuses to export it; evaluate on a larger test set")
+    log.warning("run %s: %s The bundle says so at the top of report.html.", run_id, small)
+
+
 def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], data_root: Path | None,
-                 items: dict[str, dict[str, Any]] | None = None) -> None:
+                 items: dict[str, dict[str, Any]] | None = None, strict: bool = False) -> None:
     """Write the whole bundle into the empty folder ``tmp`` from the downloaded artifacts ``local``."""
     meta = json.loads((local / METADATA_FILE).read_text())
+    metrics = json.loads((local / "metrics.json").read_text())
+    check_test_size(metrics, meta["labels"], run_id, strict)
     config = yaml.safe_load((local / "config.yaml").read_text()) if (local / "config.yaml").is_file() else {}
     copy_weights(local, tmp, meta, f"run {run_id}")
     meta["base"] = bundle_base(meta, tmp)
@@ -146,12 +160,12 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
     meta["export"] = {"exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       "versions": library_versions(), "git_commit": git_commit(), "mlflow_run_id": run_id}
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
-    metrics = json.loads((local / "metrics.json").read_text())
     shutil.copyfile(local / "metrics.json", tmp / "metrics.json")
 
     op_meta = meta["operating_point"]
     samples = pd.read_csv(local / "predictions.csv")
-    studies = study_predictions(samples, op_meta["threshold"], op_meta.get("aggregate", "max"))
+    studies = study_predictions(samples, op_meta["threshold"], op_meta.get("aggregate", "max"),
+                                Bundle(tmp, meta).study_scores)
     studies.to_csv(tmp / "predictions.csv", index=False)
     sample_predictions(samples, op_meta["threshold"]).to_csv(tmp / "predictions_samples.csv", index=False)
     op = OperatingPoint(**metrics["operating_point"]) if "operating_point" in metrics else \
@@ -179,8 +193,11 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
 
 def export_bundle(run_id: str, out: Path, tracking_uri: str | None = None, phi_check_against: list[Path] | None = None,
                   data_root: Path | None = None, overwrite: bool = False,
-                  items: dict[str, dict[str, Any]] | None = None) -> Path:
+                  items: dict[str, dict[str, Any]] | None = None, strict: bool = False) -> Path:
     """Export MLflow run ``run_id`` as a review bundle at ``out`` (atomically); returns ``out``.
+
+    A test set with fewer than ``evaluate.min_per_class`` studies in a class is logged as a warning
+    and said in red at the top of ``report.html``; ``strict`` refuses to write such a bundle.
 
     ``items`` (sample id → MONAI item) spares re-ingesting the data root for the saliency examples when
     the caller already holds the run's manifest (the last stage of ``medlora run``).
@@ -198,7 +215,7 @@ def export_bundle(run_id: str, out: Path, tracking_uri: str | None = None, phi_c
     try:
         with tempfile.TemporaryDirectory(prefix="medlora-artifacts-") as scratch:
             local = download_run(run_id, Path(scratch), tracking_uri)
-            build_bundle(tmp, local, run_id, list(phi_check_against or []), data_root, items)
+            build_bundle(tmp, local, run_id, list(phi_check_against or []), data_root, items, strict)
         os.chmod(tmp, 0o755)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

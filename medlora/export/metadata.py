@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Config
+from ..evaluate.recalibrate import Calibrator
 from .adapter import artifact_of
 
 # preprocessing fields that are not part of the model's input contract (training-time only, or
@@ -18,12 +19,15 @@ from .adapter import artifact_of
 TRAINING_ONLY_PREPROCESS = {"image_size", "augment"}
 
 
-def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dataset_fingerprint: str) -> dict[str, Any]:
+def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dataset_fingerprint: str,
+                 calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``medlora.json`` dict of a run.
 
     ``built`` is the :class:`~medlora.models.build.BuiltModel` (``base``, ``data_config``);
     ``operating_point`` the frozen :class:`~medlora.evaluate.operating_point.OperatingPoint` chosen on
-    validation. A full fine-tune is stated as a new model, not an adapter (``adapter: false``,
+    validation; ``calibration`` the evaluation's recalibration record (only its fitted map is kept:
+    ``predict`` applies it to study scores before the threshold, which is in calibrated units).
+    A full fine-tune is stated as a new model, not an adapter (``adapter: false``,
     ``summary``), so that cards and reports can say so.
     """
     method = cfg.model.method
@@ -40,6 +44,7 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
         "labels": {"classes": classes, "abnormal": cfg.data.abnormal, "abnormal_index": classes.index(cfg.data.abnormal)},
         "operating_point": {"policy": operating_point.policy, "threshold": float(operating_point.threshold),
                             "aggregate": cfg.preprocess.view.aggregate},
+        "calibration": Calibrator.from_dict(calibration).to_dict(),
         "mlflow_run_id": run_id,
         "dataset": {"name": cfg.data.name, "fingerprint": dataset_fingerprint},
     }

@@ -4,8 +4,9 @@ Files (or folders of files) are grouped into studies by StudyInstanceUID, which 
 pseudonymous study key (HMAC under the site secret, :func:`medlora.io.deid.pseudonym`, as in ingest)
 before anything is written. Each file goes through the bundle's exact preprocessing
 (:func:`medlora.transforms.pipeline.build_transforms` with the window/view/size/mean/std of
-``medlora.json``); sample scores are aggregated per study with the bundle's rule and called at its
-frozen operating point (``score >= threshold``).
+``medlora.json``); sample scores are aggregated per study with the bundle's rule, put through its
+recalibration map when it has one (``calibration`` in ``medlora.json``), and called at its frozen
+operating point (``score >= threshold``).
 
 Bundles that need the same base share one base model in memory, loaded and checked once: LoRA
 adapters are loaded side by side with peft's ``load_adapter`` and switched with ``set_adapter``;
@@ -260,7 +261,7 @@ class Predictor:
             if len(part):
                 uniq, scores, _ = aggregate_scores(part["study_key"].to_numpy(), part[f"score{col}"].to_numpy(),
                                                    np.zeros(len(part), dtype=int), how=bundle.aggregate)
-                by_key = dict(zip(uniq, scores, strict=True))
+                by_key = dict(zip(uniq, bundle.study_scores(scores), strict=True))
             score = studies["study_key"].map(by_key).astype(float)
             studies[f"score{col}"] = score
             studies[f"call{col}"] = pd.array([pd.NA if np.isnan(s) else int(s >= bundle.threshold) for s in score],

@@ -64,7 +64,7 @@ class MedloraPyfunc(PythonModel):
             image, path = rec.get("image"), rec.get("path")
             if image is not None and not (isinstance(image, float) and np.isnan(image)):
                 x = torch.as_tensor(np.asarray(image, dtype=np.float32)).unsqueeze(0)
-                score = float(self.predictor.score_tensors(0, x)[0])
+                score = float(bundle.study_scores(self.predictor.score_tensors(0, x))[0])
                 rows.append({"input": i, "study_key": "", "n_images": 1, "score": score,
                              "call": int(score >= bundle.threshold), "error": ""})
                 continue

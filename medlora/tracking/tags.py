@@ -23,3 +23,7 @@ DATA_CARD_NAME = "medlora.data_card.name"
 DATA_CARD_VERSION = "medlora.data_card.version"
 KEY_SCHEME = "medlora.key_scheme"
 FAILURE_REASON = "medlora.failure_reason"  # why a run ended FAILED, set by the stage that failed
+# MLflow's own experiment tag: its UI opens a "custom model development" experiment on the runs table
+# (params and metrics) instead of the GenAI traces overview
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"

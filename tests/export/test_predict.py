@@ -223,3 +223,24 @@ def test_study_keys_follow_the_site_secret(bundle_dir, test_split, tmp_path):
     assert (tmp_path / "other.key").is_file() and set(here["study_key"]) <= set(test_split["study_key"])
     assert not set(here["study_key"]) & set(elsewhere["study_key"])
     np.testing.assert_allclose(sorted(here["score"]), sorted(elsewhere["score"]), atol=1e-6)
+
+
+def test_predict_applies_the_bundles_recalibration_before_its_threshold(bundle_dir, bundle_copy, test_split):
+    import json
+
+    from medlora.evaluate.recalibrate import Calibrator
+    from medlora.export.predict import predict_bundles
+
+    meta = json.loads((bundle_copy / "medlora.json").read_text())
+    assert meta["calibration"] == {"method": "none"}  # the session's run is not recalibrated
+    cal = Calibrator("temperature", 0.25, 0.0)
+    meta["calibration"] = cal.to_dict()
+    meta["operating_point"]["threshold"] = float(cal.apply(np.array([meta["operating_point"]["threshold"]]))[0])
+    (bundle_copy / "medlora.json").write_text(json.dumps(meta))
+    _rewrite_manifest(bundle_copy)
+    files = list(test_split["file"])
+    raw = predict_bundles([bundle_dir], files).studies.set_index("study_key")
+    got = predict_bundles([bundle_copy], files).studies.set_index("study_key").loc[raw.index]
+    np.testing.assert_allclose(got["score"], cal.apply(raw["score"].to_numpy()), atol=1e-6)
+    assert not np.allclose(got["score"], raw["score"])
+    assert (got["call"] == raw["call"]).all()  # a monotone map with its threshold mapped alike: the same calls
