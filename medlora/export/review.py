@@ -88,26 +88,38 @@ def pick_examples(studies: pd.DataFrame, samples: pd.DataFrame, per_kind: int = 
 
 
 def write_saliency(model: nn.Module, bundle_pre: tuple, examples: list[tuple[str, str, Any]],
-                   items: dict[str, dict[str, Any]], threshold: float, folder: Path) -> list[Figure]:
-    """Attention-rollout overlays of ``examples`` whose inputs are in ``items`` (sample id → MONAI item)."""
+                   items: dict[str, dict[str, Any]], threshold: float, folder: Path,
+                   target: int | None = None) -> tuple[list[Figure], set[str], list[str]]:
+    """Saliency overlays (:func:`~.saliency.saliency_map`: attention rollout or Grad-CAM of class
+    ``target``) of ``examples`` whose inputs are in ``items`` (sample id → MONAI item).
+
+    Returns ``(figures, methods used, problems)``: an example whose map cannot be drawn is left out
+    and its reason kept, so that an explanation never blocks an export.
+    """
     from ..transforms.pipeline import build_transforms
-    from .saliency import attention_rollout, display_image, save_overlay
+    from .saliency import display_image, saliency_map, save_overlay
 
     pre, size, mean, std = bundle_pre
     transform = build_transforms(pre, size, mean, std)
-    figures, counters = [], {}
+    figures, counters, methods, problems = [], {}, set(), []
     for kind, sample_id, row in examples:
         if sample_id not in items:
             continue
         image = transform(dict(items[sample_id]))["image"].as_subclass(torch.Tensor)
-        heat = attention_rollout(model, image)
+        try:
+            heat, method = saliency_map(model, image, target)
+        except Exception as err:  # noqa: BLE001 - an explanation must never block an export; the reason is kept
+            log.warning("saliency of a %s example not drawn: %s: %s", kind, type(err).__name__, err)
+            problems.append(f"{type(err).__name__}: {err}")
+            continue
+        methods.add(method)
         counters[kind] = counters.get(kind, 0) + 1
         name = dict((k[0], v) for k, v in KINDS.items())[kind]
-        caption = f"{name}: study score {row.score:.3f} (threshold {threshold:.3f})"
+        caption = f"{name}: study score {row.score:.3f} (threshold {threshold:.3f}); {method}"
         path = save_overlay(display_image(image, mean, std), heat, folder / f"{kind}_{counters[kind]}.png",
                             f"{kind.upper()} {row.score:.3f}")
         figures.append(Figure(path, caption))
-    return figures
+    return figures, methods, problems
 
 
 def sample_items(data: dict[str, Any], pre: Any, data_root: Path | None) -> dict[str, dict[str, Any]]:
