@@ -96,6 +96,19 @@ def lora_config(cfg: LoraConfigModel, head: str | list[str] = "head", depth: int
     )
 
 
+def _eval_mode(module: nn.Module, _inputs: tuple) -> None:
+    module.training = False
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Batch-norm layers whose weights are frozen run in eval mode in training too: their running
+    statistics are part of the base, which LoRA and linear probing must leave unchanged (otherwise the
+    adapter or head would be exported for a base that no longer exists)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+            module.register_forward_pre_hook(_eval_mode)
+
+
 def apply_method(model: nn.Module, method: str, lora: LoraConfigModel) -> nn.Module:
     """Make ``model`` trainable the way ``method`` says; returns the (possibly peft-wrapped) model."""
     if method == "lora":
@@ -105,6 +118,7 @@ def apply_method(model: nn.Module, method: str, lora: LoraConfigModel) -> nn.Mod
         config = lora_config(lora, list(head_names(model)), len(blocks) if isinstance(blocks, nn.Sequential | nn.ModuleList) else None)
         require_targets(model, config.target_modules if isinstance(lora.targets, str) else lora.targets, lora.targets)
         peft_model = get_peft_model(model, config)
+        freeze_batchnorm(peft_model)
         if not any("lora_" in n for n, _ in peft_model.named_parameters()):
             raise ConfigError(f"model.lora.targets={lora.targets!r} matched no module of this backbone")
         return peft_model
@@ -112,5 +126,7 @@ def apply_method(model: nn.Module, method: str, lora: LoraConfigModel) -> nn.Mod
         heads = head_prefixes(model)
         for name, p in model.named_parameters():
             p.requires_grad = method == "full" or name.startswith(heads)
+        if method == "linear_probe":
+            freeze_batchnorm(model)
         return model
     raise ConfigError(f"model.method={method!r}; allowed: lora, linear_probe, full")
