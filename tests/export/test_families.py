@@ -168,3 +168,39 @@ def test_model_size_is_the_default_input_size(tmp_path):
     cfg = config_from_dict({"data": {"name": "x", "root": str(tmp_path)},
                             "model": {"backbone": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "depth": 1}}})
     assert build_model(cfg, tmp_path).data_config["image_size"] == 32
+
+
+def test_run_refuses_lora_on_a_cnn_before_reading_any_data(tmp_path, capsys):
+    import yaml
+
+    from medlora.cli import main
+
+    cfg = {"data": {"name": "x", "root": str(tmp_path / "studies-not-read")},
+           "model": {"backbone": "convnext_atto", "kwargs": {"dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1]}}}
+    (tmp_path / "cnn.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "cnn.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "ConvNeXt" in err and "model.method: linear_probe" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "studies-not-read").exists()
+
+
+@pytest.mark.slow
+def test_swin_run_finishes_with_a_bundle_and_grad_cam(phantom_root, finished_run, tiny_cfg, tmp_path):
+    """The whole pipeline on Swin (attention rollout cannot explain it): FINISHED, bundle, saliency (~20 s)."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from medlora.cli import main
+    from medlora.config import config_to_dict
+
+    swin = '{"img_size": 32, "depths": [1, 1], "num_heads": [1, 2], "embed_dim": 16, "window_size": 4}'
+    cfg = tiny_cfg(phantom_root, tmp_path, **{"model.backbone": "swin_tiny_patch4_window7_224", "model.kwargs": swin,
+                                                 "train.epochs": 2, "data.name": "swin",
+                                                 "tracking.uri": finished_run[1].tracking.uri})
+    (tmp_path / "swin.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert main(["run", str(tmp_path / "swin.yaml"), "--out", str(tmp_path / "out")]) == 0
+    meta = json.loads((tmp_path / "out" / "medlora.json").read_text())
+    assert MlflowClient(cfg.tracking.uri).get_run(meta["mlflow_run_id"]).info.status == "FINISHED"
+    bundle = tmp_path / "out" / "bundle"
+    assert list((bundle / "saliency").glob("*.png"))
+    assert "Grad-CAM of the abnormal class" in (bundle / "report.html").read_text()
