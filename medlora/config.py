@@ -156,18 +156,56 @@ class LoraConfigModel(_Strict):
     use_rslora: bool = False
 
 
+DEFAULT_BACKBONE = "vit_small_patch16_224"
+
+
+def folder_architecture(folder: Path) -> str | None:
+    """The timm architecture named in a ``save_pretrained`` folder's ``config.json`` (None when absent)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    if arch is None and isinstance(cfg, dict) and isinstance(cfg.get("pretrained_cfg"), dict):
+        arch = cfg["pretrained_cfg"].get("architecture")
+    return arch if isinstance(arch, str) and arch else None
+
+
 class ModelConfig(_Strict):
-    backbone: str = "vit_small_patch16_224"
-    pretrained: bool = False
-    weights: Path | None = None  # local .safetensors/.pth (air-gapped sites)
+    # default: the architecture in a ``model.weights`` folder's config.json, else DEFAULT_BACKBONE
+    backbone: str = DEFAULT_BACKBONE
+    pretrained: bool = False  # timm / hf-hub: weights from the hub or, offline, the Hugging Face cache
+    # a .safetensors/.pth file, or a folder in timm/Hugging Face save_pretrained layout (config.json +
+    # model.safetensors) for air-gapped sites
+    weights: Path | None = None
+    cache_dir: Path | None = None  # Hugging Face cache for model.pretrained (default: HF_HUB_CACHE / HF_HOME/hub)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to timm.create_model
     method: Method = "lora"
     lora: LoraConfigModel = Field(default_factory=LoraConfigModel)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_from_folder(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("backbone") or not data.get("weights"):
+            return data
+        folder = Path(data["weights"])
+        if not folder.is_dir():
+            return data
+        arch = folder_architecture(folder)
+        if arch is None:
+            raise ValueError(f"model.weights folder {folder} has no config.json naming a timm 'architecture' "
+                             "(timm save_pretrained / save_for_hf layout); set model.backbone to its timm name")
+        return {**data, "backbone": arch}
 
     @model_validator(mode="after")
     def _one_weight_source(self) -> ModelConfig:
         if self.pretrained and self.weights is not None:
             raise ValueError("set model.pretrained: true or model.weights: PATH, not both")
+        if self.cache_dir is not None and not self.pretrained:
+            raise ValueError("model.cache_dir is where model.pretrained weights are looked up; "
+                             "set model.pretrained: true or drop model.cache_dir")
         return self
 
 

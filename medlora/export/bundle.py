@@ -10,7 +10,7 @@ Layout (every file listed in ``MANIFEST.sha256``)::
     predictions.csv             study level: split, study_key, patient_key, label, score, call
     predictions_samples.csv     per image: split, sample_id, study_key, patient_key, label, score, call
     plots/                      roc, pr, reliability, score_histograms (test studies)
-    saliency/                   attention-rollout overlays of test TP/FN/FP/TN examples
+    saliency/                   saliency overlays (attention rollout / Grad-CAM) of test TP/FN/FP/TN examples
     report.html                 one self-contained page for clinical review
     MANIFEST.sha256
 
@@ -116,10 +116,15 @@ def _data_card(local: Path, config: dict[str, Any]) -> str | None:
     return None
 
 
+SALIENCY_NOTES = {
+    "attention rollout": "attention rollout over all transformer blocks (warmer colours: where the model attended)",
+    "Grad-CAM": ("Grad-CAM of the abnormal class on the last stage's features (warmer colours: features that "
+                 "raised the abnormal score)"),
+}
+
+
 def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.DataFrame, config: dict[str, Any],
               data_root: Path | None, items: dict[str, dict[str, Any]] | None = None) -> tuple[list, str]:
-    note = ("Attention rollout over all transformer blocks, on the most confident true/false positives and "
-            "negatives of the test set; warmer colours are where the model attended. Captions give the study score.")
     try:
         if items is None:  # a standalone export: re-ingest the run's data root to find its images
             items = sample_items(config.get("data") or {}, bundle.preprocess()[0], data_root)
@@ -130,11 +135,20 @@ def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.Data
     examples = pick_examples(studies, samples)
     lab = bundle.meta["labels"]
     names = (" / ".join(c for c in lab["classes"] if c != lab["abnormal"]), lab["abnormal"])
-    figs = write_saliency(model, bundle.preprocess(), examples, items, bundle.threshold, tmp / "saliency", names)
+    figs, methods, problems = write_saliency(model, bundle.preprocess(), examples, items, bundle.threshold,
+                                             tmp / "saliency", target=bundle.abnormal_index, labels=names)
+    if not figs:
+        if problems:
+            return [], f"Saliency omitted: no map could be drawn for this model ({problems[0]})."
+        return [], "No examples: the test images could not be matched to the run's predictions."
+    note = ("Saliency by " + "; ".join(SALIENCY_NOTES[m] for m in sorted(methods)) + ", on the most confident "
+            "true/false positives and negatives of the test set. Each overlay has its image beside it.")
     absent = [name for (kind, _, _), name in KINDS.items() if kind not in {e[0] for e in examples}]
     if absent:
         note += f" The test set has no {', no '.join(absent)} at this operating point."
-    return figs, note if figs else "No examples: the test images could not be matched to the run's predictions."
+    if problems:
+        note += f" {len(problems)} example(s) omitted: {problems[0]}."
+    return figs, note
 
 
 def check_test_size(metrics: dict[str, Any], labels: dict[str, Any], run_id: str, strict: bool) -> None:

@@ -114,31 +114,44 @@ def save_image(image: Any, path: Path, title: str) -> Path:
 
 def write_saliency(model: nn.Module, bundle_pre: tuple, examples: list[tuple[str, str, Any]],
                    items: dict[str, dict[str, Any]], threshold: float, folder: Path,
-                   labels: tuple[str, str] = ("normal", "abnormal")) -> list[Figure]:
-    """Attention-rollout overlays of ``examples`` whose inputs are in ``items`` (sample id → MONAI item),
-    each with the image alone beside it and its study's pseudonymous key, score, call and truth.
-    ``labels`` names label 0 and label 1."""
+                   target: int | None = None, labels: tuple[str, str] = ("normal", "abnormal"),
+                   ) -> tuple[list[Figure], set[str], list[str]]:
+    """Saliency overlays (:func:`~.saliency.saliency_map`: attention rollout or Grad-CAM of class
+    ``target``) of ``examples`` whose inputs are in ``items`` (sample id → MONAI item), each with the
+    image alone beside it and its study's pseudonymous key, score, call and truth. ``labels`` names
+    label 0 and label 1.
+
+    Returns ``(figures, methods used, problems)``: an example whose map cannot be drawn is left out
+    and its reason kept, so that an explanation never blocks an export.
+    """
     from ..transforms.pipeline import build_transforms
-    from .saliency import attention_rollout, display_image, save_overlay
+    from .saliency import display_image, saliency_map, save_overlay
 
     pre, size, mean, std = bundle_pre
     transform = build_transforms(pre, size, mean, std)
-    figures, counters = [], {}
+    figures, counters, methods, problems = [], {}, set(), []
     names = {k[0]: v for k, v in KINDS.items()}
     for kind, sample_id, row in examples:
         if sample_id not in items:
             continue
         image = transform(dict(items[sample_id]))["image"].as_subclass(torch.Tensor)
-        heat = attention_rollout(model, image)
+        try:
+            heat, method = saliency_map(model, image, target)
+        except Exception as err:  # noqa: BLE001 - an explanation must never block an export; the reason is kept
+            log.warning("saliency of a %s example not drawn: %s: %s", kind, type(err).__name__, err)
+            problems.append(f"{type(err).__name__}: {err}")
+            continue
+        methods.add(method)
         counters[kind] = counters.get(kind, 0) + 1
         shown = display_image(image, mean, std)
         stem = f"{kind}_{counters[kind]}"
         path = save_overlay(shown, heat, folder / f"{stem}.png", f"{kind.upper()} {row.score:.3f}")
         raw = save_image(shown, folder / f"{stem}_image.png", "image")
         facts = (("study key (pseudonym)", str(row.study_key)), ("study score", f"{row.score:.3f}"),
-                 ("call", f"{labels[int(row.call)]} (threshold {threshold:.3f})"), ("truth", labels[int(row.label)]))
+                 ("call", f"{labels[int(row.call)]} (threshold {threshold:.3f})"), ("truth", labels[int(row.label)]),
+                 ("saliency", method))
         figures.append(Figure(path, f"{names[kind]}: the highest-scoring image of the study", raw, facts))
-    return figures
+    return figures, methods, problems
 
 
 def sample_items(data: dict[str, Any], pre: Any, data_root: Path | None) -> dict[str, dict[str, Any]]:
