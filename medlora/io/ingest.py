@@ -193,6 +193,8 @@ class _Collector:
             f"{members[0].rel} ({members[0].header.get('frames')} frames)"
         if not decoded:
             return
+        if len(decoded) < len(members) and not multiframe:
+            where = f"{g.folder or '.'} ({len(decoded)} of {len(members)} slices readable)"
         try:
             vol = stack_slices([i.path for i, _ in decoded], [im for _, im in decoded],
                                self.cfg.slice_spacing_tolerance, name=where)

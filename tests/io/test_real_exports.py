@@ -313,3 +313,18 @@ def test_the_audit_catches_adjacent_slices_of_one_scan_in_two_splits() -> None:
         audit_leakage(pd.DataFrame(rows))
     far = [dict(r, position=r["position"] + (100.0 if r["split"] == "test" else 0.0)) for r in rows]
     audit_leakage(pd.DataFrame(far))  # same folder and geometry, far apart: two scans, no finding
+
+
+def test_the_manifest_and_its_fingerprint_do_not_depend_on_the_view(blank_export, tmp_path) -> None:
+    from medlora.config import ViewConfig
+    from medlora.transforms.samples import prepare_samples
+
+    cfg = DataConfig(root=blank_export, label_key="path", split=SplitConfig(file=tmp_path / "split.csv"))
+    one = prepare_samples(cfg, PreprocessConfig(view=ViewConfig(kind="slice")), tmp_path / "a")
+    five = prepare_samples(cfg, PreprocessConfig(view=ViewConfig(kind="slab", slab=5)), tmp_path / "b")
+    assert one.fingerprint == five.fingerprint
+    assert (tmp_path / "a" / "manifest.csv").read_text() == (tmp_path / "b" / "manifest.csv").read_text()
+    assert len(one.file_manifest) == len(five.file_manifest) == 10
+    assert len(one.manifest) == 10 and len(five.manifest) == 14  # the volume gives 5 samples instead of 1
+    volume = five.manifest[five.manifest["kind"] == "series"]
+    assert list(volume["view_index"]) == list(range(5)) and volume["study_key"].nunique() == 1
