@@ -24,9 +24,9 @@ from medlora.models.anomaly import AnomalyScorer
 from medlora.models.build import input_config
 from medlora.summary import RunSummary
 from medlora.tracking import mlflow_run as track
-from medlora.transforms.samples import prepare_samples
 from medlora.train.features import extract_features
 from medlora.train.loaders import make_datasets, make_loader
+from medlora.transforms.samples import prepare_samples
 
 
 def _feature_model(cfg: Config, out: Path):

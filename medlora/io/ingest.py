@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..errors import InputError, MedloraError
@@ -49,7 +51,7 @@ from .identity import Group, IdentityMode, geometry_signature, group_instances, 
 from .labels import DEFAULT_KEY_COLUMNS, LabelTable, closest_names, read_label_table
 from .pixels import pixel_hash, unusable_reason
 from .report import LABEL, NOTE, REPORT_COLUMNS, SKIPPED, first_paths, log_summary, write_ingest_files
-from .scan import Instance, captured, candidate_files, error_category, scan, strip_path, with_notes
+from .scan import Instance, candidate_files, captured, error_category, scan, strip_path, with_notes
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ class _Collector:
             keys = [next((k for k in (p, *parents(p), "") if k in labels), None) for p in paths]
             found = {k: labels[k] for k in keys if k is not None}
             if len(set(found.values())) > 1:
-                return None, f"conflicting labels for its files in {name}"
+                return None, f"conflicting labels for its files in {', '.join(self.labels.where(k) for k in sorted(found))}"
             self.matched.update(found)
             return (next(iter(found.values())), "") if found else (None, f"no label for its path in {name}")
         if header is None:
@@ -193,6 +195,8 @@ class _Collector:
             f"{members[0].rel} ({members[0].header.get('frames')} frames)"
         if not decoded:
             return
+        if len(decoded) < len(members) and not multiframe:
+            where = f"{g.folder or '.'} ({len(decoded)} of {len(members)} slices readable)"
         try:
             vol = stack_slices([i.path for i, _ in decoded], [im for _, im in decoded],
                                self.cfg.slice_spacing_tolerance, name=where)
@@ -349,7 +353,7 @@ def run_ingest(cfg: DataConfig, report_dir: Path | None = None) -> IngestResult:
     groups, unplaced = group_instances(instances, mode, labels.patients)
     for rel, why in unplaced:
         col.skip(rel, "no identity", why)
-    for g in groups:
+    for g in tqdm(groups, desc="decoding", unit="series", disable=not sys.stderr.isatty(), leave=False):
         if g.derived:
             col.note(g.folder if len(g.members) > 1 else g.members[0].rel, NOTE, DERIVED, "; ".join(g.derived))
         if _is_volume(g.members, cfg):

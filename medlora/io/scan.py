@@ -11,7 +11,9 @@ they say while one file is read, so it lands in that file's reason instead of on
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,17 +60,27 @@ class _Collect(logging.Handler):
 
 @contextmanager
 def captured() -> Iterator[list[str]]:
-    """Collect the warnings and ``pydicom`` log records (first lines) raised inside the block."""
+    """Collect what is said inside the block: warnings and ``pydicom`` log records (first lines), and
+    whatever C decoders (openjpeg, libjpeg) print straight to file descriptor 2."""
     handler, logger = _Collect(), logging.getLogger("pydicom")
     propagate = logger.propagate
     logger.addHandler(handler)
     logger.propagate = False
+    sys.stderr.flush()
+    saved, sink = os.dup(2), tempfile.TemporaryFile()
+    os.dup2(sink.fileno(), 2)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield handler.messages
             handler.messages.extend(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip())
     finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sink.seek(0)
+        handler.messages.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+        sink.close()
         logger.removeHandler(handler)
         logger.propagate = propagate
 
@@ -119,11 +131,13 @@ def scan(root: Path, files: list[Path]) -> tuple[list[Instance], list[Path], lis
 
 
 def _not_an_image(path: Path, root: Path, h: dict[str, Any]) -> Skip:
-    """Why a header without Rows/Columns is skipped: a file cut off inside its header reads as one
-    (pydicom stops at the cut), so a full read tells truncation from objects that hold no image."""
+    """Why a header without Rows/Columns is skipped. A file cut off inside its header reads as one
+    (pydicom stops at the cut without a word), so a full read tells truncated pixel data apart, and a
+    file meta naming an image class over a dataset without even a SOPClassUID is called truncated."""
+    import pydicom
     from pydicom.uid import UID
 
-    from .dicom import TRUNCATED, UNREADABLE, read_dicom
+    from .dicom import NO_PIXELS, TRUNCATED, UNREADABLE, read_dicom
 
     rel = path.relative_to(root).as_posix()
     with captured() as notes:
@@ -132,12 +146,15 @@ def _not_an_image(path: Path, root: Path, h: dict[str, Any]) -> Skip:
         except MedloraError as err:
             if error_category(err) in (TRUNCATED, UNREADABLE):
                 return Skip(rel, error_category(err), with_notes(strip_path(str(err), path, root), notes))
+        meta_sop = pydicom.dcmread(path, stop_before_pixels=True).file_meta.get("MediaStorageSOPClassUID")
     sop = h.get("sop_class_uid")
-    name = UID(sop).name if sop else "unknown SOP class"
-    if not sop or "Image" in name:  # an image object without its image module: the header was cut off
-        return Skip(rel, UNREADABLE, f"incomplete header: {'no SOPClassUID' if not sop else name} and no Rows/Columns "
-                    f"or Pixel Data; the file ends after {path.stat().st_size} bytes (truncated?)")
-    return Skip(rel, NOT_AN_IMAGE, f"not an image (SOPClassUID={sop} {name}): no Rows/Columns and no pixel data")
+    name = UID(sop or meta_sop).name if (sop or meta_sop) else "unknown SOP class"
+    if not sop and meta_sop and "Image" in name:
+        return Skip(rel, UNREADABLE, f"incomplete header: the file meta names {name} but the dataset has no "
+                    f"SOPClassUID, Rows/Columns or Pixel Data; the file ends after {path.stat().st_size} bytes (truncated?)")
+    if sop and "Image" in name:
+        return Skip(rel, NO_PIXELS, f"an image object ({name}) without Rows/Columns or Pixel Data (or cut off before them)")
+    return Skip(rel, NOT_AN_IMAGE, f"not an image (SOPClassUID={sop or meta_sop} {name}): no Rows/Columns and no pixel data")
 
 
 def strip_path(text: str, path: Path, root: Path) -> str:

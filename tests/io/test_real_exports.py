@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import (
+    BasicTextSRStorage,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
 
 from medlora.config import DataConfig, PreprocessConfig, SplitConfig
 from medlora.errors import InputError, LeakageError
@@ -313,3 +319,28 @@ def test_the_audit_catches_adjacent_slices_of_one_scan_in_two_splits() -> None:
         audit_leakage(pd.DataFrame(rows))
     far = [dict(r, position=r["position"] + (100.0 if r["split"] == "test" else 0.0)) for r in rows]
     audit_leakage(pd.DataFrame(far))  # same folder and geometry, far apart: two scans, no finding
+
+
+def test_the_manifest_and_its_fingerprint_do_not_depend_on_the_view(blank_export, tmp_path) -> None:
+    from medlora.config import ViewConfig
+    from medlora.transforms.samples import prepare_samples
+
+    cfg = DataConfig(root=blank_export, label_key="path", split=SplitConfig(file=tmp_path / "split.csv"))
+    one = prepare_samples(cfg, PreprocessConfig(view=ViewConfig(kind="slice")), tmp_path / "a")
+    five = prepare_samples(cfg, PreprocessConfig(view=ViewConfig(kind="slab", slab=5)), tmp_path / "b")
+    assert one.fingerprint == five.fingerprint
+    assert (tmp_path / "a" / "manifest.csv").read_text() == (tmp_path / "b" / "manifest.csv").read_text()
+    assert len(one.file_manifest) == len(five.file_manifest) == 10
+    assert len(one.manifest) == 10 and len(five.manifest) == 14  # the volume gives 5 samples instead of 1
+    volume = five.manifest[five.manifest["kind"] == "series"]
+    assert list(volume["view_index"]) == list(range(5)) and volume["study_key"].nunique() == 1
+
+
+def test_predict_groups_a_blank_identifier_series_like_ingest(blank_export) -> None:
+    from medlora.export.samples import DEFAULT_RULES, plan_samples
+    from medlora.io.dicom import read_dicom_header
+
+    files = sorted((blank_export / "scan1").iterdir()) + [blank_export / "p0" / "img.dcm"]
+    specs = plan_samples({f: read_dicom_header(f) for f in files}, [], DEFAULT_RULES, "site secret")
+    assert [(s.kind, len(s.files)) for s in specs] == [("series", 20), ("dicom2d", 1)]
+    assert specs[0].study_key != specs[1].study_key
