@@ -26,7 +26,8 @@ color:#222;line-height:1.45}
 .danger{background:#fde2e1;border:2px solid #c0262d;color:#8a1016;padding:.8em 1em;border-radius:6px;font-weight:700}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.35em .7em;text-align:left;vertical-align:top}
 thead th{background:#f3f3f3}tbody th{background:#fafafa;font-weight:600;white-space:nowrap}
-.metrics{width:100%}.metrics tbody th{white-space:normal;width:34%}.metrics td:last-child{min-width:14em}
+.metrics{width:100%;table-layout:fixed}.metrics th:first-child{width:36%}.metrics tbody th{white-space:normal}
+.metrics th:nth-child(2){width:5em}.metrics td.num{white-space:normal}
 .def{display:block;font-size:.85em;color:#555;font-weight:400}.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .grid{display:flex;flex-wrap:wrap;gap:1.2em}.grid figure{margin:0;width:500px}
 figure img{width:100%;border:1px solid #ddd}figcaption{font-size:.9em;color:#444}
