@@ -219,3 +219,20 @@ def test_pretraining_output_is_recorded_as_such(tmp_path):
     _, info = create_base(ModelConfig(backbone=TIMM_NAME, kwargs=TINY, weights=tmp_path / "base.safetensors"), 2)
     assert info.source == "pretrain" and info.origin["metadata"] == {"mlflow_run_id": "abc123"}
     assert info.origin["base_card_sha256"] == hashlib.sha256(b"# Base pretrained by medlora\n").hexdigest()
+
+
+def test_preflight_builds_and_checks_the_base_before_any_data(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from medlora.experiment.preflight import preflight
+
+    wide = timm.create_model(TIMM_NAME, pretrained=False, num_classes=2, img_size=32, patch_size=8, depth=2,
+                             embed_dim=64, num_heads=2)
+    save_file(base_state(wide), tmp_path / "wide.safetensors")
+    cfg = config_from_dict({"data": {"name": "x", "root": str(tmp_path / "never-read")},
+                            "model": {"backbone": TIMM_NAME, "kwargs": TINY, "weights": str(tmp_path / "wide.safetensors")}})
+    start = time.perf_counter()
+    with pytest.raises(WeightsError, match=r'model.kwargs \{"embed_dim": 64\}'):
+        preflight(cfg)
+    assert time.perf_counter() - start < 5 and not (tmp_path / "never-read").exists()
