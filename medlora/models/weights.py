@@ -106,7 +106,21 @@ def read_folder(path: Path) -> WeightsFolder:
     if weights is None:
         raise WeightsError(f"model.weights folder {path} has config.json but no weights file "
                            f"({', '.join(FOLDER_WEIGHTS)}); accepted: {ACCEPTED}")
-    return WeightsFolder(path, str(arch), dict(cfg.get("model_args") or {}), pretrained_cfg, weights, cfg)
+    return WeightsFolder(path, str(arch), dict(cfg.get("model_args") or {}), _known_fields(pretrained_cfg), weights, cfg)
+
+
+def _known_fields(pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a folder's ``pretrained_cfg`` that this timm's ``PretrainedCfg`` knows (a folder saved
+    by another timm version may carry others)."""
+    import dataclasses
+
+    from timm.models import PretrainedCfg
+
+    known = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    dropped = sorted(set(pretrained_cfg) - known)
+    if dropped:
+        log.info("pretrained_cfg entries unknown to this timm ignored: %s", ", ".join(dropped))
+    return {k: v for k, v in pretrained_cfg.items() if k in known}
 
 
 def _block_depth(keys: list[str], pattern: str) -> int | None:

@@ -144,14 +144,21 @@ def test_hf_home_and_hf_hub_offline_in_a_fresh_process(tmp_path):
 def test_save_pretrained_folder_gives_architecture_and_kwargs(tmp_path):
     from timm.models import save_for_hf
 
+    from medlora.models.build import input_config
+
     source = tiny_source()
+    source.pretrained_cfg = {**source.pretrained_cfg, "mean": (0.1, 0.2, 0.3)}  # the folder's own preprocessing
     save_for_hf(source, str(tmp_path / "folder"), safe_serialization=True, model_args=TINY)
+    config_json = json.loads((tmp_path / "folder" / "config.json").read_text())
+    config_json["pretrained_cfg"]["from_a_newer_timm"] = True
+    (tmp_path / "folder" / "config.json").write_text(json.dumps(config_json))
     cfg = config_from_dict({"data": {"name": "x", "root": str(tmp_path)}, "model": {"weights": str(tmp_path / "folder")}})
     assert cfg.model.backbone == TIMM_NAME  # from config.json, as model.backbone was not given
     model, info = create_base(cfg.model, 2)
     assert info.source == "folder" and info.origin["kind"] == "folder"
     assert {k: info.timm_kwargs[k] for k in ("depth", "embed_dim", "patch_size")} == {"depth": 2, "embed_dim": 32, "patch_size": 8}
     assert "num_classes" not in info.timm_kwargs and model.get_classifier().out_features == 2
+    assert input_config(model, None)["mean"] == pytest.approx([0.1, 0.2, 0.3]) and input_config(model, None)["image_size"] == 32
     assert info.sha256 == hashlib.sha256((tmp_path / "folder" / "model.safetensors").read_bytes()).hexdigest()
     for k, v in base_state(source).items():
         torch.testing.assert_close(model.state_dict()[k], v)
@@ -212,3 +219,20 @@ def test_pretraining_output_is_recorded_as_such(tmp_path):
     _, info = create_base(ModelConfig(backbone=TIMM_NAME, kwargs=TINY, weights=tmp_path / "base.safetensors"), 2)
     assert info.source == "pretrain" and info.origin["metadata"] == {"mlflow_run_id": "abc123"}
     assert info.origin["base_card_sha256"] == hashlib.sha256(b"# Base pretrained by medlora\n").hexdigest()
+
+
+def test_preflight_builds_and_checks_the_base_before_any_data(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from medlora.experiment.preflight import preflight
+
+    wide = timm.create_model(TIMM_NAME, pretrained=False, num_classes=2, img_size=32, patch_size=8, depth=2,
+                             embed_dim=64, num_heads=2)
+    save_file(base_state(wide), tmp_path / "wide.safetensors")
+    cfg = config_from_dict({"data": {"name": "x", "root": str(tmp_path / "never-read")},
+                            "model": {"backbone": TIMM_NAME, "kwargs": TINY, "weights": str(tmp_path / "wide.safetensors")}})
+    start = time.perf_counter()
+    with pytest.raises(WeightsError, match=r'model.kwargs \{"embed_dim": 64\}'):
+        preflight(cfg)
+    assert time.perf_counter() - start < 5 and not (tmp_path / "never-read").exists()
