@@ -29,12 +29,16 @@ def check_backbone(name: str) -> None:
 
 
 def preflight(cfg: Config) -> None:
-    """Fail fast on what can be checked without data: backbone name, device, data card."""
+    """Fail fast on what can be checked without data: backbone name, device, base card, data card."""
     from ..device import resolve_device
     from ..io.datacard import check_card_matches, load_card
 
     if cfg.model.weights is None or cfg.model.backbone:
         check_backbone(cfg.model.backbone)
     resolve_device(cfg.train.device)
+    if cfg.model.weights is not None and cfg.model.backbone:  # a medlora-pretrained base: card and file agree
+        from ..basecard import check_weights
+
+        check_weights(cfg.model.weights, cfg.model.backbone, cfg.model.kwargs)
     if cfg.data.card is not None:
         check_card_matches(load_card(cfg.data.card), cfg.data)

@@ -56,6 +56,7 @@ MANIFEST_COLUMNS = [
     "kind", "source", "view", "view_index", "slices", "pixel_hash",
 ]
 REPORT_COLUMNS = ["path", "reason"]
+UNLABELLED = -1  # the label of every sample of an ingest without labels (pretraining)
 _HEADER_FIELD = {"patient_id": "patient_id", "study_uid": "study_uid", "series_uid": "series_uid", "accession": "accession"}
 
 
@@ -94,6 +95,7 @@ class _Collector:
     labels: dict[str, int]
     labels_name: str
     site: SiteKey
+    labelled: bool = True
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     matched: set[str] = field(default_factory=set)
@@ -108,6 +110,8 @@ class _Collector:
 
     def label_for(self, paths: list[str], header: dict[str, Any] | None) -> tuple[int | None, str]:
         """(label, reason when None) for a sample whose relative path(s) are ``paths``."""
+        if not self.labelled:
+            return UNLABELLED, ""
         if self.cfg.label_key == "path":  # a file's own path, else its nearest labelled folder
             keys = [next((k for k in (p, *_parents(p)) if k in self.labels), None) for p in paths]
             found = {k: self.labels[k] for k in keys if k is not None}
@@ -303,11 +307,12 @@ def _scan(col: _Collector) -> tuple[list[_Instance], list[Path]]:
     return instances, niftis
 
 
-def run_ingest(cfg: DataConfig, preprocess: PreprocessConfig | None = None) -> IngestResult:
+def run_ingest(cfg: DataConfig, preprocess: PreprocessConfig | None = None, labelled: bool = True) -> IngestResult:
     """Scan ``cfg.root`` for DICOM instances, series and NIfTI volumes, join ``cfg.labels``.
 
     ``preprocess`` (its ``view`` and ``spacing``) decides how many samples a volume yields; default
-    :class:`~medlora.config.PreprocessConfig()`. Returns the manifest (columns :data:`MANIFEST_COLUMNS`)
+    :class:`~medlora.config.PreprocessConfig()`. ``labelled=False`` reads no labels file and gives every
+    sample the label :data:`UNLABELLED` (images for self-supervised pretraining). Returns the manifest (columns :data:`MANIFEST_COLUMNS`)
     and the skip report (``path``, ``reason``).
 
     Raises:
@@ -319,9 +324,9 @@ def run_ingest(cfg: DataConfig, preprocess: PreprocessConfig | None = None) -> I
         raise InputError(f"data.root {root} is not a folder")
     labels_path = Path(cfg.labels) if cfg.labels else root / "labels.csv"
     key_column = cfg.key_column or DEFAULT_KEY_COLUMNS[cfg.label_key]
-    labels = read_labels(labels_path, key_column, cfg.label_column, cfg.classes)
+    labels = read_labels(labels_path, key_column, cfg.label_column, cfg.classes) if labelled else {}
     site = load_site_key(cfg.secret_file)
-    col = _Collector(cfg, preprocess or PreprocessConfig(), root, labels, labels_path.name, site)
+    col = _Collector(cfg, preprocess or PreprocessConfig(), root, labels, labels_path.name, site, labelled)
 
     instances, niftis = _scan(col)
     series: dict[str, list[_Instance]] = defaultdict(list)
@@ -345,7 +350,7 @@ def run_ingest(cfg: DataConfig, preprocess: PreprocessConfig | None = None) -> I
     manifest = pd.DataFrame(col.rows, columns=MANIFEST_COLUMNS)
     report = pd.DataFrame(col.skipped, columns=REPORT_COLUMNS)
     if manifest.empty:
-        raise InputError(f"no usable labelled images under {root} ({len(report)} skipped; first: "
+        raise InputError(f"no usable {'labelled ' if labelled else ''}images under {root} ({len(report)} skipped; first: "
                          f"{report['reason'].iloc[0] if len(report) else 'no files'})")
     if cfg.strict and len(report):
         raise InputError(f"data.strict is set and {len(report)} inputs were skipped, e.g. "
