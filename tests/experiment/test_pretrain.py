@@ -247,3 +247,12 @@ def test_medlora_json_and_the_model_card_cite_the_pretraining(pretrained):
                                               data_config=built.data_config),
                          SimpleNamespace(policy="youden", threshold=0.5), "run123", "fp")
     assert "pretrain" not in plain["base"] and "Base pretraining" not in model_card(plain, {}, False)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "breastmnist_pretrain.yaml", "pneumoniamnist_pretrain.yaml"])
+def test_shipped_configs_pretrain_their_base(name):
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "configs" / name)
+    assert cfg.pretrain is not None and cfg.pretrain.out.resolve() == (repo / "runs" / "pretrain").resolve()
+    size, patch = cfg.preprocess.image_size, cfg.model.kwargs["patch_size"]
+    assert size == cfg.model.kwargs["img_size"] and size % patch == 0
