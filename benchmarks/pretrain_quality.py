@@ -44,8 +44,8 @@ MODEL = {"backbone": "vit_tiny_patch16_224",
 SETTINGS = {
     "pretrain": {"epochs": 30, "batch_size": 64, "lr": 0.0015, "warmup_epochs": 3, "mask_ratio": 0.75,
                  "decoder_dim": 128, "decoder_depth": 1, "decoder_heads": 4},
-    "all": {"epochs": 5, "batch_size": 64, "lr": 0.003, "warmup_epochs": 1, "patience": 4},
-    "10": {"epochs": 20, "batch_size": 32, "lr": 0.003, "warmup_epochs": 2, "patience": 6},
+    "all": {"epochs": 4, "batch_size": 64, "lr": 0.003, "warmup_epochs": 1, "patience": 3},
+    "10": {"epochs": 12, "batch_size": 32, "lr": 0.003, "warmup_epochs": 2, "patience": 5},
     "overrides": {"full": {"lr": 0.0003}, "linear_probe": {"lr": 0.01, "epochs": 30, "patience": 10}},
 }
 QUICK = {"pretrain": {"epochs": 1}, "all": {"epochs": 1}, "10": {"epochs": 1}, "limit": 40, "seeds": [0, 1], "few": "2"}
@@ -77,7 +77,7 @@ def raw_config(name: str, root: Path, work: Path, train: dict[str, Any], quick: 
     }
 
 
-def step_cost(cfg: Any, batch: int = 64, repeats: int = 15) -> dict[str, float]:
+def step_cost(cfg: Any, batch: int = 64, repeats: int = 10) -> dict[str, float]:
     """Median seconds of one MAE step and one full fine-tuning step (forward+backward+AdamW) on the same
     batch, interleaved so that load on a shared machine hits both alike."""
     import torch
