@@ -178,7 +178,7 @@ class ModelConfig(_Strict):
     backbone: str = DEFAULT_BACKBONE
     pretrained: bool = False  # timm / hf-hub: weights from the hub or, offline, the Hugging Face cache
     # a .safetensors/.pth file, or a folder in timm/Hugging Face save_pretrained layout (config.json +
-    # model.safetensors) for air-gapped sites
+    # model.safetensors) for air-gapped sites, or a medlora base_card.md (stands for the file it names)
     weights: Path | None = None
     cache_dir: Path | None = None  # Hugging Face cache for model.pretrained (default: HF_HUB_CACHE / HF_HOME/hub)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to timm.create_model
@@ -198,6 +198,19 @@ class ModelConfig(_Strict):
             raise ValueError(f"model.weights folder {folder} has no config.json naming a timm 'architecture' "
                              "(timm save_pretrained / save_for_hf layout); set model.backbone to its timm name")
         return {**data, "backbone": arch}
+
+    @field_validator("weights")
+    @classmethod
+    def _card_to_weights(cls, v: Path | None) -> Path | None:
+        """A base card (``medlora pretrain``'s ``base_card.md``) stands for the weights file it names."""
+        if v is not None and Path(v).suffix == ".md" and Path(v).is_file():
+            from .basecard import weights_of
+
+            try:
+                return weights_of(Path(v))
+            except ConfigError as err:
+                raise ValueError(str(err).removeprefix("model.weights: ")) from None
+        return v
 
     @model_validator(mode="after")
     def _one_weight_source(self) -> ModelConfig:
@@ -289,6 +302,38 @@ class OneClassConfig(_Strict):
     adapter: Path | None = None  # a medlora export (adapter/ + medlora.json): features after LoRA adaptation
 
 
+class PretrainConfig(_Strict):
+    """Masked-autoencoder pretraining of the base on a site's unlabelled studies (He et al. 2022).
+
+    ``medlora pretrain CONFIG`` trains it; a config with this section makes ``medlora run`` adapt
+    the pretrained base (pretrained once, then reused from ``out`` while data and settings are the
+    same). The encoder is ``model.backbone`` with ``model.kwargs``, starting from ``model.weights`` /
+    ``model.pretrained`` when set; the input is ``preprocess`` as for training; ``train.device``,
+    ``train.threads``, ``train.num_workers`` and ``train.seed`` apply.
+    """
+
+    mask_ratio: float = Field(0.75, gt=0, lt=1)  # fraction of patches hidden from the encoder
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1.5e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(2.0, ge=0)
+    decoder_dim: int = Field(128, ge=8)
+    decoder_depth: int = Field(2, ge=1)
+    decoder_heads: int = Field(4, ge=1)
+    norm_pix_loss: bool = True  # the target is each patch's pixels normalised by its own mean/std
+    # where bases are kept: <out>/<data.name>-<key>/ with key = data fingerprint + these settings
+    # (default runs/pretrain under the working directory)
+    out: Path | None = None
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> PretrainConfig:
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"pretrain.decoder_dim={self.decoder_dim} is not divisible by "
+                             f"pretrain.decoder_heads={self.decoder_heads}")
+        return self
+
+
 class Config(_Strict):
     pipeline: Pipeline = "classify"  # see medlora.registry.PIPELINES
     data: DataConfig
@@ -299,6 +344,7 @@ class Config(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     fewshot: FewShotConfig | None = None
     oneclass: OneClassConfig = Field(default_factory=OneClassConfig)
+    pretrain: PretrainConfig | None = None  # adapt a base medlora pretrains on the training images
 
     @model_validator(mode="after")
     def _calibration_needs_probabilities(self) -> Config:

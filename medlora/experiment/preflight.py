@@ -32,7 +32,7 @@ def check_backbone(name: str) -> None:
 
 def preflight(cfg: Config, build: bool = True) -> None:
     """Fail fast on what can be checked without data: backbone name, base weights and model (``build``),
-    device, data card."""
+    device, base card, data card."""
     import time
 
     from ..device import resolve_device
@@ -40,6 +40,10 @@ def preflight(cfg: Config, build: bool = True) -> None:
     from ..models.build import check_model
 
     check_backbone(cfg.model.backbone)
+    if cfg.model.weights is not None and cfg.model.backbone:  # a medlora-pretrained base: card and file agree
+        from ..basecard import check_weights
+
+        check_weights(cfg.model.weights, cfg.model.backbone, cfg.model.kwargs)
     if build:
         start = time.perf_counter()
         info = check_model(cfg)

@@ -158,6 +158,18 @@ def task(labels: dict[str, Any]) -> str:
     return f"{labels['abnormal']} vs {' / '.join(c for c in labels['classes'] if c != labels['abnormal'])}"
 
 
+def pretrained_line(base: dict[str, Any]) -> str:
+    """The model-details line citing a base medlora pretrained (empty for other bases)."""
+    pre = base.get("pretrain")
+    if not pre:
+        return ""
+    data, how = pre.get("data", {}), pre.get("pretraining", {})
+    return (f"- Base pretraining: {how.get('method')} pretrained by medlora on {data.get('images')} unlabelled images of "
+            f"`{data.get('name')}` ({data.get('used')}; fingerprint `{data.get('fingerprint')}`), {how.get('epochs')} "
+            f"epochs, mask ratio {how.get('mask_ratio')}; MLflow run `{pre.get('mlflow_run_id')}`; base card "
+            f"`{pre.get('card')}`.\n")
+
+
 def model_card(meta: dict[str, Any], metrics: dict[str, Any], data_card_present: bool) -> str:
     """The Markdown model card of a bundle."""
     base, labels, op = meta["base"], meta["labels"], meta["operating_point"]
@@ -180,7 +192,7 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any], data_card_present:
 ## Model details
 - Architecture: timm `{base['timm_name']}` (kwargs `{base.get('timm_kwargs', {})}`) {adapted}.
 - Base weights: source `{base['source']}`, sha256 `{base['sha256']}`, state sha256 `{base['state_sha256']}`.
-- Output: {score_words(meta)}. Image scores are aggregated per study by `{op.get('aggregate', 'max')}`;
+{pretrained_line(base)}- Output: {score_words(meta)}. Image scores are aggregated per study by `{op.get('aggregate', 'max')}`;
   a study is called `{labels['abnormal']}` when its score ≥ {op['threshold']:.4f} (operating point `{op['policy']}`, chosen on validation studies only).
 - Provenance: MLflow run `{meta.get('mlflow_run_id')}`, medlora commit `{meta.get('git_commit')}`, dataset fingerprint `{ds.get('fingerprint')}`.
 - Software: {versions}.

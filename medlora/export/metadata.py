@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..basecard import record_beside
 from ..config import Config
 from ..evaluate.recalibrate import Calibrator
 from .adapter import artifact_of
@@ -27,17 +28,22 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
     ``operating_point`` the frozen :class:`~medlora.evaluate.operating_point.OperatingPoint` chosen on
     validation; ``calibration`` the evaluation's recalibration record (only its fitted map is kept:
     ``predict`` applies it to study scores before the threshold, which is in calibrated units).
-    A full fine-tune is stated as a new model, not an adapter (``adapter: false``,
+    A base pretrained by ``medlora pretrain`` carries ``base.pretrain`` (its base card, pretraining
+    MLflow run, data and settings). A full fine-tune is stated as a new model, not an adapter (``adapter: false``,
     ``summary``), so that cards and reports can say so.
     """
     method = cfg.model.method
     art = artifact_of(method)
+    base = built.base.to_dict()
+    card = record_beside(base.get("weights_path"))
+    if card is not None:  # a base medlora pretrained: cite its card, pretraining run and data
+        base["pretrain"] = {k: card[k] for k in ("card", "mlflow_run_id", "data", "pretraining") if k in card}
     classes = list(cfg.data.classes)
     return {
         "method": method,
         "adapter": art.kind == "adapter",
         "summary": art.description,
-        "base": built.base.to_dict(),
+        "base": base,
         "lora": cfg.model.lora.model_dump(mode="json") if method == "lora" else None,
         "preprocess": {**built.data_config,
                        **cfg.preprocess.model_dump(mode="json", exclude=TRAINING_ONLY_PREPROCESS)},

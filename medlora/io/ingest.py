@@ -60,6 +60,7 @@ MANIFEST_COLUMNS = [
     "columns", "frames", "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label",
     "kind", "source", "shape", "affine", "scan_key", "position", "pixel_hash",
 ]
+UNLABELLED = -1  # the label of every sample of an ingest without labels (pretraining)
 _HEADER_FIELD = {"patient_id": "patient_id", "study_uid": "study_uid", "series_uid": "series_uid", "accession": "accession"}
 UNUSABLE, NO_LABEL, GEOMETRY, FALLBACK, DERIVED = "unusable pixels", "no label", "inconsistent geometry", \
     "volume fallback", "derived identity"
@@ -93,6 +94,7 @@ class _Collector:
     root: Path
     labels: LabelTable
     site: SiteKey
+    labelled: bool = True
     rows: list[dict[str, Any]] = field(default_factory=list)
     report: list[dict[str, str]] = field(default_factory=list)
     matched: set[str] = field(default_factory=set)
@@ -114,6 +116,8 @@ class _Collector:
 
     def label_for(self, paths: list[str], header: dict[str, Any] | None) -> tuple[int | None, str]:
         """(label, reason when None) for a sample whose relative path(s) are ``paths``."""
+        if not self.labelled:
+            return UNLABELLED, ""
         labels, name = self.labels.labels, self.labels.path.name
         if self.cfg.label_key == "path":  # a file's own path, else its nearest labelled folder
             keys = [next((k for k in (p, *parents(p), "") if k in labels), None) for p in paths]
@@ -328,8 +332,11 @@ def _log_identities(groups: list[Group], manifest: pd.DataFrame) -> None:
     log.info("ingest: %d patients, %d studies found", manifest["patient_key"].nunique(), manifest["study_key"].nunique())
 
 
-def run_ingest(cfg: DataConfig, report_dir: Path | None = None) -> IngestResult:
+def run_ingest(cfg: DataConfig, report_dir: Path | None = None, labelled: bool = True) -> IngestResult:
     """Scan ``cfg.root`` for DICOM instances, series and NIfTI volumes, join ``cfg.labels``.
+
+    ``labelled=False`` reads no labels file and gives every sample the label :data:`UNLABELLED`
+    (images for self-supervised pretraining).
 
     Returns the manifest (columns :data:`MANIFEST_COLUMNS`, one row per file-level sample) and the
     report (:data:`~medlora.io.report.REPORT_COLUMNS`). With ``report_dir`` both are written there
@@ -343,9 +350,12 @@ def run_ingest(cfg: DataConfig, report_dir: Path | None = None) -> IngestResult:
     if not root.is_dir():
         raise InputError(f"data.root {root} is not a folder")
     mode = parse_identity(cfg.identity)
-    labels = _read_labels(cfg, root, mode)
+    if labelled:
+        labels = _read_labels(cfg, root, mode)
+    else:
+        labels = LabelTable(Path(cfg.labels) if cfg.labels else root / "labels.csv", "")
     site = load_site_key(cfg.secret_file)
-    col = _Collector(cfg, root, labels, site)
+    col = _Collector(cfg, root, labels, site, labelled)
     files = candidate_files(root, skip={labels.path})
     instances, niftis, skips = scan(root, files)
     for s in skips:
@@ -363,14 +373,15 @@ def run_ingest(cfg: DataConfig, report_dir: Path | None = None) -> IngestResult:
             col.add_series(g, [inst]) if _is_multiframe_volume(inst, cfg) else col.add_image(inst, g)
     for path in niftis:
         col.add_nifti(path)
-    col.report_labels([p.relative_to(root).as_posix() for p in files], instances)
+    if labelled:
+        col.report_labels([p.relative_to(root).as_posix() for p in files], instances)
     manifest = pd.DataFrame(col.rows, columns=MANIFEST_COLUMNS)
     report = pd.DataFrame(col.report, columns=REPORT_COLUMNS)
     written = write_ingest_files(report_dir, manifest, report)[1] if report_dir is not None else None
     log_summary(report)
     see = f"; see {written}" if written else ""
     if manifest.empty:
-        raise InputError(f"no usable labelled images under {root} ({int((report['status'] != NOTE).sum())} report rows{see}; "
+        raise InputError(f"no usable {'labelled ' if labelled else ''}images under {root} ({int((report['status'] != NOTE).sum())} report rows{see}; "
                          f"first: {first_paths(report, 3) or first_paths(report, 3, LABEL) or 'no files'})")
     skipped = report[report["status"] == SKIPPED]
     if cfg.strict and len(skipped):
