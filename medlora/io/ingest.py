@@ -212,7 +212,8 @@ class _Collector:
             return
         if lost:
             self.note(g.folder, NOTE, "series without its broken slices",
-                      f"series {where}: assembled from {len(decoded)} slices; {lost} unreadable slice(s) left out")
+                      f"series {where}: assembled from {len(decoded)} slices; {lost} slice(s) left out (broken or "
+                      "duplicate: see their rows)")
         order = [rels[k] for k in vol.order] if not multiframe else rels
         h = decoded[0][0].header
         folder = g.folder if not multiframe else rels[0]

@@ -158,7 +158,7 @@ def test_a_truncated_slice_leaves_its_series_and_the_rest_is_kept(tmp_path) -> N
     assert set(m.loc[m["kind"] == "dicom2d", "path"]) == {p.relative_to(root).as_posix() for p in middle if p != middle[4]}
     assert "truncated pixel data" in skipped["end/IM0008"] and "truncated pixel data" in skipped["middle/IM0004"]
     notes = reasons_of(result.skipped, "note")
-    assert "assembled from 8 slices; 1 unreadable slice(s) left out" in notes["end"]
+    assert "assembled from 8 slices; 1 slice(s) left out (broken or duplicate" in notes["end"]
     assert "is not a volume (gap" in notes["middle"] and "8 slices are used as 2D samples" in notes["middle"]
     strict = ingest(root, volume_fallback=False)
     assert not strict.manifest["path"].str.startswith("middle").any()
