@@ -344,3 +344,15 @@ def test_predict_groups_a_blank_identifier_series_like_ingest(blank_export) -> N
     specs = plan_samples({f: read_dicom_header(f) for f in files}, [], DEFAULT_RULES, "site secret")
     assert [(s.kind, len(s.files)) for s in specs] == [("series", 20), ("dicom2d", 1)]
     assert specs[0].study_key != specs[1].study_key
+
+
+def test_nifti_volumes_follow_the_folder_identity(tmp_path) -> None:
+    root = tmp_path / "nii"
+    for patient in ("P1", "P2"):
+        for name in ("ct.nii.gz", "mr.nii.gz"):
+            (root / patient).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(RNG.normal(0, 1, (6, 5, 4)).astype(np.float32), np.eye(4)), root / patient / name)
+    labels(root, {"P1": "normal", "P2": "abnormal"})
+    assert ingest(root).manifest["patient_key"].nunique() == 4  # tags: a NIfTI file is its own patient
+    m = ingest(root, identity="folder:1").manifest
+    assert m["patient_key"].nunique() == 2 and m["study_key"].nunique() == 4
