@@ -333,12 +333,19 @@ def _read_labels(cfg: DataConfig, root: Path, mode: IdentityMode) -> LabelTable:
                             root=root if cfg.label_key == "path" else None)
 
 
+_DERIVED_KINDS = ("series from folder", "series = this", "study from folder", "patient from folder", "patient from the")
+
+
 def _log_identities(groups: list[Group], manifest: pd.DataFrame) -> None:
+    """A warning counting the derived identities by kind (never a folder name: logs may leave the machine),
+    and the number of patients really found."""
     derived = [g for g in groups if g.derived]
     if derived:
-        log.warning("ingest: identity derived for %d series (%d files) with blank identifiers: %s; each is a note in "
-                    "ingest_report.csv", len(derived), sum(len(g.members) for g in derived),
-                    ", ".join(f"{k}: {v}" for k, v in Counter(p.split(" (")[0] for g in derived for p in g.derived[1:]).items()))
+        kinds = Counter(k for g in derived for p in g.derived for k in _DERIVED_KINDS if p.startswith(k))
+        log.warning("ingest: identity derived for %d series (%d files) with blank identifiers (%s); each is a note "
+                    "in ingest_report.csv", len(derived), sum(len(g.members) for g in derived),
+                    ", ".join(f"{k.replace(' = this', ' = one multi-frame object').replace('from the', 'from its study')}"
+                              f": {v}" for k, v in kinds.items()))
     log.info("ingest: %d patients, %d studies found", manifest["patient_key"].nunique(), manifest["study_key"].nunique())
 
 
