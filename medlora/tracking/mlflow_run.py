@@ -28,9 +28,13 @@ def configure(cfg: TrackingConfig) -> str:
     """Point MLflow at the configured store; returns the URI in use."""
     import mlflow
 
+    from .store import check_store
+
     if cfg.uri:
         mlflow.set_tracking_uri(cfg.uri)
-    return mlflow.get_tracking_uri()
+    uri = mlflow.get_tracking_uri()
+    check_store(uri)  # a team store that is down or refuses the credentials fails in seconds, not minutes
+    return uri
 
 
 @contextmanager

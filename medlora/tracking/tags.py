@@ -23,3 +23,7 @@ DATA_CARD_NAME = "medlora.data_card.name"
 DATA_CARD_VERSION = "medlora.data_card.version"
 KEY_SCHEME = "medlora.key_scheme"
 FAILURE_REASON = "medlora.failure_reason"  # why a run ended FAILED, set by the stage that failed
+CLAIM = "medlora.claim"  # the id a sweep driver gave one point's task (equal on every retry of that task)
+WORKER_HOST = "medlora.worker_host"  # the Ray worker that trains a child (medlora.host/pid: its driver)
+WORKER_PID = "medlora.worker_pid"
+DUPLICATE_OF = "medlora.duplicate_of"  # a child that finished after another child of the same point
