@@ -16,6 +16,7 @@ Ray is imported here only, and only when a sweep asks for it (``pip install medl
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sys
@@ -89,19 +90,29 @@ def check_address(address: str, timeout: float) -> None:
 def connect(rc: RayConfig) -> bool:
     """Join ``rc.address`` (or start a Ray of this machine); ``True`` when this call started Ray and
     must shut it down. A Ray already initialised in this process is used as it is."""
+    # Ray polls an address about once a second, 20 times by default: as many times as the timeout allows
+    tries = str(max(1, math.ceil(rc.connect_timeout)))
+    os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", tries)
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError:
         raise MedloraError("fewshot.executor: ray needs Ray installed: pip install 'medlora[ray]'") from None
     if ray.is_initialized():
         return False
     if rc.address and rc.address != "auto":
-        check_address(rc.address, rc.connect_timeout)
+        check_address(rc.address, rc.connect_timeout)  # nothing listening at all: fails without asking Ray
+    before = ray_constants.NUM_REDIS_GET_RETRIES  # read when Ray was first imported, maybe before this call
+    ray_constants.NUM_REDIS_GET_RETRIES = min(before, int(tries))
     try:
         local = {"include_dashboard": False} if rc.address is None else {}
         ray.init(address=rc.address, configure_logging=False, **local)
     except ConnectionError as err:
-        raise MedloraError(f"fewshot.ray.address={rc.address!r}: no Ray cluster found ({err})") from None
+        raise MedloraError(f"fewshot.ray.address={rc.address!r}: no Ray cluster answers there within "
+                           f"{rc.connect_timeout:g} s ({err}); start the cluster (ray start --head) or fix the "
+                           "address") from None
+    finally:
+        ray_constants.NUM_REDIS_GET_RETRIES = before
     log.info("Ray: %s", ray.cluster_resources())
     return True
 
