@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from ..config import Config, RayConfig
 from ..device import configure_threads, resolve_device
-from ..errors import MedloraError
+from ..errors import MedloraError, TrackingUnavailableError
 from ..io.prepare import PreparedData
 from ..tracking import tags as T
 from ..tracking.claims import claim_point, settle_point
@@ -160,6 +160,8 @@ def train_point(box: list[Any], job: PointJob) -> Outcome:
         try:
             run_child(bench, job.cfg, job.point, {**shared.tags, **worker, T.POINT_HASH: job.point_hash,
                                                   T.CLAIM: job.claim}, job.out, dataset=shared.dataset, run_id=run_id)
+        except TrackingUnavailableError as err:
+            return Outcome(job.point.name, "unreachable", str(err))
         except MedloraError as err:  # this point cannot be measured; the others can
             return Outcome(job.point.name, "failed", str(err))
         return Outcome(job.point.name, "ran" if settle_point(client, parent, job.point_hash, run_id) else "duplicate")
@@ -217,7 +219,7 @@ def _collect(pending: dict[Any, PointJob], bar: Any) -> tuple[int, list[str]]:
         if outcome.status == "unreachable":
             for other in pending:
                 ray.cancel(other, force=True)
-            raise MedloraError(f"sweep stopped at {job.point.name}: {outcome.message}")
+            raise TrackingUnavailableError(f"sweep stopped at {job.point.name}: {outcome.message}")
         if outcome.status == "failed":
             log.error("child %s failed: %s", outcome.name, outcome.message)
             failed.append(outcome.name)

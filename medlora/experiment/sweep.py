@@ -24,7 +24,7 @@ import torch
 
 from ..config import Config
 from ..device import configure_threads
-from ..errors import MedloraError
+from ..errors import MedloraError, TrackingUnavailableError
 from ..io.prepare import PreparedData
 from ..models.lora import count_params
 from ..summary import RunSummary
@@ -168,6 +168,8 @@ def run_sweep(cfg: Config, data: PreparedData, out: Path) -> SweepSummary:
                 run_child(bench, pcfg, point, {**base_tags, **owner, T.POINT_HASH: phash},
                           out / "children" / point.name, dataset=dataset)
                 ran += 1
+            except TrackingUnavailableError:  # the store went away: stop; rerunning resumes
+                raise
             except MedloraError as err:  # this point cannot be measured (e.g. one class); the others can
                 log.error("child %s failed: %s", point.name, err)
                 failed.append(point.name)

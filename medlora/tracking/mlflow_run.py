@@ -56,7 +56,12 @@ def start_run(experiment: str, run_name: str | None = None, tags: Mapping[str, s
             status = "FAILED"
             raise
         finally:
-            mlflow.end_run(status=status)
+            try:
+                mlflow.end_run(status=status)
+            except Exception:  # noqa: BLE001 - the store went away: the error already raised tells more
+                if status == "FINISHED":
+                    raise
+                log.warning("could not mark run %s %s: the tracking store did not answer", run.info.run_id, status)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from ..config import redact_uri
-from ..errors import MedloraError
+from ..errors import TrackingUnavailableError
 
 # what a store that is down, unreachable or refusing the credentials says, through MLflow, requests or libpq
 _UNREACHABLE = re.compile(r"Max retries exceeded|Connection refused|Failed to establish a new connection|"
@@ -82,4 +82,4 @@ def check_store(uri: str | None, timeout: float = 10.0) -> None:
             message = unreachable_message(ConnectionError(f"Connection refused: {err}"), uri)
         if message is None:
             raise
-        raise MedloraError(message) from None
+        raise TrackingUnavailableError(message) from None
