@@ -85,6 +85,8 @@ class DataConfig(_Strict):
     # a DICOM series of >= volume_min_slices single-frame slices of these modalities becomes a volume
     volume_min_slices: int = Field(8, ge=2)
     volume_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR"])
+    # modality of files that carry none (NIfTI); default: the data card's modality, else "unknown"
+    modality: str | None = None
     slice_spacing_tolerance: float = Field(0.1, gt=0, lt=1)  # allowed |spacing - median| / median
     # a volume candidate whose geometry is inconsistent: its slices (frames) become 2D samples (reported)
     volume_fallback: bool = True

@@ -66,7 +66,9 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
             plot_roc(result.test_studies.label, result.test_studies.score, out / "roc.png", operating_point=op)
             track.log_artifact(out / "roc.png")
             items = {item["sample_id"]: item for item in manifest_items(data.manifest, data.root)}
-            meta = run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint, result.evaluation.calibration)
+            modalities = data.manifest["modality"].fillna("unknown").astype(str).value_counts().to_dict()
+            meta = run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint, result.evaluation.calibration,
+                                {str(k): int(v) for k, v in modalities.items()})
             run_export(out, model, meta, uri, items=items)
             resume.forget(out)
         dist.barrier()  # the other ranks end with rank 0, after its export

@@ -21,7 +21,8 @@ TRAINING_ONLY_PREPROCESS = {"image_size", "augment"}
 
 
 def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dataset_fingerprint: str,
-                 calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+                 calibration: dict[str, Any] | None = None,
+                 modalities: dict[str, int] | None = None) -> dict[str, Any]:
     """The ``medlora.json`` dict of a run.
 
     ``built`` is the :class:`~medlora.models.build.BuiltModel` (``base``, ``data_config``);
@@ -30,7 +31,7 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
     ``predict`` applies it to study scores before the threshold, which is in calibrated units).
     A base pretrained by ``medlora pretrain`` carries ``base.pretrain`` (its base card, pretraining
     MLflow run, data and settings). A full fine-tune is stated as a new model, not an adapter (``adapter: false``,
-    ``summary``), so that cards and reports can say so.
+    ``summary``), so that cards and reports can say so. ``modalities`` counts the run's samples per modality.
     """
     method = cfg.model.method
     art = artifact_of(method)
@@ -52,5 +53,5 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
                             "aggregate": cfg.preprocess.view.aggregate},
         "calibration": Calibrator.from_dict(calibration).to_dict(),
         "mlflow_run_id": run_id,
-        "dataset": {"name": cfg.data.name, "fingerprint": dataset_fingerprint},
+        "dataset": {"name": cfg.data.name, "fingerprint": dataset_fingerprint, "modalities": modalities or {}},
     }

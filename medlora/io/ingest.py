@@ -69,6 +69,7 @@ MANIFEST_COLUMNS = [
     "columns", "frames", "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label",
     "kind", "source", "shape", "affine", "scan_key", "position", "pixel_hash",
 ]
+UNKNOWN_MODALITY = "unknown"  # a NIfTI sample whose modality neither data.modality nor the data card names
 UNLABELLED = -1  # the label of every sample of an ingest without labels (pretraining)
 _HEADER_FIELD = {"patient_id": "patient_id", "study_uid": "study_uid", "series_uid": "series_uid", "accession": "accession"}
 UNUSABLE, NO_LABEL, GEOMETRY, FALLBACK, DERIVED = "unusable pixels", "no label", "inconsistent geometry", \
@@ -112,6 +113,17 @@ class _Collector:
 
     def key(self, name: str, kind: str) -> str:
         return self.site.key(name, kind)
+
+    @property
+    def nifti_modality(self) -> str:
+        """NIfTI files carry no modality: ``data.modality``, else the data card's, else ``unknown``."""
+        if self.cfg.modality:
+            return self.cfg.modality
+        if self.cfg.card is not None and Path(self.cfg.card).is_file():
+            from .datacard import load_card
+
+            return load_card(self.cfg.card).modality
+        return UNKNOWN_MODALITY
 
     def note(self, path: str, status: str, category: str, reason: str | Exception) -> None:
         text = str(reason).replace(str(self.root) + "/", "")
@@ -275,7 +287,7 @@ class _Collector:
         self.rows.append({
             "sample_id": self.key(rel, "smp"), "path": rel, "patient_key": self.key(patient, "pat"),
             "study_key": self.key(rel, "stu"), "series_key": self.key(rel, "ser"), "sop_key": self.key(rel, "sop"),
-            "modality": None, "rows": img.data.shape[0], "columns": img.data.shape[1], "frames": 1,
+            "modality": self.nifti_modality, "rows": img.data.shape[0], "columns": img.data.shape[1], "frames": 1,
             "pixel_spacing": "x".join(f"{v:g}" for v in zooms), "photometric_interpretation": None,
             "transfer_syntax_uid": None, "label": label, "kind": "nifti", "source": rel,
             "shape": "x".join(str(v) for v in img.data.shape), "affine": json.dumps(np.round(img.affine, 6).tolist()),
