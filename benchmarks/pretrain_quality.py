@@ -77,7 +77,7 @@ def raw_config(name: str, root: Path, work: Path, train: dict[str, Any], quick: 
     }
 
 
-def step_cost(cfg: Any, batch: int = 64, repeats: int = 10) -> dict[str, float]:
+def step_cost(cfg: Any, batch: int = 64, repeats: int = 6, size: int = 28) -> dict[str, float]:
     """Median seconds of one MAE step and one full fine-tuning step (forward+backward+AdamW) on the same
     batch, interleaved so that load on a shared machine hits both alike."""
     import torch
@@ -89,7 +89,7 @@ def step_cost(cfg: Any, batch: int = 64, repeats: int = 10) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:
         mae, _ = build_mae(cfg, Path(scratch) / "mae")
         clf, _ = create_base(cfg.model, 2, init_dir=Path(scratch) / "clf", seed=0)
-    x, y = torch.randn(batch, 3, 28, 28), torch.randint(0, 2, (batch,))
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 2, (batch,))
     opt_mae, opt_clf = optimizer_for(mae, cfg.pretrain), torch.optim.AdamW(clf.parameters(), lr=1e-4)
 
     def mae_step() -> None:
@@ -151,8 +151,9 @@ def bench_dataset(name: str, work: Path, quick: bool) -> dict[str, Any]:
     print(f"[{name}] pretrained base: {summary.describe()}", flush=True)
     result["step_cost"] = step_cost(cfg)
     print(f"[{name}] step cost: {result['step_cost']}", flush=True)
-    for base, weights in (("random init", None), ("medlora-pretrained", str(summary.weights))):
-        for shots in (few, "all"):
+    # all data first, random and pretrained side by side: the pairs the targets compare come first
+    for shots in ("all", few):
+        for base, weights in (("random init", None), ("medlora-pretrained", str(summary.weights))):
             train = {**SETTINGS["10" if shots == few else "all"], **q.get("10" if shots == few else "all", {})}
             raw = raw_config(name, root, work, train, quick)
             raw["model"] = {**raw["model"], **({"weights": weights} if weights else {})}
@@ -191,6 +192,23 @@ def report(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def measure_configs(paths: list[str]) -> int:
+    """The step cost for each config's own model, input size and decoder (no data needed)."""
+    from medlora.config import load_config
+    from medlora.device import configure_threads
+
+    configure_threads(1)
+    for path in paths:
+        cfg = load_config(path)
+        size = cfg.preprocess.image_size
+        cost = step_cost(cfg, size=size)
+        p = cfg.pretrain
+        print(f"{path}: {cfg.model.backbone} {cfg.model.kwargs} at {size} px, decoder {p.decoder_dim}x{p.decoder_depth}, "
+              f"mask {p.mask_ratio}: MAE step {cost['mae_step_s'] * 1000:.0f} ms, full step "
+              f"{cost['full_step_s'] * 1000:.0f} ms, ratio {cost['ratio']:.2f}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
 
@@ -200,10 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--work", default=str(REPO / "runs" / "bench" / "pretrain_quality"))
     p.add_argument("--npz-dir", default=str(DEFAULT_NPZ), help="folder of breastmnist.npz / pneumoniamnist.npz")
+    p.add_argument("--step-cost", nargs="+", metavar="CONFIG",
+                   help="only measure the MAE step against a full step for these configs' model and pretrain settings")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 40 images per split, 2 seeds")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
     NPZ = Path(args.npz_dir)
+    if args.step_cost:
+        return measure_configs(args.step_cost)
     work = Path(args.work) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MEDLORA_SECRET_FILE", str(work / "site.key"))
