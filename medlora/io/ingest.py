@@ -312,8 +312,8 @@ def run_ingest(cfg: DataConfig, preprocess: PreprocessConfig | None = None, labe
 
     ``preprocess`` (its ``view`` and ``spacing``) decides how many samples a volume yields; default
     :class:`~medlora.config.PreprocessConfig()`. ``labelled=False`` reads no labels file and gives every
-    sample the label :data:`UNLABELLED` (images for self-supervised pretraining). Returns the manifest (columns :data:`MANIFEST_COLUMNS`)
-    and the skip report (``path``, ``reason``).
+    sample the label :data:`UNLABELLED` (images for self-supervised pretraining). Returns the manifest
+    (columns :data:`MANIFEST_COLUMNS`) and the skip report (``path``, ``reason``).
 
     Raises:
         InputError: ``root`` is not a folder, no usable labelled sample was found, or ``cfg.strict``
