@@ -61,7 +61,8 @@ def convert(name: str, work: Path, limit: int | None) -> Path:
     return root
 
 
-def raw_config(name: str, root: Path, work: Path, train: dict[str, Any], quick: bool) -> dict[str, Any]:
+def raw_config(name: str, root: Path, work: Path, train: dict[str, Any], quick: bool,
+               seeds: list[int]) -> dict[str, Any]:
     info = DATASETS[name]
     return {
         "pipeline": "fewshot",
@@ -73,11 +74,11 @@ def raw_config(name: str, root: Path, work: Path, train: dict[str, Any], quick: 
         "train": {**train, "threads": 1},
         "evaluate": {"bootstrap": 100},
         "tracking": {"uri": f"sqlite:///{work / name / 'mlflow.db'}"},  # one store per set: sets may run in parallel
-        "fewshot": {"methods": METHODS, "seeds": QUICK["seeds"] if quick else [0, 1, 2], "overrides": SETTINGS["overrides"]},
+        "fewshot": {"methods": METHODS, "seeds": QUICK["seeds"] if quick else seeds, "overrides": SETTINGS["overrides"]},
     }
 
 
-def step_cost(cfg: Any, batch: int = 64, repeats: int = 6, size: int = 28) -> dict[str, float]:
+def step_cost(cfg: Any, batch: int = 64, repeats: int = 4, size: int = 28) -> dict[str, float]:
     """Median seconds of one MAE step and one full fine-tuning step (forward+backward+AdamW) on the same
     batch, interleaved so that load on a shared machine hits both alike."""
     import torch
@@ -130,7 +131,7 @@ def sweep(raw: dict[str, Any], shots: str, out: Path) -> list[dict[str, Any]]:
              "seeds": int(r.n_seeds)} for r in table.itertuples()]
 
 
-def bench_dataset(name: str, work: Path, quick: bool) -> dict[str, Any]:
+def bench_dataset(name: str, work: Path, quick: bool, seeds: list[int]) -> dict[str, Any]:
     from medlora.config import config_from_dict
     from medlora.experiment.pretrain import run_pretrain
 
@@ -140,7 +141,7 @@ def bench_dataset(name: str, work: Path, quick: bool) -> dict[str, Any]:
     few = q.get("few", "10")
     result: dict[str, Any] = {"dataset": name, "root": root.name, "rows": []}
     pre = {**SETTINGS["pretrain"], **q.get("pretrain", {}), "out": str(work / "bases")}
-    raw = raw_config(name, root, work, {**SETTINGS["all"], **q.get("all", {})}, quick)
+    raw = raw_config(name, root, work, {**SETTINGS["all"], **q.get("all", {})}, quick, seeds)
     cfg = config_from_dict({**raw, "pretrain": pre})
     t0 = time.perf_counter()
     summary = run_pretrain(cfg)
@@ -155,7 +156,7 @@ def bench_dataset(name: str, work: Path, quick: bool) -> dict[str, Any]:
     for shots in ("all", few):
         for base, weights in (("random init", None), ("medlora-pretrained", str(summary.weights))):
             train = {**SETTINGS["10" if shots == few else "all"], **q.get("10" if shots == few else "all", {})}
-            raw = raw_config(name, root, work, train, quick)
+            raw = raw_config(name, root, work, train, quick, seeds)
             raw["model"] = {**raw["model"], **({"weights": weights} if weights else {})}
             tag = "pretrained" if weights else "random"
             for row in sweep(raw, shots, work / "sweeps" / f"{name}-{tag}-{shots}"):
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--npz-dir", default=str(DEFAULT_NPZ), help="folder of breastmnist.npz / pneumoniamnist.npz")
     p.add_argument("--step-cost", nargs="+", metavar="CONFIG",
                    help="only measure the MAE step against a full step for these configs' model and pretrain settings")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sweep seeds (default 0 1 2)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 40 images per split, 2 seeds")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = []
     for name in args.datasets:
-        results.append(bench_dataset(name, work, args.quick))
+        results.append(bench_dataset(name, work, args.quick, args.seeds))
         (work / f"results-{'-'.join(args.datasets)}.json").write_text(json.dumps(results, indent=2, default=str))
     text = report(results) + f"\ntotal {time.perf_counter() - t0:.0f} s\n"
     (work / f"results-{'-'.join(args.datasets)}.md").write_text(text)
