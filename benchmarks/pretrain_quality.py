@@ -85,10 +85,12 @@ def step_cost(cfg: Any, batch: int = 64, repeats: int = 4, size: int = 28) -> di
     ``ratio`` is of the CPU times."""
     import torch
 
+    from medlora.device import configure_threads
     from medlora.experiment.pretrain import build_mae
     from medlora.models.backbone import create_base
     from medlora.train.pretrain import optimizer_for
 
+    configure_threads(cfg.train.threads)  # one thread: CPU time is the step's work, not other threads' spinning
     with tempfile.TemporaryDirectory() as scratch:
         mae, _ = build_mae(cfg, Path(scratch) / "mae")
         clf, _ = create_base(cfg.model, 2, init_dir=Path(scratch) / "clf", seed=0)
@@ -210,13 +212,11 @@ def bench_config() -> Any:
 def measure_configs(paths: list[str]) -> int:
     """The step cost for each config's own model, input size and decoder (no data needed)."""
     from medlora.config import load_config
-    from medlora.device import configure_threads
 
-    configure_threads(1)
     for path in paths:
         cfg = bench_config() if path == "bench" else load_config(path)
         size = cfg.preprocess.image_size
-        cost = step_cost(cfg, size=size)
+        cost = step_cost(cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": 1})}), size=size)
         p = cfg.pretrain
         print(f"{path}: {cfg.model.backbone} {cfg.model.kwargs} at {size} px, decoder {p.decoder_dim}x{p.decoder_depth}, "
               f"mask {p.mask_ratio}, batch 64: CPU time per step MAE {cost['mae_step_s'] * 1000:.0f} ms, full "
