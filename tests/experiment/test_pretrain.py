@@ -128,7 +128,6 @@ def test_an_interrupted_pretraining_resumes_in_the_same_run(phantom_root, tiny_c
 
     from medlora import basecard
     from medlora.experiment.pretrain import run_pretrain
-    from medlora.models.backbone import sha256_file
     from medlora.train import checkpoint as ckpt
 
     cfg = pretrain_config(tiny_cfg, phantom_root, tmp_path, store)
@@ -151,7 +150,6 @@ def test_an_interrupted_pretraining_resumes_in_the_same_run(phantom_root, tiny_c
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
     # epoch 2 continued from the checkpoint (bit-identical to an uninterrupted run when run alone; within a
     # long test session the two runs' floating-point results can differ slightly, so compare the losses)
-    assert sha256_file(resumed.weights) != ""
     whole_loss, resumed_loss = (basecard.read(s.card)["pretraining"]["final_loss"] for s in (whole, resumed))
     assert resumed_loss == pytest.approx(whole_loss, rel=0.1)
     assert basecard.read(resumed.card)["pretraining"]["key"] == basecard.read(whole.card)["pretraining"]["key"]
