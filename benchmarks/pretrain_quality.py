@@ -91,9 +91,8 @@ def step_cost(cfg: Any, batch: int = 64, repeats: int = 4, size: int = 28) -> di
     from medlora.train.pretrain import optimizer_for
 
     configure_threads(cfg.train.threads)  # one thread: CPU time is the step's work, not other threads' spinning
-    with tempfile.TemporaryDirectory() as scratch:
-        mae, _ = build_mae(cfg, Path(scratch) / "mae")
-        clf, _ = create_base(cfg.model, 2, init_dir=Path(scratch) / "clf", seed=0)
+    mae, _ = build_mae(cfg)
+    clf, _ = create_base(cfg.model, 2, seed=0, save_init=False)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 2, (batch,))
     opt_mae, opt_clf = optimizer_for(mae, cfg.pretrain), torch.optim.AdamW(clf.parameters(), lr=1e-4)
 
