@@ -13,13 +13,12 @@ import yaml
 
 from medlora.config import config_to_dict
 
-pytestmark = pytest.mark.slow
-
 
 def _run(cmd: list[str], cwd, env) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     {},  # LoRA on every block, trained on images
     {"model.method": "linear_probe"},
@@ -58,9 +57,16 @@ def test_ddp_two_gloo_processes_match_one_process(phantom_root, tmp_path, tiny_c
     assert (tmp_path / "two" / "medlora.json").is_file() and (tmp_path / "two" / "bundle" / "report.html").is_file()
 
 
-def test_ddp_global_batch_that_does_not_divide_is_refused(phantom_root, tmp_path):
+def test_ddp_global_batch_that_does_not_divide_is_refused():
     from medlora.errors import ConfigError
     from medlora.train.distributed import Dist, local_batch_size
 
     with pytest.raises(ConfigError, match="train.batch_size=9 does not divide over 2 processes.*e.g. 10"):
         local_batch_size(9, Dist(rank=0, world=2))
+
+
+@pytest.mark.parametrize(("batch", "world", "share"), [(8, 2, 4), (12, 3, 4), (5, 1, 5)])
+def test_ddp_local_batch_is_the_global_batch_split_evenly(batch, world, share):
+    from medlora.train.distributed import Dist, local_batch_size
+
+    assert local_batch_size(batch, Dist(rank=world - 1, world=world)) == share
