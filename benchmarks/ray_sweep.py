@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     from medlora.io.prepare import prepare_dataset
     from medlora.io.synth import write_phantoms
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the server below
     tmp = Path(tempfile.mkdtemp(prefix="medlora-ray-bench-"))
     os.environ.setdefault("MEDLORA_SECRET_FILE", str(tmp / "site.key"))
     write_phantoms(tmp / "phantoms", SynthConfig(patients=80, images_per_patient=2, size=args.size, seed=0))
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, seconds, init, ran in rows:
             print(f"| {name} | {seconds:.1f} | {base / seconds:.2f}x | {init:.1f} | {ran} |")
     finally:
-        os.killpg(server.pid, 15)
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait()
 
 
