@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
