@@ -14,6 +14,14 @@ import yaml
 from medlora.config import config_to_dict
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _run(cmd: list[str], cwd, env) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -34,7 +42,9 @@ def test_ddp_two_gloo_processes_match_one_process(phantom_root, tmp_path, tiny_c
     single = _run([sys.executable, "-m", "medlora", "run", str(cfg_file), "--out", str(tmp_path / "one"),
                    "--set", f"tracking.uri=sqlite:///{tmp_path / 'one.db'}"], tmp_path, env)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    # an explicit loopback address and free port: with --master-port 0 the rendezvous can hang on some hosts
+    ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(_free_port()),
                 "-m", "medlora", "run", str(cfg_file), "--out", str(tmp_path / "two"),
                 "--set", f"tracking.uri=sqlite:///{tmp_path / 'two.db'}"], tmp_path, env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
