@@ -19,6 +19,8 @@ _UNREACHABLE = re.compile(r"Max retries exceeded|Connection refused|Failed to es
                           r"Connection aborted|RemoteDisconnected|timed out|could not connect to server|"
                           r"connection to server at .* failed|password authentication failed|"
                           r"no password supplied|server closed the connection", re.IGNORECASE)
+# where errors of a tracking client come from (other errors that say "timed out" are not about the store)
+_CLIENTS = {"mlflow", "requests", "urllib3", "urllib", "http", "sqlalchemy", "psycopg", "psycopg2"}
 _AUTH = re.compile(r"password authentication failed for user \"?[^\"\s]*\"?|no password supplied", re.IGNORECASE)
 
 
@@ -33,7 +35,8 @@ def _chain(err: BaseException) -> list[BaseException]:
 def unreachable_message(err: BaseException, uri: str | None = None) -> str | None:
     """A one-paragraph message when ``err`` (or what caused it) says the tracking store did not
     answer or refused the credentials; ``None`` for any other error. No password is shown."""
-    texts = [str(e) for e in _chain(err)]
+    chain = [e for e in _chain(err) if isinstance(e, ConnectionError) or type(e).__module__.split(".")[0] in _CLIENTS]
+    texts = [str(e) for e in chain]
     if not any(_UNREACHABLE.search(t) for t in texts):
         return None
     if uri is None:

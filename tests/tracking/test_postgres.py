@@ -178,3 +178,18 @@ def test_postgres_server_going_away_mid_sweep_stops_it_and_a_rerun_resumes(postg
     assert len(children) == 12 and len({r.data.tags["medlora.config_hash"] for r in children}) == 12
     assert finished_before <= {r.info.run_id for r in children}  # nothing finished before was lost or redone
     assert {a.path for a in client.list_artifacts(children[0].info.run_id)} >= {"test_studies.csv", "support_set.csv"}
+
+
+def test_postgres_store_errors_are_told_apart_from_other_errors():
+    from mlflow.exceptions import MlflowException
+
+    from medlora.tracking.store import unreachable_message
+
+    down = MlflowException("API request to http://h:5000/api/2.0/mlflow/runs/get failed with exception "
+                           "HTTPConnectionPool(host='h', port=5000): Max retries exceeded (Connection refused)")
+    assert "the tracking store http://h:5000 did not answer" in unreachable_message(down, "http://h:5000")
+    wrapped = RuntimeError("logging failed")
+    wrapped.__cause__ = down
+    assert unreachable_message(wrapped, "http://h:5000") is not None
+    assert unreachable_message(RuntimeError("collective operation timed out"), "http://h:5000") is None
+    assert unreachable_message(ValueError("bad value"), "http://h:5000") is None

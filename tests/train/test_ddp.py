@@ -13,13 +13,20 @@ import yaml
 
 from medlora.config import config_to_dict
 
-pytestmark = pytest.mark.slow
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _run(cmd: list[str], cwd, env) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     {},  # LoRA on every block, trained on images
     {"model.method": "linear_probe"},
@@ -35,7 +42,9 @@ def test_ddp_two_gloo_processes_match_one_process(phantom_root, tmp_path, tiny_c
     single = _run([sys.executable, "-m", "medlora", "run", str(cfg_file), "--out", str(tmp_path / "one"),
                    "--set", f"tracking.uri=sqlite:///{tmp_path / 'one.db'}"], tmp_path, env)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    # an explicit loopback address and free port: with --master-port 0 the rendezvous can hang on some hosts
+    ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(_free_port()),
                 "-m", "medlora", "run", str(cfg_file), "--out", str(tmp_path / "two"),
                 "--set", f"tracking.uri=sqlite:///{tmp_path / 'two.db'}"], tmp_path, env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -58,9 +67,16 @@ def test_ddp_two_gloo_processes_match_one_process(phantom_root, tmp_path, tiny_c
     assert (tmp_path / "two" / "medlora.json").is_file() and (tmp_path / "two" / "bundle" / "report.html").is_file()
 
 
-def test_ddp_global_batch_that_does_not_divide_is_refused(phantom_root, tmp_path):
+def test_ddp_global_batch_that_does_not_divide_is_refused():
     from medlora.errors import ConfigError
     from medlora.train.distributed import Dist, local_batch_size
 
     with pytest.raises(ConfigError, match="train.batch_size=9 does not divide over 2 processes.*e.g. 10"):
         local_batch_size(9, Dist(rank=0, world=2))
+
+
+@pytest.mark.parametrize(("batch", "world", "share"), [(8, 2, 4), (12, 3, 4), (5, 1, 5)])
+def test_ddp_local_batch_is_the_global_batch_split_evenly(batch, world, share):
+    from medlora.train.distributed import Dist, local_batch_size
+
+    assert local_batch_size(batch, Dist(rank=world - 1, world=world)) == share
