@@ -26,13 +26,8 @@ from scipy.stats import norm
 
 from medlora.errors import MedloraError
 
-from .metrics import (
-    _binary_metrics_unchecked,
-    binary_curve,
-    check_binary,
-    require_both_classes,
-    weighted_binary_metrics,
-)
+from .checks import check_binary, require_both_classes
+from .metrics import _binary_metrics_unchecked, binary_curve, weighted_binary_metrics
 
 logger = logging.getLogger(__name__)
 
