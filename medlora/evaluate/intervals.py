@@ -151,10 +151,10 @@ def metric_replicates(y: np.ndarray, s: np.ndarray, threshold: float, clusters: 
     for idx in cluster_bootstrap_indices(y, clusters, n_bootstrap, seed):
         block.append(np.bincount(idx, minlength=y.size))
         if len(block) == chunk:
-            parts.append(weighted_binary_metrics(y, s, np.stack(block), threshold, probabilities))
+            parts.append(weighted_binary_metrics(y, s, np.stack(block, axis=1).T, threshold, probabilities))
             block = []
     if block:
-        parts.append(weighted_binary_metrics(y, s, np.stack(block), threshold, probabilities))
+        parts.append(weighted_binary_metrics(y, s, np.stack(block, axis=1).T, threshold, probabilities))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

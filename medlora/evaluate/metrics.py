@@ -67,7 +67,7 @@ def binary_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     Entry ``k`` counts the samples with ``score >= thresholds[k]`` (scikit-learn's ``_binary_clf_curve``).
     """
     fps, tps, thresholds = _weighted_curve(y, s, np.ones((1, y.size)))
-    return fps[0], tps[0], thresholds
+    return fps[:, 0], tps[:, 0], thresholds
 
 
 def _unit(y: np.ndarray) -> np.ndarray:
@@ -211,36 +211,46 @@ def weighted_binary_metrics(
 
 
 def _weighted_curve(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative weighted ``(fps, tps)`` (``(B, distinct scores)``) and the distinct scores, highest first."""
+    """Cumulative weighted ``(fps, tps)`` (``(distinct scores, B)``) and the distinct scores, highest first.
+
+    Samples run along the first axis, resamples along the second, so the gather and the running sums
+    are row operations: pass ``w`` as the transpose of an ``(n, B)`` array to avoid a copy.
+    """
     order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order].astype(float)
+    s_sorted, y_sorted = s[order], y[order].astype(bool)
     starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]  # one group per distinct score
-    w_sorted = w[:, order]
-    tps = np.cumsum(np.add.reduceat(w_sorted * y_sorted, starts, axis=1), axis=1)
-    fps = np.cumsum(np.add.reduceat(w_sorted * (1.0 - y_sorted), starts, axis=1), axis=1)
+    w_sorted = np.asarray(w).T[order]  # (n, B)
+    pos_w = np.where(y_sorted[:, None], w_sorted, 0.0)
+    tps = np.add.reduceat(pos_w, starts, axis=0).cumsum(axis=0)
+    fps = np.add.reduceat(w_sorted, starts, axis=0).cumsum(axis=0) - tps
     return fps, tps, s_sorted[starts]
 
 
-def weighted_ranking_metrics(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
-    """AUROC, AUPRC and the fixed-target metrics per row of ``w``; NaN where a row has one class."""
+def weighted_ranking_metrics(
+    y: np.ndarray, s: np.ndarray, w: np.ndarray, names: tuple[str, ...] = RANKING_METRICS
+) -> dict[str, np.ndarray]:
+    """The threshold-free metrics ``names`` (default all) per row of ``w``; NaN where a row has one class."""
     fps, tps, _ = _weighted_curve(y, s, w)
-    n_pos, n_neg = tps[:, -1:], fps[:, -1:]
-    both = (n_pos[:, 0] > 0) & (n_neg[:, 0] > 0)
+    n_pos, n_neg = tps[-1], fps[-1]
+    both = (n_pos > 0) & (n_neg > 0)
+    out: dict[str, np.ndarray] = {}
     with np.errstate(divide="ignore", invalid="ignore"):
-        zero = np.zeros((len(w), 1))
-        tpr = np.hstack([zero, tps / n_pos])
-        fpr = np.hstack([zero, fps / n_neg])
-        precision = np.where(tps + fps > 0, tps / np.where(tps + fps > 0, tps + fps, 1.0), 1.0)
-        out: dict[str, np.ndarray] = {
-            "auroc": np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2.0,
-            "auprc": np.sum(np.diff(tpr, axis=1) * precision, axis=1),
-        }
+        tpr, fpr = tps / n_pos, fps / n_neg
+        if "auroc" in names:  # trapezoids from (0, 0) through every distinct threshold
+            out["auroc"] = (np.diff(fpr, axis=0, prepend=0.0) * (tpr + np.vstack([np.zeros_like(tpr[:1]), tpr[:-1]]))).sum(axis=0) / 2.0
+        if "auprc" in names:  # recall steps times the precision at each threshold
+            precision = np.where(tps + fps > 0, tps / np.where(tps + fps > 0, tps + fps, 1.0), 1.0)
+            out["auprc"] = (np.diff(tpr, axis=0, prepend=0.0) * precision).sum(axis=0)
         spec = 1.0 - fpr
+        for t in FIXED_TARGETS:  # the point (0, 0) never beats a real threshold, so it is left out
+            name = f"sensitivity_at_specificity_{round(t * 100)}"
+            if name in names:
+                out[name] = np.maximum(np.where(spec >= t - _EPS, tpr, -np.inf).max(axis=0), 0.0)
         for t in FIXED_TARGETS:
-            out[f"sensitivity_at_specificity_{round(t * 100)}"] = np.where(spec >= t - _EPS, tpr, -np.inf).max(axis=1)
-        for t in FIXED_TARGETS:
-            out[f"specificity_at_sensitivity_{round(t * 100)}"] = np.where(tpr >= t - _EPS, spec, -np.inf).max(axis=1)
-    return {name: np.where(both, out[name], np.nan) for name in RANKING_METRICS}
+            name = f"specificity_at_sensitivity_{round(t * 100)}"
+            if name in names:
+                out[name] = np.where(tpr >= t - _EPS, spec, -np.inf).max(axis=0)
+    return {name: np.where(both, out[name], np.nan) for name in names}
 
 
 def weighted_threshold_metrics(y: np.ndarray, s: np.ndarray, w: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
