@@ -65,6 +65,10 @@ class Bundle:
 
     @property
     def abnormal_index(self) -> int:
+        task = self.meta["labels"].get("task", "binary")
+        if task != "binary":  # one sigmoid per finding / a softmax without one positive class
+            raise BundleError(f"bundle {self.path} is a {task} model; scoring it with one abnormal probability per "
+                              "study is not supported (per-finding prediction is not implemented yet)")
         return int(self.meta["labels"]["abnormal_index"])
 
     def base_info(self) -> dict[str, Any]:

@@ -18,17 +18,28 @@ from .adapter import artifact_of
 TRAINING_ONLY_PREPROCESS = {"image_size", "augment"}
 
 
-def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dataset_fingerprint: str) -> dict[str, Any]:
+def _labels(cfg: Config) -> dict[str, Any]:
+    """Binary: the classes and the positive one; multiclass/multilabel: the task and the model's outputs."""
+    data = cfg.data
+    if data.task == "binary":
+        return {"classes": list(data.classes), "abnormal": data.abnormal, "abnormal_index": data.classes.index(data.abnormal)}
+    # the exported operating point is that of "any finding": reports read it as a binary task
+    return {"task": data.task, "outputs": data.outputs, "normal": data.normal,
+            "classes": [data.normal or "no finding", "any finding"], "abnormal": "any finding", "abnormal_index": None}
+
+
+def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dataset_fingerprint: str,
+                 thresholds: dict[str, float] | None = None) -> dict[str, Any]:
     """The ``medlora.json`` dict of a run.
 
     ``built`` is the :class:`~medlora.models.build.BuiltModel` (``base``, ``data_config``);
     ``operating_point`` the frozen :class:`~medlora.evaluate.operating_point.OperatingPoint` chosen on
-    validation. A full fine-tune is stated as a new model, not an adapter (``adapter: false``,
+    validation (multiclass/multilabel: of "any finding"; ``thresholds`` holds each output's own,
+    ``operating_point.per_output``). A full fine-tune is stated as a new model, not an adapter (``adapter: false``,
     ``summary``), so that cards and reports can say so.
     """
     method = cfg.model.method
     art = artifact_of(method)
-    classes = list(cfg.data.classes)
     return {
         "method": method,
         "adapter": art.kind == "adapter",
@@ -37,9 +48,10 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
         "lora": cfg.model.lora.model_dump(mode="json") if method == "lora" else None,
         "preprocess": {**built.data_config,
                        **cfg.preprocess.model_dump(mode="json", exclude=TRAINING_ONLY_PREPROCESS)},
-        "labels": {"classes": classes, "abnormal": cfg.data.abnormal, "abnormal_index": classes.index(cfg.data.abnormal)},
+        "labels": _labels(cfg),
         "operating_point": {"policy": operating_point.policy, "threshold": float(operating_point.threshold),
-                            "aggregate": cfg.preprocess.view.aggregate},
+                            "aggregate": cfg.preprocess.view.aggregate,
+                            **({"per_output": dict(thresholds)} if thresholds else {})},
         "mlflow_run_id": run_id,
         "dataset": {"name": cfg.data.name, "fingerprint": dataset_fingerprint},
     }

@@ -44,16 +44,19 @@ import pandas as pd
 from ..config import DataConfig, PreprocessConfig
 from ..errors import InputError, MedloraError
 from .deid import SiteKey, load_site_key
-from .labels import DEFAULT_KEY_COLUMNS, read_labels
+from .findings import read_task_labels
+from .labels import DEFAULT_KEY_COLUMNS
 from .nifti import is_nifti
 from .pixels import pixel_hash, unusable_reason
+from .subgroups import HEADER_FIELDS
 
 log = logging.getLogger(__name__)
 
+SUBGROUP_COLUMNS = [f for f in HEADER_FIELDS if f != "modality"]  # header fields for evaluate.subgroups
 MANIFEST_COLUMNS = [
     "sample_id", "path", "patient_key", "study_key", "series_key", "sop_key", "modality", "rows",
     "columns", "frames", "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label",
-    "kind", "source", "view", "view_index", "slices", "pixel_hash",
+    "kind", "source", "view", "view_index", "slices", "pixel_hash", *SUBGROUP_COLUMNS,
 ]
 REPORT_COLUMNS = ["path", "reason"]
 _HEADER_FIELD = {"patient_id": "patient_id", "study_uid": "study_uid", "series_uid": "series_uid", "accession": "accession"}
@@ -229,6 +232,7 @@ def _technical(h: dict[str, Any]) -> dict[str, Any]:
         "pixel_spacing": "x".join(f"{float(v):g}" for v in (h.get("pixel_spacing") or [])),
         "photometric_interpretation": h.get("photometric_interpretation"),
         "transfer_syntax_uid": h.get("transfer_syntax_uid"),
+        **{k: h.get(k) for k in SUBGROUP_COLUMNS},
     }
 
 
@@ -319,7 +323,7 @@ def run_ingest(cfg: DataConfig, preprocess: PreprocessConfig | None = None) -> I
         raise InputError(f"data.root {root} is not a folder")
     labels_path = Path(cfg.labels) if cfg.labels else root / "labels.csv"
     key_column = cfg.key_column or DEFAULT_KEY_COLUMNS[cfg.label_key]
-    labels = read_labels(labels_path, key_column, cfg.label_column, cfg.classes)
+    labels = read_task_labels(labels_path, key_column, cfg)  # class indices, or findings codes (multilabel)
     site = load_site_key(cfg.secret_file)
     col = _Collector(cfg, preprocess or PreprocessConfig(), root, labels, labels_path.name, site)
 

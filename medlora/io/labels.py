@@ -43,7 +43,8 @@ def read_labels(path: Path, key_column: str, label_column: str, classes: list[st
         elif raw.lstrip("-").isdigit() and 0 <= int(raw) < len(classes):
             label = int(raw)
         else:
-            raise InputError(f"labels file {path} line {row_no}: label {raw!r} is not one of {classes} or 0..{len(classes) - 1}")
+            raise InputError(f"labels file {path} line {row_no}: label {raw!r} is not one of {classes} or 0..{len(classes) - 1} "
+                             f"(column {label_column!r}; data.classes)")
         if key in out and out[key] != label:
             raise InputError(f"labels file {path} line {row_no}: key given twice with different labels")
         out[key] = label

@@ -16,6 +16,7 @@ import pandas as pd
 from ..config import DataConfig, PreprocessConfig
 from ..errors import ConfigError
 from .datacard import DataCard, card_for_run
+from .findings import split_findings_label
 from .ingest import IngestResult, run_ingest
 from .labels import DEFAULT_KEY_COLUMNS
 from .split import assign_splits, audit_leakage, check_splits_usable, splits_from_column
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 # columns that describe a sample without identifying anyone: safe to log
 PUBLIC_COLUMNS = ["sample_id", "patient_key", "study_key", "series_key", "modality", "rows", "columns", "frames",
                   "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label", "split",
-                  "kind", "view", "view_index", "slices"]  # not path/source (folder names can identify)
+                  "kind", "view", "view_index", "slices", "findings",
+                  "sex", "age_band", "manufacturer", "view_position"]  # not path/source (folder names can identify)
 
 
 @dataclass
@@ -47,8 +49,8 @@ class PreparedData:
 
 
 def fingerprint(manifest: pd.DataFrame) -> str:
-    """sha256 over the sorted (sample, patient, study, label, split) rows."""
-    cols = [c for c in ("sample_id", "patient_key", "study_key", "label", "split") if c in manifest.columns]
+    """sha256 over the sorted (sample, patient, study, label, findings, split) rows."""
+    cols = [c for c in ("sample_id", "patient_key", "study_key", "label", "findings", "split") if c in manifest.columns]
     blob = manifest[cols].sort_values(cols).to_csv(index=False).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -75,6 +77,7 @@ def prepare_dataset(cfg: DataConfig, preprocess: PreprocessConfig | None = None)
 
         write_phantoms(root, cfg.synth)
     ingest: IngestResult = run_ingest(cfg, preprocess)
+    ingest.manifest = split_findings_label(ingest.manifest, cfg)
     split_file = default_split_file(cfg)
     if cfg.split.column:
         labels = Path(cfg.labels) if cfg.labels else root / "labels.csv"
