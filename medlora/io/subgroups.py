@@ -79,7 +79,8 @@ def _from_labels(manifest: pd.DataFrame, cfg: DataConfig, fields: list[str]) -> 
         column, kind = _KEYED[cfg.label_key]
         site = load_site_key(cfg.secret_file)
         table = table.assign(**{column: [site.key(v.strip(), kind) for v in table[key_column]]})
-        joined = manifest[["study_key", column]].drop_duplicates().merge(table, on=column, how="left")
+        keys = manifest[list(dict.fromkeys(["study_key", column]))].drop_duplicates()
+        joined = keys.merge(table.drop(columns=[key_column]), on=column, how="left")
     else:
         raise InputError(f"evaluate.subgroups from labels-CSV columns need data.label_key path, patient_id, study_uid "
                          f"or series_uid (got {cfg.label_key})")

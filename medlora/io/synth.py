@@ -10,8 +10,8 @@ de-identification can be tested. Everything is deterministic from ``seed``.
 
 With ``findings`` (multi-label mode) every study carries each listed lesion kind independently
 (``nodule``: a solid disk in a lung; ``effusion``: fluid filling the base of one lung;
-``cardiomegaly``: an enlarged heart overlapping both lungs; ``calcification``: dense specks in the
-chest wall), and ``labels.csv`` holds one 0/1 column per kind (``data.task: multilabel``).
+``cardiomegaly``: an enlarged heart overlapping both lungs; ``calcification``: a chain of dense
+specks along the lateral edge of a lung), and ``labels.csv`` holds one 0/1 column per kind (``data.task: multilabel``).
 
 ``difficulty`` (:class:`~medlora.config.SynthConfig`) sets how hard the task is:
 
@@ -209,7 +209,7 @@ def _finding_params(rng: np.random.Generator, kind: str, size: int) -> dict[str,
         return {"side": side, "level": c * 0.95 + rng.uniform(0.05, 0.12) * size}
     if kind == "cardiomegaly":  # an enlarged heart between the lungs, overlapping both
         return {"radius": rng.uniform(0.17, 0.21) * size}
-    return {"row": c * 0.9 + rng.uniform(-0.1, 0.1) * size, "col": c + side * rng.uniform(0.3, 0.36) * size}
+    return {"row": c * 0.95 + rng.uniform(-0.15, 0.15) * size, "col": c + side * 0.27 * size}  # lateral lung edge
 
 
 def _add_finding(hu: np.ndarray, kind: str, f: dict[str, float]) -> None:
@@ -224,8 +224,8 @@ def _add_finding(hu: np.ndarray, kind: str, f: dict[str, float]) -> None:
         hu[lung & (yy >= f["level"])] = 15.0
     elif kind == "cardiomegaly":
         hu[((yy - c * 1.05) / f["radius"]) ** 2 + ((xx - c) / (1.2 * f["radius"])) ** 2 <= 1] = 45.0
-    else:  # calcification: a cluster of very dense specks in the chest wall
-        for dy, dx in ((0, 0), (2, 1), (-1, 2)):
+    else:  # calcification: a vertical chain of very dense specks along the lateral lung edge
+        for dy, dx in ((-3, 0), (0, 0), (3, 0)):
             hu[(yy - f["row"] - dy) ** 2 + (xx - f["col"] - dx) ** 2 <= 1.5] = 1500.0
 
 
