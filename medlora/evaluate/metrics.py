@@ -210,56 +210,73 @@ def weighted_binary_metrics(
     return out
 
 
-def _weighted_curve(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative weighted ``(fps, tps)`` (``(distinct scores, B)``) and the distinct scores, highest first.
+def _weighted_groups(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct score (highest first): the positive and the total weight of its samples
+    (``(distinct scores, B)`` each), and the distinct scores.
 
     Samples run along the first axis, resamples along the second, so the gather and the running sums
     are row operations: pass ``w`` as the transpose of an ``(n, B)`` array to avoid a copy.
     """
     order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order].astype(bool)
+    s_sorted = s[order]
     starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]  # one group per distinct score
     w_sorted = np.asarray(w).T[order]  # (n, B)
-    pos_w = np.where(y_sorted[:, None], w_sorted, 0.0)
-    tps = np.add.reduceat(pos_w, starts, axis=0).cumsum(axis=0)
-    fps = np.add.reduceat(w_sorted, starts, axis=0).cumsum(axis=0) - tps
-    return fps, tps, s_sorted[starts]
+    if not np.issubdtype(w_sorted.dtype, np.floating):
+        w_sorted = w_sorted.astype(float)
+    pos_w = w_sorted * y[order].astype(w_sorted.dtype)[:, None]
+    if starts.size < s.size:  # tied scores: one row per distinct score
+        pos_w, w_sorted = np.add.reduceat(pos_w, starts, axis=0), np.add.reduceat(w_sorted, starts, axis=0)
+    return pos_w, w_sorted, s_sorted[starts]
+
+
+def _weighted_curve(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative weighted ``(fps, tps)`` (``(distinct scores, B)``) and the distinct scores, highest first."""
+    pos_w, all_w, thresholds = _weighted_groups(y, s, w)
+    tps = pos_w.cumsum(axis=0)
+    return all_w.cumsum(axis=0) - tps, tps, thresholds
 
 
 def weighted_ranking_metrics(
     y: np.ndarray, s: np.ndarray, w: np.ndarray, names: tuple[str, ...] = RANKING_METRICS
 ) -> dict[str, np.ndarray]:
-    """The threshold-free metrics ``names`` (default all) per row of ``w``; NaN where a row has one class."""
-    fps, tps, _ = _weighted_curve(y, s, w)
-    n_pos, n_neg = tps[-1], fps[-1]
+    """The threshold-free metrics ``names`` (default all) per row of ``w``; NaN where a row has one class.
+
+    With ``P_g``/``N_g`` the positive/negative weight at distinct score ``g`` and ``TP_g``/``A_g`` the
+    positive/total weight at scores ``>= g``: AUROC ``= sum_g N_g (TP_g - P_g / 2) / (P N)`` (the
+    trapezoids of the ROC curve, ties counting one half) and AUPRC ``= sum_g P_g (TP_g / A_g) / P``
+    (recall steps times precision).
+    """
+    pos_w, all_w, _ = _weighted_groups(y, s, w)
+    tps, cum = pos_w.cumsum(axis=0), all_w.cumsum(axis=0)
+    n_pos = tps[-1]
+    n_neg = cum[-1] - n_pos
     both = (n_pos > 0) & (n_neg > 0)
     out: dict[str, np.ndarray] = {}
     with np.errstate(divide="ignore", invalid="ignore"):
-        tpr, fpr = tps / n_pos, fps / n_neg
-        if "auroc" in names:  # trapezoids from (0, 0) through every distinct threshold
-            out["auroc"] = (np.diff(fpr, axis=0, prepend=0.0) * (tpr + np.vstack([np.zeros_like(tpr[:1]), tpr[:-1]]))).sum(axis=0) / 2.0
-        if "auprc" in names:  # recall steps times the precision at each threshold
-            precision = np.where(tps + fps > 0, tps / np.where(tps + fps > 0, tps + fps, 1.0), 1.0)
-            out["auprc"] = (np.diff(tpr, axis=0, prepend=0.0) * precision).sum(axis=0)
-        spec = 1.0 - fpr
-        for t in FIXED_TARGETS:  # the point (0, 0) never beats a real threshold, so it is left out
-            name = f"sensitivity_at_specificity_{round(t * 100)}"
-            if name in names:
-                out[name] = np.maximum(np.where(spec >= t - _EPS, tpr, -np.inf).max(axis=0), 0.0)
-        for t in FIXED_TARGETS:
-            name = f"specificity_at_sensitivity_{round(t * 100)}"
-            if name in names:
-                out[name] = np.where(tpr >= t - _EPS, spec, -np.inf).max(axis=0)
-    return {name: np.where(both, out[name], np.nan) for name in names}
+        if "auroc" in names:
+            out["auroc"] = ((all_w - pos_w) * (tps - pos_w / 2)).sum(axis=0) / (n_pos.astype(float) * n_neg)
+        if "auprc" in names:
+            out["auprc"] = (pos_w * np.divide(tps, cum, out=np.zeros_like(tps), where=cum > 0)).sum(axis=0) / n_pos
+        if any(n in names for n in RANKING_METRICS[2:]):
+            tpr, fpr = tps / n_pos, (cum - tps) / n_neg
+            spec = 1.0 - fpr
+            for t in FIXED_TARGETS:  # the point (0, 0) never beats a real threshold, so it is left out
+                name = f"sensitivity_at_specificity_{round(t * 100)}"
+                if name in names:
+                    out[name] = np.maximum(np.where(spec >= t - _EPS, tpr, -np.inf).max(axis=0), 0.0)
+            for t in FIXED_TARGETS:
+                name = f"specificity_at_sensitivity_{round(t * 100)}"
+                if name in names:
+                    out[name] = np.where(tpr >= t - _EPS, spec, -np.inf).max(axis=0)
+    return {name: np.where(both, out[name], np.nan).astype(float) for name in names}
 
 
 def weighted_threshold_metrics(y: np.ndarray, s: np.ndarray, w: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
     """The metrics at a frozen threshold (a sample is positive iff ``score >= threshold``) per row of ``w``."""
-    pred = (s >= threshold).astype(float)
-    pos = y.astype(float)
-    n = w.sum(axis=1)
-    tp, fp = w @ (pred * pos), w @ (pred * (1 - pos))
-    fn = w @ ((1 - pred) * pos)
+    wt = np.asarray(w).T  # (n, B): sums over sample rows
+    pred, pos = s >= threshold, np.asarray(y).astype(bool)
+    tp, fp, fn = (wt[m].sum(axis=0, dtype=float) for m in (pred & pos, pred & ~pos, ~pred & pos))
+    n = wt.sum(axis=0, dtype=float)
     tn = n - tp - fp - fn
     with np.errstate(divide="ignore", invalid="ignore"):
 
