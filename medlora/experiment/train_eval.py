@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from ..config import Config
 from ..evaluate.findings import MultiResult, evaluate_findings, flat_multi_metrics, mean_auroc, study_matrix
@@ -33,6 +35,7 @@ from ..io.subgroups import subgroup_table
 from ..models.lora import for_inference
 from ..tracking import mlflow_run as track
 from ..train.distributed import Dist
+from ..train.features import FeatureDataset
 from ..train.head import Head, head_for
 from ..train.inference import Predictions, predict
 from ..train.loop import TrainResult, fit
@@ -82,7 +85,7 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
     """
     how = cfg.preprocess.view.aggregate
     abnormal = cfg.data.classes.index(cfg.data.abnormal) if cfg.data.task == "binary" else 0
-    head = head or head_for(cfg)
+    head = head or head_for(cfg, train_findings(loaders["train"]) if cfg.train.pos_weight else None)
     names = head.names
     augmenter = BatchAugment(seed=cfg.train.seed) if augment and cfg.preprocess.augment else None
 
@@ -129,6 +132,19 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
     log.info("val_auroc=%.3f test_auroc=%.3f (%.1f s training)", result.best_val_auroc,
              metrics.get("test_auroc", metrics.get("test_auroc_macro", float("nan"))), result.train_seconds)
     return done
+
+
+def train_findings(loader: Any) -> np.ndarray:
+    """The ``(n, findings)`` targets of a training loader's samples (a dataset of manifest items, cached
+    features, or a few-shot subset of either), for ``train.pos_weight``."""
+    ds, pick = loader.dataset, slice(None)
+    if isinstance(ds, Subset):
+        ds, pick = ds.dataset, np.asarray(ds.indices)
+    if isinstance(ds, FeatureDataset):
+        matrix = ds.features.findings[ds.positions]
+    else:  # a MONAI dataset: its ``data`` are the manifest items
+        matrix = np.stack([np.asarray(item["findings"], dtype=float) for item in ds.data])
+    return matrix[pick]
 
 
 def run_head(cfg: Config, data: PreparedData) -> Head:

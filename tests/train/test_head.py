@@ -52,3 +52,23 @@ def test_any_finding_summary(task, normal, want_score, want_label):
     score, label = head.summary(probs, targets)
     np.testing.assert_allclose(score, want_score)
     assert label.tolist() == want_label
+
+
+def test_training_findings_come_from_any_training_loader():
+    from torch.utils.data import DataLoader, Subset
+
+    from medlora.experiment.train_eval import train_findings
+    from medlora.train.features import FeatureDataset, FeatureSet
+
+    findings = np.array([[1, 0], [0, np.nan], [0, 1], [1, 1]], dtype=np.float32)
+    feats = FeatureSet(torch.zeros(4, 3), np.array([1, 0, 1, 1]), {"sample_id": list("abcd"), "study_key": list("abcd"),
+                                                                    "patient_key": list("abcd")}, findings=findings)
+    ds = FeatureDataset(feats)
+    assert ds[1]["findings"][0] == 0 and np.isnan(ds[1]["findings"][1])  # cached features carry the targets
+    np.testing.assert_array_equal(train_findings(DataLoader(ds)), findings)
+    np.testing.assert_array_equal(train_findings(DataLoader(Subset(ds, [3, 0]))), findings[[3, 0]])
+
+    class Items(torch.utils.data.Dataset):  # like MONAI's datasets: the raw items in .data
+        data = [{"findings": row} for row in findings]
+
+    np.testing.assert_array_equal(train_findings(DataLoader(Subset(Items(), [2]))), findings[[2]])
