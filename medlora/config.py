@@ -110,7 +110,9 @@ class DataConfig(_Strict):
         own = {"binary": {"classes", "abnormal"}, "multiclass": {"classes", "normal", "ordinal"},
                "multilabel": {"findings", "normal", "uncertain"}}
         for key in sorted({"classes", "abnormal", "findings", "normal", "uncertain", "ordinal"} - own[self.task]):
-            if key in self.model_fields_set:
+            field = type(self).model_fields[key]
+            default = field.default_factory() if field.default_factory is not None else field.default
+            if key in self.model_fields_set and getattr(self, key) != default:  # a dumped config repeats defaults
                 tasks = [t for t, keys in own.items() if key in keys]
                 raise ValueError(f"data.{key} applies to data.task {' or '.join(tasks)}, not {self.task}")
         if self.task == "multilabel":
