@@ -43,3 +43,13 @@ def test_multilabel_run_logs_per_finding_metrics(tmp_path, tiny_cfg):
     assert np.isfinite(test[[f"score.{f}" for f in FINDINGS]].to_numpy()).all()
     meta = json.loads((tmp_path / "out" / "medlora.json").read_text())
     assert meta["labels"]["task"] == "multilabel" and set(meta["operating_point"]["per_output"]) == set(FINDINGS)
+
+    from medlora.export.predict import predict_bundles
+
+    result = predict_bundles([tmp_path / "out" / "bundle"], sorted(root.glob("patient000[0-3]")))
+    studies = result.studies
+    assert len(studies) == 4 and studies["error"].eq("").all()
+    for f in FINDINGS:  # one score and one call per finding, at the finding's own threshold
+        want = (studies[f"score.{f}"] >= meta["operating_point"]["per_output"][f]).astype(int)
+        assert studies[f"call.{f}"].astype(int).tolist() == want.tolist()
+    np.testing.assert_allclose(studies["score"], studies[[f"score.{f}" for f in FINDINGS]].max(axis=1))
