@@ -71,6 +71,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     preflight(cfg)
     pipeline = pipeline_module(cfg.pipeline)
+    if cfg.pretrain is not None:  # adapt the base medlora pretrains (once) on the training images
+        from .experiment.pretrain import with_pretrained_base
+
+        cfg = with_pretrained_base(cfg)
     out = Path(args.out) if args.out else Path("runs") / cfg.data.name
     created = not out.exists()
     try:
@@ -88,15 +92,22 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from .io.prepare import prepare_dataset
 
     cfg = _load(args, *(["data.strict=true"] if args.strict else []))
-    data = prepare_dataset(cfg.data, cfg.preprocess)
     out = Path(args.out) if args.out else Path("runs") / cfg.data.name
-    out.mkdir(parents=True, exist_ok=True)
-    data.manifest.to_csv(out / "manifest.csv", index=False)
-    data.skipped.to_csv(out / "ingest_report.csv", index=False)
-    print(f"{len(data.manifest)} samples in the manifest ({out / 'manifest.csv'}), {len(data.skipped)} skipped "
+    data = prepare_dataset(cfg.data, out)  # writes manifest.csv and ingest_report.csv before any check fails
+    report = data.skipped
+    print(f"{len(data.manifest)} files in the manifest ({out / 'manifest.csv'}, "
+          f"{data.manifest['patient_key'].nunique()} patients), {len(report)} report rows "
           f"({out / 'ingest_report.csv'}); split file {data.split_file}")
-    for row in data.skipped.head(20).itertuples():
-        print(f"  skipped {row.path or '<labels>'}: {row.reason}")
+    for row in report.head(20).itertuples():  # local console: paths lead back to the files
+        print(f"  {row.status} {row.path or '<labels>'}: {row.reason}")
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .experiment.pretrain import run_pretrain
+
+    summary = run_pretrain(_load(args), Path(args.out) if args.out else None)
+    print(summary.describe())
     return 0
 
 
@@ -138,11 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_datasets)
 
     for name, func, help_ in (("run", _cmd_run, "run a config's pipeline end to end"),
-                              ("ingest", _cmd_ingest, "scan, label, split and audit a dataset; write its manifest")):
+                              ("ingest", _cmd_ingest, "scan, label, split and audit a dataset; write its manifest"),
+                              ("pretrain", _cmd_pretrain, "masked-autoencoder pretraining of the base on unlabelled "
+                                                          "studies (a labelled dataset's training split only)")):
         r = sub.add_parser(name, help=help_)
         r.add_argument("config", help="YAML config file")
         r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
-        r.add_argument("--out", help="output folder (default runs/<dataset name>)")
+        r.add_argument("--out", help="output folder (default runs/<dataset name>; for pretrain "
+                                     "<pretrain.out>/<dataset name>-<data and settings key>)")
         if name == "ingest":
             r.add_argument("--strict", action="store_true", help="fail if any input is skipped")
         r.set_defaults(func=func)

@@ -9,6 +9,7 @@ exactly like the file.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,6 +96,17 @@ class DataConfig(_Strict):
     volume_min_slices: int = Field(8, ge=2)
     volume_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR"])
     slice_spacing_tolerance: float = Field(0.1, gt=0, lt=1)  # allowed |spacing - median| / median
+    # a volume candidate whose geometry is inconsistent: its slices (frames) become 2D samples (reported)
+    volume_fallback: bool = True
+    # who a file belongs to (medlora.io.identity): tags (blank ones derived from folders), folder:N, labels[:COLUMN]
+    identity: str = "tags"
+
+    @field_validator("identity")
+    @classmethod
+    def _identity_form(cls, v: str) -> str:
+        if not re.fullmatch(r"tags|folder:[1-9][0-9]*|labels(:[^:]+)?", v):
+            raise ValueError(f"data.identity={v!r}; accepted: tags, folder:N (N >= 1), labels or labels:COLUMN")
+        return v
 
     @model_validator(mode="after")
     def _abnormal_is_a_class(self) -> DataConfig:
@@ -179,18 +191,69 @@ class LoraConfigModel(_Strict):
     use_rslora: bool = False
 
 
+DEFAULT_BACKBONE = "vit_small_patch16_224"
+
+
+def folder_architecture(folder: Path) -> str | None:
+    """The timm architecture named in a ``save_pretrained`` folder's ``config.json`` (None when absent)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    if arch is None and isinstance(cfg, dict) and isinstance(cfg.get("pretrained_cfg"), dict):
+        arch = cfg["pretrained_cfg"].get("architecture")
+    return arch if isinstance(arch, str) and arch else None
+
+
 class ModelConfig(_Strict):
-    backbone: str = "vit_small_patch16_224"
-    pretrained: bool = False
-    weights: Path | None = None  # local .safetensors/.pth (air-gapped sites)
+    # default: the architecture in a ``model.weights`` folder's config.json, else DEFAULT_BACKBONE
+    backbone: str = DEFAULT_BACKBONE
+    pretrained: bool = False  # timm / hf-hub: weights from the hub or, offline, the Hugging Face cache
+    # a .safetensors/.pth file, or a folder in timm/Hugging Face save_pretrained layout (config.json +
+    # model.safetensors) for air-gapped sites, or a medlora base_card.md (stands for the file it names)
+    weights: Path | None = None
+    cache_dir: Path | None = None  # Hugging Face cache for model.pretrained (default: HF_HUB_CACHE / HF_HOME/hub)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to timm.create_model
     method: Method = "lora"
     lora: LoraConfigModel = Field(default_factory=LoraConfigModel)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_from_folder(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("backbone") or not data.get("weights"):
+            return data
+        folder = Path(data["weights"])
+        if not folder.is_dir():
+            return data
+        arch = folder_architecture(folder)
+        if arch is None:
+            raise ValueError(f"model.weights folder {folder} has no config.json naming a timm 'architecture' "
+                             "(timm save_pretrained / save_for_hf layout); set model.backbone to its timm name")
+        return {**data, "backbone": arch}
+
+    @field_validator("weights")
+    @classmethod
+    def _card_to_weights(cls, v: Path | None) -> Path | None:
+        """A base card (``medlora pretrain``'s ``base_card.md``) stands for the weights file it names."""
+        if v is not None and Path(v).suffix == ".md" and Path(v).is_file():
+            from .basecard import weights_of
+
+            try:
+                return weights_of(Path(v))
+            except ConfigError as err:
+                raise ValueError(str(err).removeprefix("model.weights: ")) from None
+        return v
 
     @model_validator(mode="after")
     def _one_weight_source(self) -> ModelConfig:
         if self.pretrained and self.weights is not None:
             raise ValueError("set model.pretrained: true or model.weights: PATH, not both")
+        if self.cache_dir is not None and not self.pretrained:
+            raise ValueError("model.cache_dir is where model.pretrained weights are looked up; "
+                             "set model.pretrained: true or drop model.cache_dir")
         return self
 
 
@@ -215,6 +278,10 @@ class EvaluateConfig(_Strict):
     bootstrap: int = Field(2000, ge=0)
     ci: float = Field(0.95, gt=0, lt=1)
     subgroups: list[str] = Field(default_factory=list)
+    # temperature / Platt scaling of study scores, fitted on validation studies only (evaluate.recalibrate)
+    calibration: Literal["none", "temperature", "platt"] = "none"
+    # fewer test studies than this in either class: the bundle says the test set is too small
+    min_per_class: int = Field(10, ge=1)
 
     @field_validator("operating_point")
     @classmethod
@@ -272,6 +339,38 @@ class OneClassConfig(_Strict):
     adapter: Path | None = None  # a medlora export (adapter/ + medlora.json): features after LoRA adaptation
 
 
+class PretrainConfig(_Strict):
+    """Masked-autoencoder pretraining of the base on a site's unlabelled studies (He et al. 2022).
+
+    ``medlora pretrain CONFIG`` trains it; a config with this section makes ``medlora run`` adapt
+    the pretrained base (pretrained once, then reused from ``out`` while data and settings are the
+    same). The encoder is ``model.backbone`` with ``model.kwargs``, starting from ``model.weights`` /
+    ``model.pretrained`` when set; the input is ``preprocess`` as for training; ``train.device``,
+    ``train.threads``, ``train.num_workers`` and ``train.seed`` apply.
+    """
+
+    mask_ratio: float = Field(0.75, gt=0, lt=1)  # fraction of patches hidden from the encoder
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1.5e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(2.0, ge=0)
+    decoder_dim: int = Field(128, ge=8)
+    decoder_depth: int = Field(2, ge=1)
+    decoder_heads: int = Field(4, ge=1)
+    norm_pix_loss: bool = True  # the target is each patch's pixels normalised by its own mean/std
+    # where bases are kept: <out>/<data.name>-<key>/ with key = data fingerprint + these settings
+    # (default runs/pretrain under the working directory)
+    out: Path | None = None
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> PretrainConfig:
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"pretrain.decoder_dim={self.decoder_dim} is not divisible by "
+                             f"pretrain.decoder_heads={self.decoder_heads}")
+        return self
+
+
 class Config(_Strict):
     pipeline: Pipeline = "classify"  # see medlora.registry.PIPELINES
     data: DataConfig
@@ -282,6 +381,14 @@ class Config(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     fewshot: FewShotConfig | None = None
     oneclass: OneClassConfig = Field(default_factory=OneClassConfig)
+    pretrain: PretrainConfig | None = None  # adapt a base medlora pretrains on the training images
+
+    @model_validator(mode="after")
+    def _calibration_needs_probabilities(self) -> Config:
+        if self.pipeline == "oneclass" and self.evaluate.calibration != "none":
+            raise ValueError(f"evaluate.calibration={self.evaluate.calibration!r} with pipeline: oneclass; one-class "
+                             "scores are distances, not probabilities, so they are not calibrated (use 'none')")
+        return self
 
     @model_validator(mode="after")
     def _task_fits(self) -> Config:
@@ -289,6 +396,9 @@ class Config(_Strict):
             raise ValueError(f"train.pos_weight applies to data.task multilabel, not {self.data.task}")
         if self.data.task != "binary" and self.pipeline == "oneclass":
             raise ValueError(f"pipeline oneclass scores normal against abnormal: it needs data.task binary, not {self.data.task}")
+        if self.data.task != "binary" and self.evaluate.calibration != "none":
+            raise ValueError(f"evaluate.calibration={self.evaluate.calibration!r} recalibrates the one score of data.task "
+                             f"binary; a {self.data.task} run's per-finding scores are not recalibrated (use 'none')")
         return self
 
 
@@ -344,7 +454,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         elif e["type"] == "missing":
             lines.append(f"  missing required key {key!r}")
         else:
-            lines.append(f"  {key or '<root>'}: {e['msg']} (got {e.get('input')!r})")
+            got = f" (got {e.get('input')!r})" if key else ""  # a whole-config check: the input is the config
+            lines.append(f"  {key or '<root>'}: {e['msg']}{got}")
     return "\n".join(lines)
 
 

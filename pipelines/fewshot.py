@@ -13,9 +13,9 @@ from pathlib import Path
 
 from medlora.config import Config
 from medlora.experiment.sweep import run_sweep
-from medlora.io.prepare import prepare_dataset
 from medlora.summary import RunSummary
+from medlora.transforms.samples import prepare_samples
 
 
 def run(cfg: Config, out: Path) -> RunSummary:
-    return run_sweep(cfg, prepare_dataset(cfg.data, cfg.preprocess), Path(out))
+    return run_sweep(cfg, prepare_samples(cfg.data, cfg.preprocess, Path(out)), Path(out))

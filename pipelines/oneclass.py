@@ -21,13 +21,13 @@ from medlora.evaluate.report import flat_metrics, to_json
 from medlora.evaluate.stage import run_evaluate, study_auroc, test_subgroups
 from medlora.experiment.session import experiment_name, open_run
 from medlora.experiment.train_eval import study_subgroups
-from medlora.io.prepare import prepare_dataset
 from medlora.models.anomaly import AnomalyScorer
 from medlora.models.build import input_config
 from medlora.summary import RunSummary
 from medlora.tracking import mlflow_run as track
 from medlora.train.features import extract_features
 from medlora.train.loaders import make_datasets, make_loader
+from medlora.transforms.samples import prepare_samples
 
 
 def _feature_model(cfg: Config, out: Path):
@@ -51,7 +51,7 @@ def _frame(feats, scores: np.ndarray, abnormal: int) -> pd.DataFrame:
 def run(cfg: Config, out: Path) -> RunSummary:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_dataset(cfg.data, cfg.preprocess)
+    data = prepare_samples(cfg.data, cfg.preprocess, out)
     uri = track.configure(cfg.tracking)
     abnormal = cfg.data.classes.index(cfg.data.abnormal)
     device = resolve_device(cfg.train.device)

@@ -19,10 +19,6 @@ ALLOWED = {
     ("train", "evaluate.metrics"),
     # orchestration ends a run by writing its export and review bundle: it sits above export, never below
     ("experiment", "export"),
-    # ingest still expands volumes into views while scanning (the manifest depends on preprocess.view);
-    # moving the expansion after ingest removes these two
-    ("io", "transforms.views"),
-    ("io", "transforms.volume"),
 }
 TOP = {"cli"}  # the command line shell may import anything
 

@@ -55,7 +55,11 @@ def test_run_on_series_and_nifti_volumes_completes_with_study_level_scores(tmp_p
     assert main(["ingest", str(cfg_file), "--out", str(out)]) == 0
     manifest = pd.read_csv(out / "manifest.csv")
     assert manifest.groupby("kind")["study_key"].nunique().to_dict() == {"nifti": 12, "series": 12}
-    assert (manifest.groupby("study_key").size() == 3).all() and manifest["pixel_hash"].nunique() == 24
+    assert (manifest.groupby("study_key").size() == 1).all()  # one row per volume: views come after ingest
+    from medlora.transforms.samples import expand_views
+
+    samples = expand_views(manifest, cfg.preprocess)
+    assert (samples.groupby("study_key").size() == 3).all() and manifest["pixel_hash"].nunique() == 24
 
     assert main(["run", str(cfg_file), "--out", str(out)]) == 0
     preds = pd.read_csv(out / "predictions.csv")

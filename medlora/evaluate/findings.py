@@ -229,9 +229,11 @@ def _any_finding(val: StudyMatrix, test: StudyMatrix, task: str, normal: int | N
             warnings.append(f"any finding: {label} holds {int(y.sum())} abnormal of {y.size} studies; not evaluated")
             return None
     groups = None if not subgroups else {k: np.asarray(v)[kt] for k, v in subgroups.items()}
-    return evaluate_binary(yv[kv], sv[kv], yt[kt], st[kt], clusters_test=test.patient_key[kt],
-                           policy=cfg.operating_point, n_bootstrap=cfg.bootstrap, ci=cfg.ci, seed=seed,
-                           subgroups=groups)
+    result = evaluate_binary(yv[kv], sv[kv], yt[kt], st[kt], clusters_test=test.patient_key[kt],
+                             policy=cfg.operating_point, n_bootstrap=cfg.bootstrap, ci=cfg.ci, seed=seed,
+                             subgroups=groups, min_per_class=cfg.min_per_class)
+    result.calibration = {"method": "none"}  # evaluate.calibration is for data.task binary only
+    return result
 
 
 def flat_multi_metrics(result: MultiResult, prefix: str = "test_") -> dict[str, float]:

@@ -23,6 +23,8 @@ from .operating_point import OperatingPoint
 logger = logging.getLogger(__name__)
 
 DPI = 150
+# text sizes (points) that stay readable when a 5-inch figure is shown about 500 pixels wide
+TITLE_SIZE, LABEL_SIZE, TICK_SIZE, LEGEND_SIZE = 15, 14, 12, 12
 
 
 def _figure() -> tuple[Any, Any]:
@@ -38,9 +40,23 @@ def _op_label(op: OperatingPoint) -> str:
     return f"{op.policy} threshold {op.threshold:.3g}"
 
 
+def _readable(fig: Any) -> None:
+    """Titles, axis labels, ticks and legends at sizes a reader can see on the page."""
+    for ax in fig.axes:
+        ax.title.set_fontsize(TITLE_SIZE)
+        ax.xaxis.label.set_fontsize(LABEL_SIZE)
+        ax.yaxis.label.set_fontsize(LABEL_SIZE)
+        ax.tick_params(labelsize=TICK_SIZE)
+        legend = ax.get_legend()
+        if legend is not None:
+            for text in legend.get_texts():
+                text.set_fontsize(LEGEND_SIZE)
+
+
 def _save(fig: Any, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _readable(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     logger.info("wrote %s", path)
@@ -109,15 +125,15 @@ def plot_reliability(
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
     ax.plot(rel.mean_predicted, rel.fraction_positive, "o-", label="model")
     for x, yv, c in zip(rel.mean_predicted, rel.fraction_positive, rel.count, strict=True):
-        ax.annotate(str(int(c)), (x, yv), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.annotate(str(int(c)), (x, yv), textcoords="offset points", xytext=(4, -12), fontsize=LEGEND_SIZE - 2)
     ax.set(
         xlabel="mean predicted probability",
         ylabel="observed fraction positive",
         xlim=(0, 1),
-        ylim=(0, 1),
+        ylim=(-0.02, 1.08),  # room for the bin counts written beside the points
         title=title,
     )
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")
     return _save(fig, path)
 
 
@@ -139,5 +155,8 @@ def plot_score_histograms(
     if operating_point is not None:
         ax.axvline(operating_point.threshold, color="k", ls="--", label=_op_label(operating_point))
     ax.set(xlabel="score", ylabel="count", title=title)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # studies are counted in whole numbers
     ax.legend()
     return _save(fig, path)

@@ -7,7 +7,11 @@ test set at that threshold, and attaches intervals:
   interval for every metric; see :mod:`medlora.evaluate.intervals`);
 * ``intervals["auroc_delong"]``: DeLong interval (Obuchowski's clustered variance when clusters are
   given; see :mod:`medlora.evaluate.delong`);
-* ``intervals["sensitivity_wilson"]``, ``intervals["specificity_wilson"]``: Wilson score intervals.
+* ``intervals["sensitivity_wilson"]``, ``intervals["specificity_wilson"]``, ``intervals["ppv_wilson"]``,
+  ``intervals["npv_wilson"]``: Wilson score intervals of the rates' counts (what the review report
+  shows for them: a bootstrap interval of a rate collapses to one point on a handful of cases);
+* ``calibration``: the recalibration map fitted on validation and the scores' Brier/ECE before and
+  after it (set by :func:`medlora.evaluate.stage.run_evaluate`; ``{"method": "none"}`` without one).
 
 :func:`flat_metrics` turns a result into MLflow metric names, :func:`to_json` into a metrics.json
 document (NaN becomes null).
@@ -25,7 +29,7 @@ import numpy as np
 from .calibration import DEFAULT_BINS
 from .checks import check_binary
 from .delong import delong_auc
-from .intervals import Interval, bootstrap_metric_intervals, wilson_sensitivity_specificity
+from .intervals import Interval, bootstrap_metric_intervals, wilson_interval, wilson_sensitivity_specificity
 from .metrics import _safe_name, binary_metrics
 from .operating_point import OperatingPoint, choose_operating_point, parse_policy
 from .subgroups import MIN_PER_CLASS, SubgroupResult, evaluate_subgroups
@@ -45,6 +49,14 @@ class EvaluationResult:
     warnings: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+
+def wilson_predictive_values(metrics: dict[str, float], ci: float = 0.95) -> dict[str, Interval]:
+    """Wilson intervals ``ppv_wilson`` (tp of the predicted positives) and ``npv_wilson`` (tn of the
+    predicted negatives) from the confusion counts."""
+    tp, fn, tn, fp = (int(metrics[k]) for k in ("tp", "fn", "tn", "fp"))
+    return {"ppv_wilson": wilson_interval(tp, tp + fp, ci), "npv_wilson": wilson_interval(tn, tn + fn, ci)}
 
 
 def evaluate_binary(
@@ -59,6 +71,7 @@ def evaluate_binary(
     seed: int = 0,
     subgroups: dict[str, np.ndarray] | None = None,
     probabilities: bool = True,
+    min_per_class: int = MIN_PER_CLASS,
 ) -> EvaluationResult:
     """Freeze a threshold on validation (``policy``), then measure the test set with intervals.
 
@@ -81,6 +94,7 @@ def evaluate_binary(
                 f"{name} was undefined in {frac:.1%} of bootstrap replicates; its interval uses the rest"
             )
     intervals.update(wilson_sensitivity_specificity(metrics, ci))
+    intervals.update(wilson_predictive_values(metrics, ci))
     dl = delong_auc(y, s, ci=ci, clusters=clusters_test)
     intervals["auroc_delong"] = (dl.ci_low, dl.ci_high)
     delong = asdict(dl)
@@ -97,7 +111,7 @@ def evaluate_binary(
             f"{y.size} samples come from {n_clusters} clusters: bootstrap and DeLong intervals are clustered; "
             "Wilson intervals assume independent samples and are too narrow"
         )
-    if min(counts["n_positive"], counts["n_negative"]) < MIN_PER_CLASS:
+    if min(counts["n_positive"], counts["n_negative"]) < min_per_class:
         notes.append(
             f"test set has {counts['n_positive']} positives and {counts['n_negative']} negatives: estimates are unstable"
         )
@@ -114,6 +128,7 @@ def evaluate_binary(
     settings = {
         "policy": policy, "n_bootstrap": n_bootstrap, "ci": ci, "seed": seed,
         "probabilities": probabilities, "ece_bins": DEFAULT_BINS, "delong_ci_method": dl.method,
+        "min_per_class": min_per_class,
     }  # fmt: skip
     return EvaluationResult(op, metrics, intervals, delong, groups, notes, counts, settings)
 
@@ -141,9 +156,10 @@ def flat_metrics(
 
     Names: ``{prefix}<metric>``, ``{prefix}<metric>_ci_low/_ci_high`` (bootstrap),
     ``{prefix}auroc_delong_ci_low/_ci_high``, ``{prefix}auroc_delong_se``,
-    ``{prefix}sensitivity_wilson_ci_low/_ci_high`` (and specificity), ``{prefix}n``,
+    ``{prefix}sensitivity_wilson_ci_low/_ci_high`` (and specificity, ppv, npv), ``{prefix}n``,
     ``{prefix}n_positive``, ``{prefix}n_negative``, ``{prefix}n_clusters``, ``threshold``,
-    ``threshold_val_sensitivity``, ``threshold_val_specificity``; per subgroup the same metric and
+    ``threshold_val_sensitivity``, ``threshold_val_specificity``; with a recalibration
+    ``{prefix}brier_uncalibrated`` and ``{prefix}ece_uncalibrated`` (before it); per subgroup the same metric and
     interval names under ``{prefix}subgroup_<column>_<value>_`` plus ``..._n``, ``..._n_positive``,
     ``..._n_negative``.
     """
@@ -155,6 +171,10 @@ def flat_metrics(
     out["threshold"] = op.threshold
     out["threshold_val_sensitivity"] = op.val_sensitivity
     out["threshold_val_specificity"] = op.val_specificity
+    for name in ("brier", "ece"):  # the same scores before recalibration
+        before = result.calibration.get(f"test_{name}_before")
+        if before is not None:
+            out[f"{prefix}{name}_uncalibrated"] = float(before)
     if include_subgroups:
         for g in result.subgroups:
             sub = f"{prefix}subgroup_{_safe_name(g.column)}_{_safe_name(g.value)}_"
@@ -194,5 +214,6 @@ def to_json(result: EvaluationResult) -> dict[str, Any]:
             "settings": result.settings,
             "subgroups": [asdict(g) for g in result.subgroups],
             "warnings": result.warnings,
+            "calibration": result.calibration,
         }
     )

@@ -1,9 +1,10 @@
 """The evaluation stage of a run: sample scores → study scores → frozen operating point → metrics.
 
 Labels belong to studies, so sample (slice) scores are aggregated per study (``max`` or
-``mean``) before anything is measured. The operating point is chosen on the validation
-studies alone and then applied, frozen, to the test studies; confidence intervals resample
-patients (clusters), not images.
+``mean``) before anything is measured. A calibration map (``evaluate.calibration``), when asked
+for, is fitted on the validation study scores and applied to both splits; the operating point is
+chosen on the validation studies alone and then applied, frozen, to the test studies; confidence
+intervals resample patients (clusters), not images.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import EvaluateConfig
+from ..errors import ConfigError
 from .aggregate import aggregate_attribute, aggregate_scores
 from .metrics import auroc
+from .recalibrate import calibration_summary, fit_calibrator
 from .report import EvaluationResult, evaluate_binary
 
 
@@ -59,9 +62,23 @@ def run_evaluate(val: pd.DataFrame, test: pd.DataFrame, cfg: EvaluateConfig, how
                  probabilities: bool = True, subgroups: dict[str, np.ndarray] | None = None,
                  ) -> tuple[EvaluationResult, StudyScores, StudyScores]:
     """Evaluate per-sample validation and test frames at the study level; ``subgroups`` maps a field to
-    values aligned with the test studies (:func:`test_subgroups`)."""
+    values aligned with the test studies (:func:`test_subgroups`).
+
+    The returned study scores are calibrated when ``cfg.calibration`` asks for it (the map is in
+    ``result.calibration``, with validation log-loss and test Brier/ECE before and after).
+    """
     v, t = study_scores(val, how), study_scores(test, how)
+    summary = {}
+    if cfg.calibration != "none":
+        if not probabilities:
+            raise ConfigError(f"evaluate.calibration={cfg.calibration!r} on unbounded scores: distances are not "
+                              "probabilities and are not calibrated (use 'none')")
+        cal = fit_calibrator(cfg.calibration, v.label, v.score)  # validation only
+        summary = calibration_summary(cal, v.label, v.score, t.label, t.score)
+        v = StudyScores(v.study_key, v.patient_key, v.label, cal.apply(v.score))
+        t = StudyScores(t.study_key, t.patient_key, t.label, cal.apply(t.score))
     result = evaluate_binary(v.label, v.score, t.label, t.score, clusters_test=t.patient_key, policy=cfg.operating_point,
                              n_bootstrap=cfg.bootstrap, ci=cfg.ci, seed=seed, probabilities=probabilities,
-                             subgroups=subgroups)
+                             subgroups=subgroups, min_per_class=cfg.min_per_class)
+    result.calibration = summary or {"method": "none"}
     return result, v, t

@@ -1,6 +1,8 @@
 """Checks that need no data, run before the ingest and before any long work.
 
-A run that would fail on a misspelt backbone, an unusable device or a data card that does not
+A run that would fail on a misspelt backbone, base weights that cannot be loaded or do not fit
+(hub offline without a cached copy, a file of another shape), an input size the model cannot take,
+a method its architecture does not support, an unusable device or a data card that does not
 validate fails here, in seconds, instead of after the ingest. (Missing input files are refused
 earlier still, when the config is loaded.)
 """
@@ -28,13 +30,24 @@ def check_backbone(name: str) -> None:
         raise ConfigError(f"model.backbone={name!r} is not a timm model{hint}")
 
 
-def preflight(cfg: Config) -> None:
-    """Fail fast on what can be checked without data: backbone name, device, data card."""
+def preflight(cfg: Config, build: bool = True) -> None:
+    """Fail fast on what can be checked without data: backbone name, base weights and model (``build``),
+    device, base card, data card."""
+    import time
+
     from ..device import resolve_device
     from ..io.datacard import check_card_matches, load_card
+    from ..models.build import check_model
 
-    if cfg.model.weights is None or cfg.model.backbone:
-        check_backbone(cfg.model.backbone)
+    check_backbone(cfg.model.backbone)
+    if cfg.model.weights is not None and cfg.model.backbone:  # a medlora-pretrained base: card and file agree
+        from ..basecard import check_weights
+
+        check_weights(cfg.model.weights, cfg.model.backbone, cfg.model.kwargs)
+    if build:
+        start = time.perf_counter()
+        info = check_model(cfg)
+        log.info("base %s (%s) built and checked in %.1f s", info.timm_name, info.source, time.perf_counter() - start)
     resolve_device(cfg.train.device)
     if cfg.data.card is not None:
         check_card_matches(load_card(cfg.data.card), cfg.data)

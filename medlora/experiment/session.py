@@ -98,7 +98,7 @@ def open_run(cfg: Config, data: Any, method: str, role: str = "run", *, name: st
             mlflow.log_params({k: str(v) for k, v in extra.items()})
             if not nested:  # children share their parent's data: the parent holds card and tables
                 track.log_data_card(getattr(data, "card", None))
-                track.log_table(data.skipped, "ingest_report.csv")
+                track.log_table(data.public_report(), "ingest_report.csv")  # no paths: they stay local
                 track.log_table(data.public_manifest(), "manifest.csv")
             log_dataset(data, cfg.data.name, context="sweep" if role == "sweep" else "train", dataset=dataset)
         yield run

@@ -18,7 +18,6 @@ from ..device import configure_threads, resolve_device
 from ..evaluate.plots import plot_roc
 from ..export.metadata import run_metadata
 from ..export.stage import run_export
-from ..io.prepare import prepare_dataset
 from ..models.build import build_model
 from ..summary import RunSummary
 from ..tracking import mlflow_run as track
@@ -26,6 +25,7 @@ from ..train.distributed import from_env, local_batch_size
 from ..train.features import prefix_loaders
 from ..train.loaders import make_datasets, make_loader
 from ..transforms.pipeline import manifest_items
+from ..transforms.samples import prepare_samples
 from . import resume
 from .session import experiment_name, open_run
 from .train_eval import run_head, study_subgroups, train_and_evaluate
@@ -42,7 +42,7 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         prior = resume.resumable_run(cfg, out)  # an interrupted run of this config in out: continue it
-    data = dist.main_first(lambda: prepare_dataset(cfg.data, cfg.preprocess))
+    data = dist.main_first(lambda: prepare_samples(cfg.data, cfg.preprocess, out))
     uri = track.configure(cfg.tracking)
     experiment = experiment_name(cfg, data)
     device = dist.place(resolve_device(cfg.train.device))
@@ -73,8 +73,9 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
             items = {item["sample_id"]: item for item in manifest_items(data.manifest, data.root)}
             thresholds = {f.name: f.threshold for f in result.multi.findings} if result.multi else None
             if op is not None:
-                run_export(out, model, run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint, thresholds),
-                           uri, items=items)
+                meta = run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint,
+                                    result.evaluation.calibration, thresholds)
+                run_export(out, model, meta, uri, items=items)
             else:
                 log.warning("no export: a multi-class run without data.normal has no single operating point to export")
             resume.forget(out)

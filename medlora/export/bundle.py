@@ -10,7 +10,7 @@ Layout (every file listed in ``MANIFEST.sha256``)::
     predictions.csv             study level: split, study_key, patient_key, label, score, call
     predictions_samples.csv     per image: split, sample_id, study_key, patient_key, label, score, call
     plots/                      roc, pr, reliability, score_histograms (test studies)
-    saliency/                   attention-rollout overlays of test TP/FN/FP/TN examples
+    saliency/                   saliency overlays (attention rollout / Grad-CAM) of test TP/FN/FP/TN examples
     report.html                 one self-contained page for clinical review
     MANIFEST.sha256
 
@@ -43,7 +43,7 @@ from ..evaluate.operating_point import OperatingPoint
 from ..models.backbone import sha256_file
 from ..tracking import mlflow_run as track
 from .adapter import METADATA_FILE, copy_weights, git_commit, library_versions, require_weights
-from .card import model_card
+from .card import model_card, too_small
 from .html import render_report
 from .loading import BUNDLE_BASE_FILE, Bundle, load_model
 from .manifest import write_manifest
@@ -116,10 +116,15 @@ def _data_card(local: Path, config: dict[str, Any]) -> str | None:
     return None
 
 
+SALIENCY_NOTES = {
+    "attention rollout": "attention rollout over all transformer blocks (warmer colours: where the model attended)",
+    "Grad-CAM": ("Grad-CAM of the abnormal class on the last stage's features (warmer colours: features that "
+                 "raised the abnormal score)"),
+}
+
+
 def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.DataFrame, config: dict[str, Any],
               data_root: Path | None, items: dict[str, dict[str, Any]] | None = None) -> tuple[list, str]:
-    note = ("Attention rollout over all transformer blocks, on the most confident true/false positives and "
-            "negatives of the test set; warmer colours are where the model attended. Captions give the study score.")
     try:
         if items is None:  # a standalone export: re-ingest the run's data root to find its images
             items = sample_items(config.get("data") or {}, bundle.preprocess()[0], data_root)
@@ -128,17 +133,40 @@ def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.Data
         return [], "No examples: the run's source images were not available when this bundle was exported."
     model = load_model(bundle)
     examples = pick_examples(studies, samples)
-    figs = write_saliency(model, bundle.preprocess(), examples, items, bundle.threshold, tmp / "saliency")
+    lab = bundle.meta["labels"]
+    names = (" / ".join(c for c in lab["classes"] if c != lab["abnormal"]), lab["abnormal"])
+    figs, methods, problems = write_saliency(model, bundle.preprocess(), examples, items, bundle.threshold,
+                                             tmp / "saliency", target=bundle.abnormal_index, labels=names)
+    if not figs:
+        if problems:
+            return [], f"Saliency omitted: no map could be drawn for this model ({problems[0]})."
+        return [], "No examples: the test images could not be matched to the run's predictions."
+    note = ("Saliency by " + "; ".join(SALIENCY_NOTES[m] for m in sorted(methods)) + ", on the most confident "
+            "true/false positives and negatives of the test set. Each overlay has its image beside it.")
     absent = [name for (kind, _, _), name in KINDS.items() if kind not in {e[0] for e in examples}]
     if absent:
         note += f" The test set has no {', no '.join(absent)} at this operating point."
-    return figs, note if figs else "No examples: the test images could not be matched to the run's predictions."
+    if problems:
+        note += f" {len(problems)} example(s) omitted: {problems[0]}."
+    return figs, note
+
+
+def check_test_size(metrics: dict[str, Any], labels: dict[str, Any], run_id: str, strict: bool) -> None:
+    """Warn when the test set is below ``evaluate.min_per_class`` studies per class; refuse with ``strict``."""
+    small = too_small(metrics, labels)
+    if small is None:
+        return
+    if strict:
+        raise BundleError(f"run {run_id}: {small} --strict refuses to export it; evaluate on a larger test set")
+    log.warning("run %s: %s The bundle says so at the top of report.html.", run_id, small)
 
 
 def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], data_root: Path | None,
-                 items: dict[str, dict[str, Any]] | None = None) -> None:
+                 items: dict[str, dict[str, Any]] | None = None, strict: bool = False) -> None:
     """Write the whole bundle into the empty folder ``tmp`` from the downloaded artifacts ``local``."""
     meta = json.loads((local / METADATA_FILE).read_text())
+    metrics = json.loads((local / "metrics.json").read_text())
+    check_test_size(metrics, meta["labels"], run_id, strict)
     config = yaml.safe_load((local / "config.yaml").read_text()) if (local / "config.yaml").is_file() else {}
     copy_weights(local, tmp, meta, f"run {run_id}")
     meta["base"] = bundle_base(meta, tmp)
@@ -146,12 +174,12 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
     meta["export"] = {"exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       "versions": library_versions(), "git_commit": git_commit(), "mlflow_run_id": run_id}
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
-    metrics = json.loads((local / "metrics.json").read_text())
     shutil.copyfile(local / "metrics.json", tmp / "metrics.json")
 
     op_meta = meta["operating_point"]
     samples = pd.read_csv(local / "predictions.csv")
-    studies = study_predictions(samples, op_meta["threshold"], op_meta.get("aggregate", "max"))
+    studies = study_predictions(samples, op_meta["threshold"], op_meta.get("aggregate", "max"),
+                                Bundle(tmp, meta).study_scores)
     studies.to_csv(tmp / "predictions.csv", index=False)
     sample_predictions(samples, op_meta["threshold"]).to_csv(tmp / "predictions_samples.csv", index=False)
     op = OperatingPoint(**metrics["operating_point"]) if "operating_point" in metrics else \
@@ -179,8 +207,11 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
 
 def export_bundle(run_id: str, out: Path, tracking_uri: str | None = None, phi_check_against: list[Path] | None = None,
                   data_root: Path | None = None, overwrite: bool = False,
-                  items: dict[str, dict[str, Any]] | None = None) -> Path:
+                  items: dict[str, dict[str, Any]] | None = None, strict: bool = False) -> Path:
     """Export MLflow run ``run_id`` as a review bundle at ``out`` (atomically); returns ``out``.
+
+    A test set with fewer than ``evaluate.min_per_class`` studies in a class is logged as a warning
+    and said in red at the top of ``report.html``; ``strict`` refuses to write such a bundle.
 
     ``items`` (sample id → MONAI item) spares re-ingesting the data root for the saliency examples when
     the caller already holds the run's manifest (the last stage of ``medlora run``).
@@ -198,7 +229,7 @@ def export_bundle(run_id: str, out: Path, tracking_uri: str | None = None, phi_c
     try:
         with tempfile.TemporaryDirectory(prefix="medlora-artifacts-") as scratch:
             local = download_run(run_id, Path(scratch), tracking_uri)
-            build_bundle(tmp, local, run_id, list(phi_check_against or []), data_root, items)
+            build_bundle(tmp, local, run_id, list(phi_check_against or []), data_root, items, strict)
         os.chmod(tmp, 0o755)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

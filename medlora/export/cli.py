@@ -18,7 +18,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     require_site_keys(args.run_id, args.tracking_uri)
     out = export_bundle(args.run_id, Path(args.out), tracking_uri=args.tracking_uri,
                         phi_check_against=[Path(p) for p in args.phi_check_against],
-                        data_root=Path(args.data_root) if args.data_root else None, overwrite=args.force)
+                        data_root=Path(args.data_root) if args.data_root else None, overwrite=args.force,
+                        strict=args.strict)
     print(f"bundle written to {out} (open {out / 'report.html'}; check it with: medlora verify {out})")
     return 0
 
@@ -83,6 +84,9 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
                    help="DICOM files/folders whose identifiers must not appear in the bundle (default: the run's data root)")
     e.add_argument("--data-root", help="where the run's images are now, for the saliency examples (default: config's)")
     e.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    e.add_argument("--strict", action="store_true",
+                   help="refuse a run whose test set has fewer than evaluate.min_per_class studies in a class "
+                        "(default: warn, and say so at the top of report.html)")
     e.set_defaults(func=_cmd_export)
 
     v = sub.add_parser("verify", help="check a bundle's files against its MANIFEST.sha256")

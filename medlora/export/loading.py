@@ -63,6 +63,13 @@ class Bundle:
     def aggregate(self) -> str:
         return self.meta["operating_point"].get("aggregate", "max")
 
+    def study_scores(self, scores: Any) -> Any:
+        """Aggregated study scores through the bundle's recalibration map (identity without one):
+        the units its threshold is in."""
+        from ..evaluate.recalibrate import Calibrator
+
+        return Calibrator.from_dict(self.meta.get("calibration")).apply(scores)
+
     @property
     def task(self) -> str:
         """``binary``, ``multiclass`` or ``multilabel`` (bundles written before tasks existed are binary)."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..basecard import record_beside
 from ..config import Config
+from ..evaluate.recalibrate import Calibrator
 from .adapter import artifact_of
 
 # preprocessing fields that are not part of the model's input contract (training-time only, or
@@ -29,22 +31,30 @@ def _labels(cfg: Config) -> dict[str, Any]:
 
 
 def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dataset_fingerprint: str,
-                 thresholds: dict[str, float] | None = None) -> dict[str, Any]:
+                 calibration: dict[str, Any] | None = None, thresholds: dict[str, float] | None = None) -> dict[str, Any]:
     """The ``medlora.json`` dict of a run.
 
     ``built`` is the :class:`~medlora.models.build.BuiltModel` (``base``, ``data_config``);
     ``operating_point`` the frozen :class:`~medlora.evaluate.operating_point.OperatingPoint` chosen on
     validation (multiclass/multilabel: of "any finding"; ``thresholds`` holds each output's own,
-    ``operating_point.per_output``). A full fine-tune is stated as a new model, not an adapter (``adapter: false``,
-    ``summary``), so that cards and reports can say so.
+    ``operating_point.per_output``); ``calibration`` the evaluation's recalibration record (only its
+    fitted map is kept: ``predict`` applies it to study scores before the threshold, which is in
+    calibrated units; binary task only). A base pretrained by ``medlora pretrain`` carries
+    ``base.pretrain`` (its base card, pretraining MLflow run, data and settings). A full fine-tune is
+    stated as a new model, not an adapter (``adapter: false``, ``summary``), so that cards and reports
+    can say so.
     """
     method = cfg.model.method
     art = artifact_of(method)
+    base = built.base.to_dict()
+    card = record_beside(base.get("weights_path"))
+    if card is not None:  # a base medlora pretrained: cite its card, pretraining run and data
+        base["pretrain"] = {k: card[k] for k in ("card", "mlflow_run_id", "data", "pretraining") if k in card}
     return {
         "method": method,
         "adapter": art.kind == "adapter",
         "summary": art.description,
-        "base": built.base.to_dict(),
+        "base": base,
         "lora": cfg.model.lora.model_dump(mode="json") if method == "lora" else None,
         "preprocess": {**built.data_config,
                        **cfg.preprocess.model_dump(mode="json", exclude=TRAINING_ONLY_PREPROCESS)},
@@ -52,6 +62,7 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
         "operating_point": {"policy": operating_point.policy, "threshold": float(operating_point.threshold),
                             "aggregate": cfg.preprocess.view.aggregate,
                             **({"per_output": dict(thresholds)} if thresholds else {})},
+        "calibration": Calibrator.from_dict(calibration).to_dict(),
         "mlflow_run_id": run_id,
         "dataset": {"name": cfg.data.name, "fingerprint": dataset_fingerprint},
     }

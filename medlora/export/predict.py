@@ -4,10 +4,11 @@ Files (or folders of files) are grouped into studies by StudyInstanceUID, which 
 pseudonymous study key (HMAC under the site secret, :func:`medlora.io.deid.pseudonym`, as in ingest)
 before anything is written. Each file goes through the bundle's exact preprocessing
 (:func:`medlora.transforms.pipeline.build_transforms` with the window/view/size/mean/std of
-``medlora.json``); sample scores are aggregated per study with the bundle's rule and called at its
-frozen operating point (``score >= threshold``). A multi-label or multi-class bundle adds a
+``medlora.json``); sample scores are aggregated per study with the bundle's rule, put through its
+recalibration map when it has one (``calibration`` in ``medlora.json``), and called at its frozen
+operating point (``score >= threshold``). A multi-label or multi-class bundle adds a
 ``score.<finding>`` and ``call.<finding>`` column per output, called at that output's own threshold;
-its ``score``/``call`` are "any finding".
+its ``score``/``call`` are "any finding" (such bundles carry no recalibration map).
 
 Bundles that need the same base share one base model in memory, loaded and checked once: LoRA
 adapters are loaded side by side with peft's ``load_adapter`` and switched with ``set_adapter``;
@@ -280,12 +281,14 @@ class Predictor:
             failed[e.study_key].append(f"{Path(e.file).name}: {e.reason}")
         keys = list(counts.index) + sorted(k for k in failed if k and k not in counts.index)
         studies = pd.DataFrame({"study_key": keys, "n_images": [int(counts.get(k, 0)) for k in keys]})
-        for bundle, _, name, threshold in self._score_columns():
+        for bundle, col, name, threshold in self._score_columns():
             part = samples.dropna(subset=[name]) if name in samples else samples.iloc[:0]
             by_key: dict[str, float] = {}
             if len(part):
                 uniq, scores, _ = aggregate_scores(part["study_key"].to_numpy(), part[name].to_numpy(),
                                                    np.zeros(len(part), dtype=int), how=bundle.aggregate)
+                if name == f"score{col}":  # the abnormal / any-finding score: in its threshold's units
+                    scores = bundle.study_scores(scores)
                 by_key = dict(zip(uniq, scores, strict=True))
             score = studies["study_key"].map(by_key).astype(float)
             studies[name] = score

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BundleError
+from ..models.backbone import LOCAL_SOURCES
 from .loading import open_bundle
 from .manifest import require_verified
 
@@ -64,7 +65,7 @@ class MedloraPyfunc(PythonModel):
             image, path = rec.get("image"), rec.get("path")
             if image is not None and not (isinstance(image, float) and np.isnan(image)):
                 x = torch.as_tensor(np.asarray(image, dtype=np.float32)).unsqueeze(0)
-                score = float(self.predictor.score_tensors(0, x)[0])
+                score = float(bundle.study_scores(self.predictor.score_tensors(0, x))[0])
                 rows.append({"input": i, "study_key": "", "n_images": 1, "score": score,
                              "call": int(score >= bundle.threshold), "error": ""})
                 continue
@@ -122,7 +123,7 @@ def register_bundle(bundle_dir: Path, name: str, run_id: str | None = None, trac
     bundle = open_bundle(bundle_dir)
     artifacts = {"bundle": str(bundle_dir)}
     base = bundle.meta["base"]
-    if base["source"] == "file" and bundle.artifact.needs_base:
+    if base["source"] in LOCAL_SOURCES and bundle.artifact.needs_base:
         path = Path(base["weights_path"])
         if not path.is_file():
             raise BundleError(f"base weights {path} of bundle {bundle_dir} are not on this machine; cannot register")

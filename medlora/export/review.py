@@ -9,6 +9,7 @@ name, key or header value reaches the picture.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,19 @@ KINDS = {("tp", 1, 1): "true positive", ("fn", 1, 0): "false negative", ("fp", 0
          ("tn", 0, 0): "true negative"}
 
 
-def study_predictions(samples: pd.DataFrame, threshold: float, how: str) -> pd.DataFrame:
-    """One row per study and split: pseudonymous keys, label, aggregated score and call."""
+def study_predictions(samples: pd.DataFrame, threshold: float, how: str,
+                      calibrate: Callable[[Any], Any] | None = None) -> pd.DataFrame:
+    """One row per study and split: pseudonymous keys, label, aggregated score and call.
+
+    ``calibrate`` maps aggregated study scores into the threshold's units (the run's recalibration,
+    :meth:`medlora.export.loading.Bundle.study_scores`); without it scores are used as they are.
+    """
     frames = []
     for split, part in samples.groupby("split", sort=False):
         frames.append(study_scores(part, how).frame().assign(split=split))
     studies = pd.concat(frames, ignore_index=True)
+    if calibrate is not None:
+        studies["score"] = calibrate(studies["score"].to_numpy())
     studies["call"] = (studies["score"] >= threshold).astype(int)
     return studies[["split", "study_key", "patient_key", "label", "score", "call"]]
 
@@ -87,27 +95,63 @@ def pick_examples(studies: pd.DataFrame, samples: pd.DataFrame, per_kind: int = 
     return picked
 
 
+def save_image(image: Any, path: Path, title: str) -> Path:
+    """The input image alone, framed like its overlay (:func:`~medlora.export.saliency.save_overlay`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(3, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    return path
+
+
 def write_saliency(model: nn.Module, bundle_pre: tuple, examples: list[tuple[str, str, Any]],
-                   items: dict[str, dict[str, Any]], threshold: float, folder: Path) -> list[Figure]:
-    """Attention-rollout overlays of ``examples`` whose inputs are in ``items`` (sample id → MONAI item)."""
+                   items: dict[str, dict[str, Any]], threshold: float, folder: Path,
+                   target: int | None = None, labels: tuple[str, str] = ("normal", "abnormal"),
+                   ) -> tuple[list[Figure], set[str], list[str]]:
+    """Saliency overlays (:func:`~.saliency.saliency_map`: attention rollout or Grad-CAM of class
+    ``target``) of ``examples`` whose inputs are in ``items`` (sample id → MONAI item), each with the
+    image alone beside it and its study's pseudonymous key, score, call and truth. ``labels`` names
+    label 0 and label 1.
+
+    Returns ``(figures, methods used, problems)``: an example whose map cannot be drawn is left out
+    and its reason kept, so that an explanation never blocks an export.
+    """
     from ..transforms.pipeline import build_transforms
-    from .saliency import attention_rollout, display_image, save_overlay
+    from .saliency import display_image, saliency_map, save_overlay
 
     pre, size, mean, std = bundle_pre
     transform = build_transforms(pre, size, mean, std)
-    figures, counters = [], {}
+    figures, counters, methods, problems = [], {}, set(), []
+    names = {k[0]: v for k, v in KINDS.items()}
     for kind, sample_id, row in examples:
         if sample_id not in items:
             continue
         image = transform(dict(items[sample_id]))["image"].as_subclass(torch.Tensor)
-        heat = attention_rollout(model, image)
+        try:
+            heat, method = saliency_map(model, image, target)
+        except Exception as err:  # noqa: BLE001 - an explanation must never block an export; the reason is kept
+            log.warning("saliency of a %s example not drawn: %s: %s", kind, type(err).__name__, err)
+            problems.append(f"{type(err).__name__}: {err}")
+            continue
+        methods.add(method)
         counters[kind] = counters.get(kind, 0) + 1
-        name = dict((k[0], v) for k, v in KINDS.items())[kind]
-        caption = f"{name}: study score {row.score:.3f} (threshold {threshold:.3f})"
-        path = save_overlay(display_image(image, mean, std), heat, folder / f"{kind}_{counters[kind]}.png",
-                            f"{kind.upper()} {row.score:.3f}")
-        figures.append(Figure(path, caption))
-    return figures
+        shown = display_image(image, mean, std)
+        stem = f"{kind}_{counters[kind]}"
+        path = save_overlay(shown, heat, folder / f"{stem}.png", f"{kind.upper()} {row.score:.3f}")
+        raw = save_image(shown, folder / f"{stem}_image.png", "image")
+        facts = (("study key (pseudonym)", str(row.study_key)), ("study score", f"{row.score:.3f}"),
+                 ("call", f"{labels[int(row.call)]} (threshold {threshold:.3f})"), ("truth", labels[int(row.label)]),
+                 ("saliency", method))
+        figures.append(Figure(path, f"{names[kind]}: the highest-scoring image of the study", raw, facts))
+    return figures, methods, problems
 
 
 def sample_items(data: dict[str, Any], pre: Any, data_root: Path | None) -> dict[str, dict[str, Any]]:
@@ -115,10 +159,11 @@ def sample_items(data: dict[str, Any], pre: Any, data_root: Path | None) -> dict
     from ..config import DataConfig
     from ..io.ingest import run_ingest
     from ..transforms.pipeline import manifest_items
+    from ..transforms.samples import expand_views
 
     raw = dict(data)
     if data_root is not None:
         raw["root"] = str(data_root)
     cfg = DataConfig.model_validate(raw)
-    manifest = run_ingest(cfg, pre).manifest
+    manifest = expand_views(run_ingest(cfg).manifest, pre)
     return {item["sample_id"]: item for item in manifest_items(manifest, Path(cfg.root))}

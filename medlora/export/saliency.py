@@ -1,11 +1,22 @@
-"""Attention rollout (Abnar & Zuidema, 2020) on a timm ViT, adapted or not, and its overlay image.
+"""Saliency maps for every timm family, adapted or not, and their overlay images.
 
+:func:`saliency_map` picks the method by family (:mod:`medlora.models.families`): attention rollout
+for plain ViTs (ViT, DeiT, DINOv2), Grad-CAM (Selvaraju et al., 2017) for every other model (EVA,
+BEiT, Swin, CNNs), and Grad-CAM again should a rollout fail. An explanation never blocks an export:
+the bundle omits what cannot be drawn and says so (:mod:`.bundle`).
+
+Attention rollout (Abnar & Zuidema, 2020):
 Each block's attention matrix is captured with a forward hook on ``attn.attn_drop`` (its input is
 the softmaxed attention); timm's fused ``scaled_dot_product_attention`` never materialises the
 matrix, so ``fused_attn`` is switched off during the rollout and restored afterwards. Heads are
 averaged, the identity is added for the residual path, rows are renormalised and the blocks are
 multiplied. The map is read from the class token's row when the model pools by that token, and
 averaged over the patch tokens' rows otherwise (``global_pool="avg"``).
+
+Grad-CAM: the gradient of the target class's logit weights the channels of the last stage's feature
+map (timm's ``feature_info``: a CNN's or Swin's last stage, NCHW or NHWC); for token models the map is
+the input of the last block (its patch tokens still reach a class-token head there), laid out on the
+patch grid.
 """
 
 from __future__ import annotations
@@ -71,6 +82,78 @@ def attention_rollout(model: nn.Module, image: torch.Tensor) -> np.ndarray:
     heat = torch.nn.functional.interpolate(grid, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
     heat = heat - heat.min()
     return (heat / heat.max().clamp_min(1e-12)).numpy()
+
+
+def _last_stage(net: nn.Module) -> tuple[nn.Module, bool]:
+    """(module, whether to hook its input) whose activation Grad-CAM explains."""
+    blocks = getattr(net, "blocks", None)
+    if getattr(net, "patch_embed", None) is not None and isinstance(blocks, nn.Sequential | nn.ModuleList) and len(blocks):
+        return blocks[-1], True  # token model: the tokens entering the last block
+    info = getattr(net, "feature_info", None)
+    if info:
+        last = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+        return net.get_submodule(last), False
+    raise MedloraError(f"Grad-CAM needs a timm model with feature_info or blocks; got {type(net).__name__}")
+
+
+def _spatial(net: nn.Module, act: torch.Tensor) -> torch.Tensor:
+    """One sample's activation ``act`` as a (C, h, w) map."""
+    if act.ndim == 3 and getattr(net, "output_fmt", "NCHW") == "NHWC":
+        return act.permute(2, 0, 1)
+    if act.ndim == 3:
+        return act
+    if act.ndim == 2:  # tokens: drop class/register/distillation tokens, lay the rest on the patch grid
+        prefix = int(getattr(net, "num_prefix_tokens", 1))
+        patches = act[prefix:]
+        side = int(round(patches.shape[0] ** 0.5))
+        grid = tuple(getattr(getattr(net, "patch_embed", None), "grid_size", None) or (side, side))
+        if grid[0] * grid[1] != patches.shape[0]:
+            raise MedloraError(f"cannot lay {patches.shape[0]} tokens on a {grid} patch grid")
+        return patches.T.reshape(-1, *grid)
+    raise MedloraError(f"cannot map an activation of shape {tuple(act.shape)} onto the image")
+
+
+def grad_cam(model: nn.Module, image: torch.Tensor, target: int | None = None) -> np.ndarray:
+    """A ``(H, W)`` Grad-CAM map in [0, 1] for class ``target`` (default: the predicted class) of one
+    preprocessed ``(C, H, W)`` image, on any timm model (peft-wrapped or not)."""
+    net = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module, use_input = _last_stage(net)
+    model.eval()
+    acts: list[torch.Tensor] = []
+    if use_input:
+        handle = module.register_forward_pre_hook(lambda _m, inp: acts.append(inp[0]))
+    else:
+        handle = module.register_forward_hook(lambda _m, _inp, out: acts.append(out))
+    try:
+        with torch.enable_grad():
+            x = image.unsqueeze(0).detach().float().requires_grad_(True)
+            logits = model(x)
+            cls = int(logits[0].argmax()) if target is None else int(target)
+            (grad,) = torch.autograd.grad(logits[0, cls], acts[-1])
+    finally:
+        handle.remove()
+    fmap, weights = _spatial(net, acts[-1][0].detach()), _spatial(net, grad[0])
+    cam = torch.relu((weights.mean(dim=(1, 2), keepdim=True) * fmap).sum(0)).float()
+    heat = torch.nn.functional.interpolate(cam[None, None], size=tuple(image.shape[-2:]), mode="bilinear",
+                                           align_corners=False)[0, 0]
+    heat = heat - heat.min()
+    return (heat / heat.max().clamp_min(1e-12)).numpy()
+
+
+ROLLOUT, GRAD_CAM = "attention rollout", "Grad-CAM"
+
+
+def saliency_map(model: nn.Module, image: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, str]:
+    """``(map, method)``: attention rollout for a plain ViT, Grad-CAM for every other family (and for a
+    ViT whose rollout fails)."""
+    from ..models.families import family_of
+
+    if family_of(model).saliency == ROLLOUT:
+        try:
+            return attention_rollout(model, image), ROLLOUT
+        except MedloraError as err:
+            log.info("attention rollout failed (%s); using Grad-CAM", err)
+    return grad_cam(model, image, target), GRAD_CAM
 
 
 def display_image(image: torch.Tensor, mean: list[float], std: list[float]) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Turn new DICOM/NIfTI files into model inputs the way ingest turned the training data into samples.
 
-The rules mirror :mod:`medlora.io.ingest`: files are grouped by SeriesInstanceUID; a series of at least
+The rules mirror :mod:`medlora.io.ingest`: files are grouped into series and studies by their UIDs, or
+where those are blank by folder and geometry (:mod:`medlora.io.identity`); a series of at least
 ``volume_min_slices`` single-frame slices of a ``volume_modalities`` modality (or one multi-frame object
 with that many frames) is a volume that yields one sample per view of ``preprocess.view``; any other
 DICOM instance is one 2D sample; a NIfTI file is a volume of its own study. The bundle records the
@@ -10,7 +11,6 @@ rules it was trained with (``medlora.json`` → ``samples``). Keys are HMAC pseu
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ import torch
 from ..config import PreprocessConfig
 from ..errors import MedloraError
 from ..io.deid import pseudonym
+from ..io.identity import IdentityMode, group_instances
+from ..io.scan import Instance
 
 log = logging.getLogger(__name__)
 DEFAULT_RULES = {"volume_min_slices": 8, "volume_modalities": ["CT", "MR"]}
@@ -44,7 +46,7 @@ def sample_rules(config_data: dict[str, Any]) -> dict[str, Any]:
 def _is_volume(group: list[dict[str, Any]], rules: dict[str, Any]) -> bool:
     modalities = {m.upper() for m in rules["volume_modalities"]}
     h = group[0]
-    return (h.get("series_uid") is not None and len(group) >= rules["volume_min_slices"]
+    return (len(group) >= rules["volume_min_slices"]
             and str(h.get("modality") or "").upper() in modalities and all((g.get("frames") or 1) == 1 for g in group))
 
 
@@ -54,23 +56,24 @@ def _is_multiframe_volume(h: dict[str, Any], rules: dict[str, Any]) -> bool:
 
 
 def plan_samples(headers: dict[Path, dict[str, Any]], niftis: list[Path], rules: dict[str, Any], salt: str) -> list[SampleSpec]:
-    """Sample specs of readable DICOM files (``headers``: path → :func:`read_dicom_header`) and NIfTI files."""
-    def study(h: dict[str, Any], path: Path) -> str:
-        return pseudonym(h.get("study_uid") or str(path.resolve()), salt, "stu")
+    """Sample specs of readable DICOM files (``headers``: path → :func:`read_dicom_header`) and NIfTI files.
 
-    series: dict[str, list[Path]] = defaultdict(list)
-    for path, h in headers.items():
-        series[str(h.get("series_uid") or f"\x00{path}")].append(path)
+    Series and studies are grouped as ingest groups them (:func:`medlora.io.identity.group_instances`,
+    ``data.identity: tags``): files with blank identifiers in one folder with one geometry are one
+    series of one study, never a study each."""
+    instances = [Instance(str(p.resolve()), p, h) for p, h in headers.items()]
+    groups, _ = group_instances(instances, IdentityMode("tags"))
     specs = []
-    for uid, paths in series.items():
-        group = [headers[p] for p in paths]
+    for g in groups:
+        paths, group = [m.path for m in g.members], [m.header for m in g.members]
+        study = pseudonym(g.study, salt, "stu")
         if _is_volume(group, rules):
-            specs.append(SampleSpec("series", sorted(paths), study(group[0], paths[0]), uid, str(paths[0].parent)))
+            specs.append(SampleSpec("series", sorted(paths), study, g.series, str(paths[0].parent)))
             continue
         for p, h in zip(paths, group, strict=True):
             kind = "series" if _is_multiframe_volume(h, rules) else "dicom2d"
-            specs.append(SampleSpec(kind, [p], study(h, p), str(h.get("series_uid") if kind == "series" else
-                                                                 h.get("sop_uid") or p.resolve()), str(p)))
+            specs.append(SampleSpec(kind, [p], study, g.series if kind == "series" else str(h.get("sop_uid") or
+                                                                                              p.resolve()), str(p)))
     for p in niftis:
         key = str(p.resolve())
         specs.append(SampleSpec("nifti", [p], pseudonym(key, salt, "stu"), key, str(p)))
@@ -82,6 +85,7 @@ def sample_tensors(spec: SampleSpec, transform: Any, pre: PreprocessConfig, salt
     if spec.kind == "dicom2d":
         image = transform({"image": str(spec.files[0]), "kind": "dicom2d"})["image"]
         return [(pseudonym(spec.name, salt, "smp"), image.as_subclass(torch.Tensor))]
+    from ..transforms.samples import view_sample_id
     from ..transforms.views import view_count
     from ..transforms.volume import load_volume, preprocess_volume
 
@@ -92,6 +96,7 @@ def sample_tensors(spec: SampleSpec, transform: Any, pre: PreprocessConfig, salt
     n = view_count(int(volume.shape[1 + pre.view.axis]), pre.view)
     if n < 1:
         raise MedloraError(f"{spec.label}: the volume has no slice along axis {pre.view.axis}")
-    return [(pseudonym(f"{spec.name}#{pre.view.kind}#{i}", salt, "smp"),
+    base = pseudonym(spec.name, salt, "smp")  # the volume's id in ingest's manifest
+    return [(view_sample_id(base, pre.view.kind, i),
              transform({"image": source, "kind": spec.kind, "view_index": i})["image"].as_subclass(torch.Tensor))
             for i in range(n)]

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..config import DataConfig
 from ..errors import InputError
-from .labels import read_labels
+from .labels import LabelTable, label_table, read_label_table, read_labels_csv
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +51,6 @@ def decode(code: str, n: int | None = None) -> np.ndarray:
 def decode_column(codes: pd.Series, n: int) -> np.ndarray:
     """A manifest's ``findings`` column → an ``(rows, n)`` float32 matrix (NaN = unknown)."""
     return np.stack([decode(c, n) for c in codes]) if len(codes) else np.zeros((0, n), np.float32)
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputError(f"labels file {path} does not exist")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise InputError(f"labels file {path} is not a readable CSV: {err}") from None
 
 
 def _from_columns(df: pd.DataFrame, path: Path, cfg: DataConfig) -> np.ndarray:
@@ -106,11 +97,11 @@ def _from_names(df: pd.DataFrame, path: Path, cfg: DataConfig) -> np.ndarray:
     return values
 
 
-def read_findings(path: Path, key_column: str, cfg: DataConfig) -> dict[str, str]:
-    """Map each key of the labels CSV to its findings code (:func:`encode`), in either layout."""
-    df = _read_csv(path)
-    if key_column not in df.columns:
-        raise InputError(f"labels file {path} has no column {key_column!r}; columns are {list(df.columns)}")
+def read_findings_table(path: Path, key_column: str, cfg: DataConfig, patient_column: str | None = None,
+                        root: Path | None = None) -> LabelTable:
+    """A :class:`~medlora.io.labels.LabelTable` of each key's findings code (:func:`encode`), in either
+    layout; keys, CSV lines, patients and path keys as :func:`~medlora.io.labels.read_label_table`."""
+    df = read_labels_csv(path, [key_column, *([patient_column] if patient_column else [])])
     findings = list(cfg.findings or [])
     missing = [f for f in findings if f not in df.columns]
     if not missing:
@@ -121,25 +112,25 @@ def read_findings(path: Path, key_column: str, cfg: DataConfig) -> dict[str, str
         raise InputError(f"labels file {path} has neither a column per finding (missing {missing}) nor the "
                          f"column {cfg.label_column!r} (data.label_column) of |-separated findings; "
                          f"columns are {list(df.columns)}")
-    out: dict[str, str] = {}
-    for row_no, (key, row) in enumerate(zip(df[key_column].str.strip(), values, strict=True), start=2):
-        if not key:
-            continue
-        code = encode(row)
-        if out.get(key, code) != code:
-            raise InputError(f"labels file {path} line {row_no}: key given twice with different findings")
-        out[key] = code
+    table = label_table(df, path, key_column, lambda row, _line: encode(values[row]), patient_column, root,
+                        what="different findings")
     known = ~np.isnan(values)
     log.info("findings of %s: %s", path.name, ", ".join(
         f"{f} {int(np.nansum(values[:, j]))}+/{int(known[:, j].sum())}" for j, f in enumerate(findings)))
-    return out
+    return table
 
 
-def read_task_labels(path: Path, key_column: str, cfg: DataConfig) -> dict[str, int] | dict[str, str]:
+def read_findings(path: Path, key_column: str, cfg: DataConfig) -> dict[str, str]:
+    """Map each key of the labels CSV to its findings code (:func:`encode`), in either layout."""
+    return read_findings_table(path, key_column, cfg).labels
+
+
+def read_task_table(path: Path, key_column: str, cfg: DataConfig, patient_column: str | None = None,
+                    root: Path | None = None) -> LabelTable:
     """The labels of ``cfg.task``: class indices (binary, multiclass) or findings codes (multilabel)."""
     if cfg.task == "multilabel":
-        return read_findings(path, key_column, cfg)
-    return read_labels(path, key_column, cfg.label_column, cfg.classes)
+        return read_findings_table(path, key_column, cfg, patient_column, root)
+    return read_label_table(path, key_column, cfg.label_column, cfg.classes, patient_column, root)
 
 
 def split_findings_label(manifest: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:

@@ -1,31 +1,35 @@
-"""Ingest: scan a study folder, join labels, write a de-identified manifest and a skip report.
+"""Ingest: scan a study folder, join labels, write a de-identified manifest and a report of the rest.
 
-One manifest row per *sample* (one model input). What a row reads is in ``kind`` and ``source``:
+One manifest row per *file-level sample*; views of volumes are expanded afterwards
+(:func:`medlora.transforms.samples.expand_views`), so the manifest and its fingerprint do not depend on
+``preprocess.view``. What a row reads is in ``kind`` and ``source``:
 
 * ``dicom2d``: one DICOM instance (``source`` = its relative path; multi-frame objects give their central
-  frame). Every instance of a series that is not a volume (see below) is its own sample, as before.
+  frame).
 * ``series``: a DICOM series assembled into a volume (``source`` = JSON list of the slices' relative
-  paths, sorted along the slice normal; ``path`` = their folder). A series is a volume when its modality
-  is in ``data.volume_modalities`` (CT, MR), it holds at least ``data.volume_min_slices`` single-frame
-  slices and its geometry is consistent (:func:`~medlora.io.series.series_geometry`); a candidate whose
-  geometry is not (gap, uneven spacing, mixed orientation/size) is skipped as a whole, with the reason.
-  One multi-frame CT/MR object with at least ``volume_min_slices`` frames is a ``series`` of one file,
-  its frames placed by the per-frame functional groups.
-* ``nifti``: a ``.nii``/``.nii.gz`` volume (``source`` = its relative path). NIfTI files carry no DICOM
-  identifiers: their labels join by relative path (``data.label_key: path``; ``data.key_column`` names
-  the CSV column) and each file is its own patient and study.
+  paths, sorted along the slice normal; ``path`` = their folder). A series is a volume candidate when its
+  modality is in ``data.volume_modalities`` and it holds at least ``data.volume_min_slices``
+  single-frame slices. Each slice is decoded on its own: a broken one is reported and left out, and
+  the rest is assembled when its geometry is still consistent
+  (:func:`~medlora.io.series.series_geometry`). When it is not, the series is reported with the reason
+  and, with ``data.volume_fallback`` (default), its slices become ``dicom2d`` samples. One multi-frame
+  CT/MR object with enough frames is a ``series`` of one file (frames placed by the per-frame functional
+  groups); without usable per-frame positions it falls back to ``frames`` (one 2D sample per frame).
+* ``nifti``: a ``.nii``/``.nii.gz`` volume, its own patient and study (labels join by path).
 
-A volume yields one row per view (``preprocess.view``: ``view`` = its kind, ``view_index`` = 0..n-1,
-``slices`` = slices along ``view.axis`` after orientation/spacing), all sharing the volume's
-``study_key`` so that evaluation aggregates view scores into a study score.
+``shape`` and ``affine`` (RAS) of a volume let the views be counted later without reading it again;
+``scan_key`` (HMAC of folder + geometry) and ``position`` (mm along the slice normal) let the leakage
+audit see adjacent slices of one scan in two splits. Who a file belongs to is decided by
+:mod:`.identity` (``data.identity``), never by a blank tag. ``label`` is a class index, or with
+``data.task: multilabel`` "any finding present" with the findings code in ``findings`` (:mod:`.findings`);
+``sex``, ``age_band``, ``manufacturer`` and ``view_position`` are header subgroup fields (:mod:`.subgroups`).
 
-Every sample is decoded once here: images/volumes with NaN/inf values or a single value are skipped, and
-``pixel_hash`` (:func:`~medlora.io.pixels.pixel_hash` of the decoded pixels; of the whole volume for
-volume rows) lets the leakage audit find one image planted under two patients. Raw identifiers
-(PatientID, UIDs, accession numbers) are read only to group and join; they are replaced by HMAC keys under the site secret
-(:mod:`.deid`) before anything is written, and never appear in a skip reason. Files that cannot be used
-are skipped with their reason, never silently and never at the cost of the good files beside them
-(``strict`` turns any skip into a failure).
+Every file is decoded once here, before its label is looked up (so a reason never depends on the
+labels): images/volumes with NaN/inf values or a single value are skipped, and ``pixel_hash`` lets the
+leakage audit find one image planted under two patients. Raw identifiers are read only to group and
+join; they become HMAC keys under the site secret (:mod:`.deid`) before anything is written, and never
+appear in a reason. Every scanned file ends up exactly once in the manifest or in the report
+(:mod:`.report`), which are written before the empty-result and ``data.strict`` checks can fail.
 """
 
 from __future__ import annotations
@@ -33,21 +37,24 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from ..config import DataConfig, PreprocessConfig
+from ..config import DataConfig
 from ..errors import InputError, MedloraError
 from .deid import SiteKey, load_site_key
-from .findings import read_task_labels
-from .labels import DEFAULT_KEY_COLUMNS
-from .nifti import is_nifti
+from .findings import read_task_table, split_findings_label
+from .identity import Group, IdentityMode, geometry_signature, group_instances, parents, parse_identity
+from .labels import DEFAULT_KEY_COLUMNS, LabelTable, closest_names
 from .pixels import pixel_hash, unusable_reason
+from .report import LABEL, NOTE, REPORT_COLUMNS, SKIPPED, first_paths, log_summary, write_ingest_files
+from .scan import Instance, candidate_files, captured, error_category, scan, strip_path, with_notes
 from .subgroups import HEADER_FIELDS
 
 log = logging.getLogger(__name__)
@@ -56,174 +63,236 @@ SUBGROUP_COLUMNS = [f for f in HEADER_FIELDS if f != "modality"]  # header field
 MANIFEST_COLUMNS = [
     "sample_id", "path", "patient_key", "study_key", "series_key", "sop_key", "modality", "rows",
     "columns", "frames", "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label",
-    "kind", "source", "view", "view_index", "slices", "pixel_hash", *SUBGROUP_COLUMNS,
+    "kind", "source", "shape", "affine", "scan_key", "position", "pixel_hash", *SUBGROUP_COLUMNS,
 ]
-REPORT_COLUMNS = ["path", "reason"]
+UNLABELLED = -1  # the label of every sample of an ingest without labels (pretraining)
 _HEADER_FIELD = {"patient_id": "patient_id", "study_uid": "study_uid", "series_uid": "series_uid", "accession": "accession"}
+UNUSABLE, NO_LABEL, GEOMETRY, FALLBACK, DERIVED = "unusable pixels", "no label", "inconsistent geometry", \
+    "volume fallback", "derived identity"
+DUPLICATE = "duplicate instance"
 
 
 @dataclass
 class IngestResult:
-    manifest: pd.DataFrame  # one row per sample, de-identified
-    skipped: pd.DataFrame  # columns: path, reason
+    manifest: pd.DataFrame  # one row per file-level sample, de-identified
+    skipped: pd.DataFrame  # the ingest report (REPORT_COLUMNS): skipped files, notes, unmatched label rows
     root: Path
     key_scheme: str = ""  # how the keys were made (hmac-sha256:<key id>); never the secret
+    report_dir: Path | None = None  # where manifest.csv and ingest_report.csv were written
 
     def summary(self) -> str:
-        m = self.manifest
+        m, r = self.manifest, self.skipped
         parts = [f"{len(m)} samples", f"{m['study_key'].nunique()} studies", f"{m['patient_key'].nunique()} patients"]
         if "kind" in m and m["kind"].nunique() > 1:
             parts.append("kinds " + ", ".join(f"{k}: {v}" for k, v in sorted(m["kind"].value_counts().items())))
         if "label" in m:
             parts.append("labels " + ", ".join(f"{k}: {v}" for k, v in sorted(m["label"].value_counts().items())))
-        parts.append(f"{len(self.skipped)} skipped")
+        parts.append(f"{int((r['status'] == SKIPPED).sum()) if len(r) else 0} files skipped")
         return "; ".join(parts)
 
 
 @dataclass
-class _Instance:
-    rel: str
-    path: Path
-    header: dict[str, Any]
-
-
-@dataclass
 class _Collector:
-    """Accumulates manifest rows, skip reasons and the label keys that found an image."""
+    """Accumulates manifest rows, report rows and the label keys that found an image."""
 
     cfg: DataConfig
-    pre: PreprocessConfig
     root: Path
-    labels: dict[str, int]
-    labels_name: str
+    labels: LabelTable
     site: SiteKey
+    labelled: bool = True
     rows: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    report: list[dict[str, str]] = field(default_factory=list)
     matched: set[str] = field(default_factory=set)
-
-    def skip(self, path: str, reason: str | Exception) -> None:
-        text = str(reason).replace(str(self.root) + "/", "")
-        self.skipped.append({"path": path, "reason": text})
-        log.debug("skipped %s: %s", path, text)
+    sops: dict[str, str] = field(default_factory=dict)  # SOPInstanceUID (raw, in memory only) → the file kept
 
     def key(self, name: str, kind: str) -> str:
         return self.site.key(name, kind)
 
-    def label_for(self, paths: list[str], header: dict[str, Any] | None) -> tuple[int | None, str]:
+    def note(self, path: str, status: str, category: str, reason: str | Exception) -> None:
+        text = str(reason).replace(str(self.root) + "/", "")
+        self.report.append({"path": path, "file_key": self.key(path, "fil"), "status": status, "category": category,
+                            "reason": text})
+        log.debug("%s %s: %s", status, path, text)
+
+    def skip(self, path: str, category: str, reason: str | Exception) -> None:
+        """Report a file that is not used; its reason starts with its category (what a reader scans for)."""
+        text = str(reason)
+        self.note(path, SKIPPED, category, text if text.startswith(category) else f"{category}: {text}")
+
+    def label_for(self, paths: list[str], header: dict[str, Any] | None) -> tuple[int | str | None, str]:
         """(label, reason when None) for a sample whose relative path(s) are ``paths``."""
+        if not self.labelled:
+            return UNLABELLED, ""
+        labels, name = self.labels.labels, self.labels.path.name
         if self.cfg.label_key == "path":  # a file's own path, else its nearest labelled folder
-            keys = [next((k for k in (p, *_parents(p)) if k in self.labels), None) for p in paths]
-            found = {k: self.labels[k] for k in keys if k is not None}
+            keys = [next((k for k in (p, *parents(p), "") if k in labels), None) for p in paths]
+            found = {k: labels[k] for k in keys if k is not None}
             if len(set(found.values())) > 1:
-                return None, f"conflicting labels for its files in {self.labels_name}"
+                return None, f"conflicting labels for its files in {', '.join(self.labels.where(k) for k in sorted(found))}"
             self.matched.update(found)
-            return (next(iter(found.values())), "") if found else (None, f"no label for its path in {self.labels_name}")
+            return (next(iter(found.values())), "") if found else (None, f"no label for its path in {name}")
         if header is None:
             return None, f"NIfTI files carry no {self.cfg.label_key}; join their labels with data.label_key: path"
         value = str(header.get(_HEADER_FIELD[self.cfg.label_key]) or "")
-        if value not in self.labels:
-            return None, f"no label for its {self.cfg.label_key} in {self.labels_name}"
+        if value not in labels:
+            return None, f"no label for its {self.cfg.label_key} in {name}"
         self.matched.add(value)
-        return self.labels[value], ""
+        return labels[value], ""
 
-    def header_keys(self, h: dict[str, Any], fallback: str) -> dict[str, str]:
-        return {
-            "patient_key": self.key(str(h.get("patient_id") or fallback), "pat"),
-            "study_key": self.key(str(h.get("study_uid") or fallback), "stu"),
-            "series_key": self.key(str(h.get("series_uid") or fallback), "ser"),
-        }
+    def group_keys(self, g: Group) -> dict[str, str]:
+        return {"patient_key": self.key(g.patient, "pat"), "study_key": self.key(g.study, "stu"),
+                "series_key": self.key(g.series, "ser")}
 
-    def add_image(self, inst: _Instance) -> None:
-        """One DICOM instance as one ``dicom2d`` sample."""
+    def decode(self, inst: Instance) -> Any | None:
+        """The decoded image of ``inst``, or None after reporting why not (decoder messages included)."""
         from .dicom import read_dicom
 
+        with captured() as notes:
+            try:
+                image = read_dicom(inst.path)
+            except MedloraError as err:
+                self.skip(inst.rel, error_category(err), with_notes(strip_path(str(err), inst.path, self.root), notes))
+                return None
+        if notes:
+            log.debug("%s decoded with decoder messages: %s", inst.rel, "; ".join(notes))
+        bad = unusable_reason(image.pixels, "image")
+        if bad:
+            self.skip(inst.rel, UNUSABLE, bad)
+            return None
+        sop = str(inst.header.get("sop_uid") or "").strip()
+        if sop and sop in self.sops:  # the first readable copy is kept, whatever the order of the files
+            self.skip(inst.rel, DUPLICATE, f"duplicate instance: same SOPInstanceUID as {self.sops[sop]}, which is kept")
+            return None
+        if sop:
+            self.sops[sop] = inst.rel
+        return image
+
+    def add_image(self, inst: Instance, g: Group, image: Any = None, kind: str = "dicom2d") -> None:
+        """One DICOM instance as one ``dicom2d`` sample (``frames``: one sample per frame, expanded later)."""
+        image = image if image is not None else self.decode(inst)
+        if image is None:
+            return
         label, why = self.label_for([inst.rel], inst.header)
         if label is None:
-            return self.skip(inst.rel, why)
-        try:
-            pixels = read_dicom(inst.path).pixels
-        except MedloraError as err:
-            return self.skip(inst.rel, err)
-        bad = unusable_reason(pixels, "image")
-        if bad:
-            return self.skip(inst.rel, bad)
+            return self.skip(inst.rel, NO_LABEL, why)
         h = inst.header
         sop = str(h.get("sop_uid") or inst.rel)
+        frames = h.get("frames") or 1
         self.rows.append({
-            "sample_id": self.key(sop, "smp"), "path": inst.rel, **self.header_keys(h, inst.rel),
-            "sop_key": self.key(sop, "sop"), **_technical(h), "frames": h.get("frames") or 1, "label": label,
-            "kind": "dicom2d", "source": inst.rel, "view": "image", "view_index": 0, "slices": h.get("frames") or 1,
-            "pixel_hash": pixel_hash(pixels),
+            "sample_id": self.key(sop, "smp"), "path": inst.rel, **self.group_keys(g), "sop_key": self.key(sop, "sop"),
+            **_technical(h), "frames": frames, "label": label, "kind": kind, "source": inst.rel,
+            "shape": f"{h.get('rows')}x{h.get('columns')}x{frames}", **self._scan_fields(inst),
+            "pixel_hash": pixel_hash(image.pixels),
         })
 
-    def add_series(self, group: list[_Instance]) -> None:
-        """A volume-candidate series as one ``series`` row per view, or one skip for the whole series."""
-        from ..transforms.volume import oriented_shape
-        from .series import assemble_series
+    def _scan_fields(self, inst: Instance) -> dict[str, Any]:
+        h = inst.header
+        folder = PurePosixPath(inst.rel).parent.as_posix()
+        iop, ipp = h.get("image_orientation_patient"), h.get("image_position_patient")
+        position = None
+        if iop and ipp and len(iop) == 6 and len(ipp) == 3 and (h.get("frames") or 1) == 1:
+            position = round(float(np.dot(np.cross(iop[:3], iop[3:]), ipp)), 4)
+        return {"scan_key": self.key(f"{folder}\x1f{geometry_signature(h)}", "scn"), "position": position}
 
-        rels = [i.rel for i in group]
-        if len(group) == 1:  # one multi-frame object
-            folder, where = rels[0], f"{rels[0]} ({group[0].header.get('frames')} frames)"
-        else:
-            folder = _common_folder(rels)
-            where = f"{folder or '.'} ({len(group)} slices)"
-        label, why = self.label_for(rels, group[0].header)
-        if label is None:
-            return self.skip(where, f"series: {why}")
+    def add_series(self, g: Group, members: list[Instance]) -> None:
+        """A volume candidate: its decodable slices as one ``series`` row, else fallback or skip."""
+        from .series import stack_slices
+
+        decoded = [(i, im) for i in members for im in [self.decode(i)] if im is not None]
+        multiframe = len(members) == 1
+        where = f"{g.folder or '.'} ({len(members)} slices)" if not multiframe else \
+            f"{members[0].rel} ({members[0].header.get('frames')} frames)"
+        if not decoded:
+            return
+        if len(decoded) < len(members) and not multiframe:
+            where = f"{g.folder or '.'} ({len(decoded)} of {len(members)} slices readable)"
         try:
-            vol = assemble_series([i.path for i in group], self.cfg.slice_spacing_tolerance, name=folder or ".")
-        except MedloraError as err:
-            return self.skip(where, f"series skipped: {err}")
+            vol = stack_slices([i.path for i, _ in decoded], [im for _, im in decoded],
+                               self.cfg.slice_spacing_tolerance, name=where)
+        except InputError as err:
+            return self._fallback(g, decoded, where, str(err).removeprefix(f"{where}: "))
+        lost = len(members) - len(decoded)
         bad = unusable_reason(vol.pixels, "volume")
-        if bad:
-            return self.skip(where, bad)
-        order = rels if len(group) == 1 else [group[i].rel for i in vol.order]
-        h = group[0].header
-        series_uid = str(h.get("series_uid"))
-        shape = oriented_shape(vol.pixels.shape[1:], vol.affine_ras, self.pre.spacing)
-        meta = {**_technical(h), "frames": h.get("frames") or 1}
-        self._add_views(
-            base={"path": folder, **self.header_keys(h, folder), "sop_key": self.key("|".join(sorted(
-                str(i.header.get("sop_uid")) for i in group)), "sop"), **meta, "label": label, "kind": "series",
-                "source": json.dumps(order), "pixel_hash": pixel_hash(vol.pixels)},
-            sample_name=series_uid, n=shape[self.pre.view.axis],
-        )
+        rels = [i.rel for i, _ in decoded]
+        label, why = (None, "") if bad else self.label_for(rels, decoded[0][0].header)
+        if label is None:
+            for r in rels:
+                self.skip(r, UNUSABLE if bad else NO_LABEL, f"series {where}: {bad or why}")
+            return
+        if lost:
+            self.note(g.folder, NOTE, "series without its broken slices",
+                      f"series {where}: assembled from {len(decoded)} slices; {lost} unreadable slice(s) left out")
+        order = [rels[k] for k in vol.order] if not multiframe else rels
+        h = decoded[0][0].header
+        folder = g.folder if not multiframe else rels[0]
+        self.rows.append({
+            "sample_id": self.key(g.series, "smp"), "path": folder, **self.group_keys(g),
+            "sop_key": self.key("|".join(sorted(str(i.header.get("sop_uid")) for i, _ in decoded)), "sop"),
+            **_technical(h), "frames": h.get("frames") or 1, "label": label, "kind": "series",
+            "source": json.dumps(order), "shape": "x".join(str(v) for v in vol.pixels.shape[1:]),
+            "affine": json.dumps(np.round(vol.affine_ras, 6).tolist()), "scan_key": None, "position": None,
+            "pixel_hash": pixel_hash(vol.pixels),
+        })
+
+    def _fallback(self, g: Group, decoded: list[tuple[Instance, Any]], where: str, why: str) -> None:
+        """A volume candidate whose geometry is inconsistent: 2D samples (``data.volume_fallback``) or skips."""
+        if not self.cfg.volume_fallback:
+            for inst, _ in decoded:
+                self.skip(inst.rel, GEOMETRY, f"series {where} skipped: {why} (data.volume_fallback: false)")
+            return
+        multiframe = len(decoded) == 1 and (decoded[0][0].header.get("frames") or 1) > 1
+        path = decoded[0][0].rel if multiframe else g.folder
+        self.note(path, NOTE, FALLBACK, f"series {where} is not a volume ({why}); its "
+                  f"{'frames are' if multiframe else f'{len(decoded)} slices are'} used as 2D samples")
+        for inst, image in decoded:
+            self.add_image(inst, g, image, kind="frames" if multiframe else "dicom2d")
 
     def add_nifti(self, path: Path) -> None:
-        """A NIfTI volume as one ``nifti`` row per view."""
-        from ..transforms.volume import oriented_shape
+        """A NIfTI volume as one ``nifti`` row."""
         from .nifti import read_nifti
 
         rel = path.relative_to(self.root).as_posix()
-        label, why = self.label_for([rel], None)
-        if label is None:
-            return self.skip(rel, why)
         try:
             img = read_nifti(path)
         except MedloraError as err:
-            return self.skip(rel, err)
+            return self.skip(rel, "unreadable NIfTI", strip_path(str(err), path, self.root))
         bad = unusable_reason(img.data, "volume")
         if bad:
-            return self.skip(rel, bad)
+            return self.skip(rel, UNUSABLE, bad)
+        label, why = self.label_for([rel], None)
+        if label is None:
+            return self.skip(rel, NO_LABEL, why)
         zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
-        shape = oriented_shape(img.data.shape, img.affine, self.pre.spacing)
-        self._add_views(
-            base={"path": rel, "patient_key": self.key(rel, "pat"), "study_key": self.key(rel, "stu"),
-                  "series_key": self.key(rel, "ser"), "sop_key": self.key(rel, "sop"), "modality": None,
-                  "rows": img.data.shape[0], "columns": img.data.shape[1], "frames": 1,
-                  "pixel_spacing": "x".join(f"{v:g}" for v in zooms), "photometric_interpretation": None,
-                  "transfer_syntax_uid": None, "label": label, "kind": "nifti", "source": rel,
-                  "pixel_hash": pixel_hash(img.data)},
-            sample_name=rel, n=shape[self.pre.view.axis],
-        )
+        self.rows.append({
+            "sample_id": self.key(rel, "smp"), "path": rel, "patient_key": self.key(rel, "pat"),
+            "study_key": self.key(rel, "stu"), "series_key": self.key(rel, "ser"), "sop_key": self.key(rel, "sop"),
+            "modality": None, "rows": img.data.shape[0], "columns": img.data.shape[1], "frames": 1,
+            "pixel_spacing": "x".join(f"{v:g}" for v in zooms), "photometric_interpretation": None,
+            "transfer_syntax_uid": None, "label": label, "kind": "nifti", "source": rel,
+            "shape": "x".join(str(v) for v in img.data.shape), "affine": json.dumps(np.round(img.affine, 6).tolist()),
+            "scan_key": None, "position": None, "pixel_hash": pixel_hash(img.data),
+        })
 
-    def _add_views(self, base: dict[str, Any], sample_name: str, n: int) -> None:
-        from ..transforms.views import view_count
-
-        view = self.pre.view.kind
-        for i in range(view_count(n, self.pre.view)):
-            self.rows.append({**base, "sample_id": self.key(f"{sample_name}#{view}#{i}", "smp"), "view": view,
-                              "view_index": i, "slices": n})
+    def report_labels(self, scanned: list[str], instances: list[Instance]) -> None:
+        """One report row per label key that names no scanned file (or study), with its CSV line and the
+        closest file names. A key whose files were all skipped is not repeated: their rows say why."""
+        if self.cfg.label_key == "path":
+            present = {p for rel in scanned for p in (rel, *parents(rel))} | ({""} if scanned else set())
+        else:
+            present = {str(i.header.get(_HEADER_FIELD[self.cfg.label_key]) or "") for i in instances}
+        unmatched = sorted(set(self.labels.labels) - self.matched - present, key=lambda k: self.labels.lines.get(k, 0))
+        for n, key in enumerate(unmatched):
+            where = self.labels.where(key)
+            if self.cfg.label_key != "path":  # the key is an identifier: never written
+                self.note("", LABEL, "unmatched label", f"{where}: label row with no matching study (by its "
+                                                         f"{self.cfg.label_key})")
+                continue
+            hint = ""
+            if n < 5:  # difflib over every path is slow; the first few tell the pattern
+                close = closest_names(key, scanned)
+                hint = f"; closest scanned files: {', '.join(close)}" if close else ""
+            written = self.labels.written.get(key, key)
+            self.note(written, LABEL, "unmatched label", f"{where}: label row with no matching file or folder {written!r}{hint}")
 
 
 def _technical(h: dict[str, Any]) -> dict[str, Any]:
@@ -236,124 +305,95 @@ def _technical(h: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _parents(rel: str) -> list[str]:
-    return [p.as_posix() for p in PurePosixPath(rel).parents if p.as_posix() != "."]
+def _is_volume(members: list[Instance], cfg: DataConfig) -> bool:
+    h = members[0].header
+    return (len(members) >= cfg.volume_min_slices
+            and str(h.get("modality") or "").upper() in {m.upper() for m in cfg.volume_modalities}
+            and all((i.header.get("frames") or 1) == 1 for i in members))
 
 
-def _common_folder(rels: list[str]) -> str:
-    parents = {PurePosixPath(r).parent.as_posix() for r in rels}
-    folder = parents.pop() if len(parents) == 1 else PurePosixPath(*_common_parts(rels)).as_posix()
-    return "" if folder == "." else folder
-
-
-def _common_parts(rels: list[str]) -> tuple[str, ...]:
-    parts = [PurePosixPath(r).parent.parts for r in rels]
-    common: list[str] = []
-    for level in zip(*parts, strict=False):
-        if len(set(level)) != 1:
-            break
-        common.append(level[0])
-    return tuple(common) or (".",)
-
-
-def _candidate_files(root: Path) -> list[Path]:
-    skip_names = {"labels.csv", "DICOMDIR"}
-    return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.name not in skip_names and p.suffix.lower() not in {".csv", ".md", ".json", ".txt"}
-    )
-
-
-def _is_volume(group: list[_Instance], cfg: DataConfig) -> bool:
-    h = group[0].header
-    return (
-        h.get("series_uid") is not None
-        and len(group) >= cfg.volume_min_slices
-        and str(h.get("modality") or "").upper() in {m.upper() for m in cfg.volume_modalities}
-        and all((i.header.get("frames") or 1) == 1 for i in group)
-    )
-
-
-def _is_multiframe_volume(inst: _Instance, cfg: DataConfig) -> bool:
+def _is_multiframe_volume(inst: Instance, cfg: DataConfig) -> bool:
     h = inst.header
     return ((h.get("frames") or 1) >= cfg.volume_min_slices
             and str(h.get("modality") or "").upper() in {m.upper() for m in cfg.volume_modalities})
 
 
-def _scan(col: _Collector) -> tuple[list[_Instance], list[Path]]:
-    """Headers of every DICOM file (raw identifiers stay in memory), NIfTI paths; the rest skipped."""
-    from pydicom.uid import UID
-    from tqdm.auto import tqdm
-
-    from .dicom import read_dicom_header
-
-    instances, niftis = [], []
-    for path in tqdm(_candidate_files(col.root), desc="ingest", unit="file", disable=not sys.stderr.isatty()):
-        rel = path.relative_to(col.root).as_posix()
-        if is_nifti(path):
-            niftis.append(path)
-            continue
-        try:
-            h = read_dicom_header(path)
-        except MedloraError as err:
-            col.skip(rel, err)
-            continue
-        if not h.get("rows") or not h.get("columns"):
-            sop = h.get("sop_class_uid")
-            name = UID(sop).name if sop else "unknown SOP class"
-            col.skip(rel, f"not an image (SOPClassUID={sop} {name}): no Rows/Columns and no pixel data")
-            continue
-        instances.append(_Instance(rel, path, h))
-    return instances, niftis
+def _read_labels(cfg: DataConfig, root: Path, mode: IdentityMode) -> LabelTable:
+    labels_path = Path(cfg.labels) if cfg.labels else root / "labels.csv"
+    key_column = cfg.key_column or DEFAULT_KEY_COLUMNS[cfg.label_key]
+    if mode.kind == "labels" and cfg.label_key != "path":
+        raise InputError(f"data.identity: labels needs data.label_key: path (got {cfg.label_key!r}): the labels CSV "
+                         "names the patient of each path")
+    return read_task_table(labels_path, key_column, cfg, patient_column=mode.column if mode.kind == "labels" else None,
+                           root=root if cfg.label_key == "path" else None)
 
 
-def run_ingest(cfg: DataConfig, preprocess: PreprocessConfig | None = None) -> IngestResult:
+def _log_identities(groups: list[Group], manifest: pd.DataFrame) -> None:
+    derived = [g for g in groups if g.derived]
+    if derived:
+        log.warning("ingest: identity derived for %d series (%d files) with blank identifiers: %s; each is a note in "
+                    "ingest_report.csv", len(derived), sum(len(g.members) for g in derived),
+                    ", ".join(f"{k}: {v}" for k, v in Counter(p.split(" (")[0] for g in derived for p in g.derived[1:]).items()))
+    log.info("ingest: %d patients, %d studies found", manifest["patient_key"].nunique(), manifest["study_key"].nunique())
+
+
+def run_ingest(cfg: DataConfig, report_dir: Path | None = None, labelled: bool = True) -> IngestResult:
     """Scan ``cfg.root`` for DICOM instances, series and NIfTI volumes, join ``cfg.labels``.
 
-    ``preprocess`` (its ``view`` and ``spacing``) decides how many samples a volume yields; default
-    :class:`~medlora.config.PreprocessConfig()`. Returns the manifest (columns :data:`MANIFEST_COLUMNS`)
-    and the skip report (``path``, ``reason``).
+    ``labelled=False`` reads no labels file and gives every sample the label :data:`UNLABELLED`
+    (images for self-supervised pretraining).
+
+    Returns the manifest (columns :data:`MANIFEST_COLUMNS`, one row per file-level sample) and the
+    report (:data:`~medlora.io.report.REPORT_COLUMNS`). With ``report_dir`` both are written there
+    (``manifest.csv``, ``ingest_report.csv``) before the checks below can fail.
 
     Raises:
         InputError: ``root`` is not a folder, no usable labelled sample was found, or ``cfg.strict``
-            is set and something was skipped.
+            is set and a file was skipped; the message names the report and the first files.
     """
     root = Path(cfg.root)
     if not root.is_dir():
         raise InputError(f"data.root {root} is not a folder")
-    labels_path = Path(cfg.labels) if cfg.labels else root / "labels.csv"
-    key_column = cfg.key_column or DEFAULT_KEY_COLUMNS[cfg.label_key]
-    labels = read_task_labels(labels_path, key_column, cfg)  # class indices, or findings codes (multilabel)
+    mode = parse_identity(cfg.identity)
+    if labelled:
+        labels = _read_labels(cfg, root, mode)  # class indices, or findings codes (multilabel)
+    else:
+        labels = LabelTable(Path(cfg.labels) if cfg.labels else root / "labels.csv", "")
     site = load_site_key(cfg.secret_file)
-    col = _Collector(cfg, preprocess or PreprocessConfig(), root, labels, labels_path.name, site)
-
-    instances, niftis = _scan(col)
-    series: dict[str, list[_Instance]] = defaultdict(list)
-    for inst in instances:
-        series[str(inst.header.get("series_uid") or f"\x00{inst.rel}")].append(inst)
-    for group in series.values():
-        if _is_volume(group, cfg):
-            col.add_series(group)
+    col = _Collector(cfg, root, labels, site, labelled)
+    files = candidate_files(root, skip={labels.path})
+    instances, niftis, skips = scan(root, files)
+    for s in skips:
+        col.skip(s.rel, s.category, s.reason)
+    groups, unplaced = group_instances(instances, mode, labels.patients)
+    for rel, why in unplaced:
+        col.skip(rel, "no identity", why)
+    for g in tqdm(groups, desc="decoding", unit="series", disable=not sys.stderr.isatty(), leave=False):
+        if g.derived:
+            col.note(g.folder if len(g.members) > 1 else g.members[0].rel, NOTE, DERIVED, "; ".join(g.derived))
+        if _is_volume(g.members, cfg):
+            col.add_series(g, g.members)
             continue
-        for inst in group:
-            if _is_multiframe_volume(inst, cfg):
-                col.add_series([inst])
-            else:
-                col.add_image(inst)
+        for inst in g.members:
+            col.add_series(g, [inst]) if _is_multiframe_volume(inst, cfg) else col.add_image(inst, g)
     for path in niftis:
         col.add_nifti(path)
-    ordered = sorted(labels)
-    for key in sorted(set(labels) - col.matched):
-        col.skipped.append({"path": "", "reason": f"label row with no matching study ({cfg.label_key} #{ordered.index(key)})"})
-
+    if labelled:
+        col.report_labels([p.relative_to(root).as_posix() for p in files], instances)
     manifest = pd.DataFrame(col.rows, columns=MANIFEST_COLUMNS)
-    report = pd.DataFrame(col.skipped, columns=REPORT_COLUMNS)
+    if labelled:  # multilabel: findings codes to ``findings``, ``label`` = any finding present
+        manifest = split_findings_label(manifest, cfg)
+    report = pd.DataFrame(col.report, columns=REPORT_COLUMNS)
+    written = write_ingest_files(report_dir, manifest, report)[1] if report_dir is not None else None
+    log_summary(report)
+    see = f"; see {written}" if written else ""
     if manifest.empty:
-        raise InputError(f"no usable labelled images under {root} ({len(report)} skipped; first: "
-                         f"{report['reason'].iloc[0] if len(report) else 'no files'})")
-    if cfg.strict and len(report):
-        raise InputError(f"data.strict is set and {len(report)} inputs were skipped, e.g. "
-                         f"{report['path'].iloc[0]}: {report['reason'].iloc[0]}")
-    result = IngestResult(manifest, report, root, site.scheme)
+        raise InputError(f"no usable {'labelled ' if labelled else ''}images under {root} ({int((report['status'] != NOTE).sum())} report rows{see}; "
+                         f"first: {first_paths(report, 3) or first_paths(report, 3, LABEL) or 'no files'})")
+    skipped = report[report["status"] == SKIPPED]
+    if cfg.strict and len(skipped):
+        raise InputError(f"data.strict is set and {len(skipped)} files were skipped{see}; first: {first_paths(report)}")
+    _log_identities(groups, manifest)
+    result = IngestResult(manifest, report, root, site.scheme, report_dir)
     log.info("ingest %s: %s", cfg.name, result.summary())
     return result

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..config import SplitConfig
 from ..errors import InputError, LeakageError
+from .labels import normalise_path_key
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -73,35 +74,78 @@ def assign_splits(manifest: pd.DataFrame, cfg: SplitConfig, file: Path) -> pd.Da
     return out
 
 
-def audit_leakage(manifest: pd.DataFrame, columns: tuple[str, ...] = ("patient_key", "sop_key", "pixel_hash")) -> None:
-    """Fail when a patient, an instance or an identical pixel array sits in two splits.
+def audit_leakage(manifest: pd.DataFrame, columns: tuple[str, ...] = ("patient_key", "sop_key", "pixel_hash"),
+                  where: Path | None = None) -> None:
+    """Fail when a patient, an instance or an identical pixel array sits in two splits, or when slices
+    of one scan do (:func:`same_scan_findings`).
 
-    The error lists every offending key (pseudonymous) and the splits it was found in.
+    The error lists the offending keys (pseudonymous) and the splits they were found in, the first
+    offending files by path (the manifest's ``path``: local, for the person at this machine) and
+    ``where`` (the manifest written before the audit).
     """
     problems: list[str] = []
+    files: list[str] = []
     for col in columns:
         if col not in manifest.columns:
             continue
         sub = manifest[[col, "split"]].dropna()
         spread = sub.groupby(col)["split"].nunique()
         for key in spread[spread > 1].index:
-            splits = sorted(sub.loc[sub[col] == key, "split"].unique())
-            problems.append(f"{col}={key} in {'+'.join(splits)}")
+            rows = manifest[manifest[col] == key]
+            problems.append(f"{col}={key} in {'+'.join(sorted(rows['split'].dropna().unique()))}")
+            files += list(rows["path"].astype(str)) if "path" in rows else []
+    for finding, paths in same_scan_findings(manifest):
+        problems.append(finding)
+        files += paths
     if problems:
-        raise LeakageError(f"leakage audit failed ({len(problems)} findings): " + "; ".join(problems[:20]))
+        shown = ", ".join(dict.fromkeys(files[:6]))
+        raise LeakageError(f"leakage audit failed ({len(problems)} findings): " + "; ".join(problems[:20])
+                           + (f"; first files: {shown}" if shown else "") + (f"; manifest: {where}" if where else ""))
 
 
-def check_splits_usable(manifest: pd.DataFrame, n_classes: int) -> None:
+def same_scan_findings(manifest: pd.DataFrame, adjacent: float = 1.5) -> list[tuple[str, list[str]]]:
+    """Slices of one scan in two splits: same folder and geometry (``scan_key``) and neighbouring
+    positions along the slice normal (at most ``adjacent`` times the scan's median slice step apart).
+
+    Catches a series whose identifiers were lost in a way the identity rules could not repair (a scan
+    split over two patient keys). Returns ``(finding, paths)`` per scan.
+    """
+    if not {"scan_key", "position", "split"} <= set(manifest.columns):
+        return []
+    sub = manifest.dropna(subset=["scan_key", "position", "split"])
+    out = []
+    for key, rows in sub.groupby("scan_key"):
+        if rows["split"].nunique() < 2 or len(rows) < 2:
+            continue
+        rows = rows.sort_values("position")
+        pos = rows["position"].to_numpy(dtype=float)
+        steps = np.diff(pos)
+        positive = steps[steps > 1e-3]
+        if not len(positive):
+            continue
+        limit = adjacent * float(np.median(positive))
+        splits = rows["split"].to_numpy()
+        cross = [i for i in range(len(steps)) if splits[i] != splits[i + 1] and steps[i] <= limit]
+        if cross:
+            paths = [str(p) for i in cross[:2] for p in rows["path"].iloc[[i, i + 1]]] if "path" in rows else []
+            out.append((f"scan_key={key}: {len(cross)} adjacent slices of one scan in "
+                        f"{'+'.join(sorted(set(splits)))}", paths))
+    return out
+
+
+def check_splits_usable(manifest: pd.DataFrame, n_classes: int, where: Path | None = None) -> None:
     """Validation and test must each hold every class, or no threshold/AUROC can be computed."""
     for split in ("val", "test"):
         present = set(manifest.loc[manifest["split"] == split, "label"])
         if len(present) < min(n_classes, 2):
             raise InputError(
                 f"the {split} split holds labels {sorted(present)} only; add patients or change data.split fractions"
+                + (f" (manifest: {where})" if where else "")
             )
 
 
-def splits_from_column(manifest: pd.DataFrame, labels_path: Path, key_column: str, column: str, file: Path) -> pd.DataFrame:
+def splits_from_column(manifest: pd.DataFrame, labels_path: Path, key_column: str, column: str, file: Path,
+                       root: Path | None = None) -> pd.DataFrame:
     """Return ``manifest`` with the ``split`` given per sample by ``column`` of the labels CSV (no draw).
 
     The CSV's ``key_column`` must hold the manifest's ``path`` (``data.label_key: path``). Values must
@@ -113,6 +157,8 @@ def splits_from_column(manifest: pd.DataFrame, labels_path: Path, key_column: st
         if col not in df.columns:
             raise InputError(f"labels file {labels_path} has no column {col!r} (data.split.column); columns are {list(df.columns)}")
     keys, values = df[key_column].str.strip(), df[column].str.strip()
+    if root is not None:  # path keys as ingest normalised them (relative to root or the CSV, or absolute)
+        keys = keys.map(lambda k: normalise_path_key(k, root, labels_path.parent))
     bad = values[~values.isin(SPLITS)]
     if len(bad):
         raise InputError(f"labels file {labels_path} line {bad.index[0] + 2}: {column}={bad.iloc[0]!r} is not one of "

@@ -1,24 +1,29 @@
-"""Build the timm base model and identify its weights by content (sha256).
+"""Build the timm base model and identify its weights by content (sha256) and by origin.
 
-Three weight sources, one record (:class:`BaseInfo`):
+Four weight sources, one record (:class:`BaseInfo`):
 
-* ``model.pretrained: true`` — timm's hub loading (``timm.create_model(..., pretrained=True)``,
-  ``hf-hub:`` names included). Offline, this fails with an error naming the alternatives.
-* ``model.weights: PATH`` — a local ``.safetensors`` (or ``.pth``/``.bin`` read with
-  ``torch.load(weights_only=True)``) for air-gapped sites; its sha256 is recorded.
+* ``model.pretrained: true`` — timm's hub loading (timm names and ``hf-hub:`` names), from the hub or,
+  offline, from a copied Hugging Face cache (:mod:`.hub`); the repo, snapshot revision, file and its
+  sha256 are recorded, and a rebuild loads that revision again.
+* ``model.weights: FILE`` — a local ``.safetensors`` (or ``.pth``/``.bin`` read with
+  ``torch.load(weights_only=True)``) for air-gapped sites; its sha256 is recorded. A file with a
+  ``base_card.md`` beside it (a base that ``medlora pretrain`` wrote) is recorded as such.
+* ``model.weights: FOLDER`` — timm / Hugging Face ``save_pretrained`` layout (``config.json`` +
+  ``model.safetensors``): the architecture, its ``model_args`` and its preprocessing come from
+  ``config.json`` (:mod:`.weights`).
 * neither — timm's random initialisation, saved once as safetensors and referenced by path +
   sha256, so an adapter can always be put back on the exact base it was trained on.
 
 ``state_sha256`` hashes the base's own tensors (classifier head excluded) in a canonical
 safetensors serialisation, whatever the source: it is what a loader checks before putting an
-adapter on a base.
+adapter on a base. Tensors that do not fit are reported key by key with the likely ``model.kwargs``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +32,26 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import WeightsError
+from .weights import fit_state, load_weights_file, read_folder
+
+__all__ = ["LOCAL_SOURCES", "BaseInfo", "base_state", "create_base", "head_name", "head_names", "head_prefixes",
+           "load_weights_file", "rebuild_base", "sha256_file", "state_sha256"]
 
 log = logging.getLogger(__name__)
+LOCAL_SOURCES = ("file", "folder", "pretrain")  # bases read from a local weights file named in medlora.json
 
 
 @dataclass
 class BaseInfo:
     timm_name: str
     timm_kwargs: dict[str, Any]
-    source: str  # "hub" | "file" | "init"
+    source: str  # "hub" | "file" | "folder" | "pretrain" | "init"
     weights_path: str | None
-    sha256: str  # of the weights file (file/init) or of the canonical state (hub)
+    sha256: str  # of the weights file (file/folder/init/hub cache file) or of the canonical state
     state_sha256: str
     num_classes: int
+    # where the weights came from: hub repo + revision + file, folder, file, or pretraining run
+    origin: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,15 +65,30 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def head_name(model: nn.Module) -> str:
-    """The classifier head's module name, from timm's pretrained config (``head`` for ViTs)."""
+def head_names(model: nn.Module) -> tuple[str, ...]:
+    """The classifier head modules, from timm's pretrained config (``head`` for ViTs, ``head.fc`` for Swin
+    and ConvNeXt, ``fc`` for ResNet, ``head`` and ``head_dist`` for distilled DeiT)."""
     name = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
-    return name if isinstance(name, str) else name[0]
+    names = (name,) if isinstance(name, str) else tuple(name)
+    return tuple(n for n in names if _has_module(model, n)) or names[:1]
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def head_name(model: nn.Module) -> str:
+    """The (first) classifier head's module name."""
+    return head_names(model)[0]
 
 
 def head_prefixes(model: nn.Module) -> tuple[str, ...]:
-    """Parameter-name prefixes of the classifier head (re-initialised per task)."""
-    return (head_name(model) + ".",)
+    """Parameter-name prefixes of the classifier head(s) (re-initialised per task)."""
+    return tuple(n + "." for n in head_names(model))
 
 
 def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -77,73 +104,78 @@ def state_sha256(model: nn.Module) -> str:
     return hashlib.sha256(save(base_state(model))).hexdigest()
 
 
-def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a local weights file safely (safetensors, or torch.load with weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"model.weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any decoder failure means the same thing to the user
-        raise WeightsError(f"model.weights file {path} cannot be read as weights: {err}") from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"model.weights file {path} does not hold a flat tensor state dict")
-    return state
-
-
-def _apply_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    heads = head_prefixes(model)
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if not (k.startswith(heads) and (k not in own or own[k].shape != v.shape))}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(heads)]
-    if missing or unexpected:
-        raise WeightsError(
-            f"model.weights file {source} does not fit {type(model).__name__}: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
-
-
-def create_base(cfg: ModelConfig, num_classes: int, init_dir: Path | None = None, seed: int = 0) -> tuple[nn.Module, BaseInfo]:
-    """Create the timm model with a ``num_classes`` head from the configured weight source.
-
-    ``init_dir`` is where a randomly initialised base is saved (required when neither
-    ``pretrained`` nor ``weights`` is set).
-    """
+def _timm(name: str, num_classes: int, kwargs: dict[str, Any], **extra: Any) -> nn.Module:
     import timm
 
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **extra, **kwargs)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise WeightsError(f"timm cannot create {name!r} with model.kwargs {kwargs}: {err}") from None
+
+
+def _file_origin(path: Path) -> dict[str, Any]:
+    """A weights file's origin: a medlora pretraining output (``base_card.md`` beside it, safetensors
+    metadata) or a plain file."""
+    card = path.parent / "base_card.md"
+    meta: dict[str, str] = {}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+    if card.is_file():
+        return {"kind": "pretrain", "path": str(path.resolve()), "base_card": str(card.resolve()),
+                "base_card_sha256": sha256_file(card), "metadata": meta}
+    return {"kind": "file", "path": str(path.resolve()), **({"metadata": meta} if meta else {})}
+
+
+def _from_folder(cfg: ModelConfig, num_classes: int, folder: Path) -> tuple[nn.Module, BaseInfo]:
+    found = read_folder(folder)
+    if cfg.backbone.split(".")[0] != found.architecture.split(".")[0]:
+        raise WeightsError(f"model.weights folder {folder} holds a {found.architecture!r} (its config.json) but "
+                           f"model.backbone={cfg.backbone!r}; drop model.backbone to take the folder's architecture")
+    kwargs = {**{k: v for k, v in found.model_args.items() if k != "num_classes"}, **cfg.kwargs}  # the task's head
+    model = _timm(found.architecture, num_classes, kwargs, pretrained_cfg=found.pretrained_cfg)
+    fit_state(model, load_weights_file(found.weights), found.weights, head_prefixes(model))
+    origin = {"kind": "folder", "path": str(folder.resolve()), "config_sha256": sha256_file(folder / "config.json"),
+              "file": found.weights.name}
+    info = BaseInfo(found.architecture, kwargs, "folder", str(found.weights.resolve()), sha256_file(found.weights),
+                    state_sha256(model), num_classes, origin)
+    log.info("base %s from folder %s sha256=%s", found.architecture, folder, info.sha256[:12])
+    return model, info
+
+
+def create_base(cfg: ModelConfig, num_classes: int, init_dir: Path | None = None, seed: int = 0,
+                save_init: bool = True) -> tuple[nn.Module, BaseInfo]:
+    """Create the timm model with a ``num_classes`` head from the configured weight source.
+
+    ``init_dir`` is where a randomly initialised base is saved (required when neither ``pretrained``
+    nor ``weights`` is set, unless ``save_init=False``: a check that builds the base and keeps nothing).
+    """
     kwargs = dict(cfg.kwargs)
     if cfg.pretrained:
-        try:
-            model = timm.create_model(cfg.backbone, pretrained=True, num_classes=num_classes, **kwargs)
-        except Exception as err:  # noqa: BLE001 - hub/network errors come in many types
-            raise WeightsError(
-                f"could not load pretrained weights for {cfg.backbone!r} from the hub ({type(err).__name__}: {err}). "
-                "Offline or air-gapped? Set model.weights: PATH to a local .safetensors/.pth file, "
-                "or model.pretrained: false to train on a randomly initialised base."
-            ) from None
-        info = BaseInfo(cfg.backbone, kwargs, "hub", None, "", "", num_classes)
-        info.state_sha256 = state_sha256(model)
-        info.sha256 = info.state_sha256
+        from .hub import hub_origin, load_pretrained
+
+        model = load_pretrained(cfg.backbone, num_classes, kwargs, cfg.cache_dir)
+        origin = hub_origin(model, cfg.backbone, cfg.cache_dir)
+        state = state_sha256(model)
+        info = BaseInfo(cfg.backbone, kwargs, "hub", None, origin.get("file_sha256") or state, state, num_classes, origin)
+        log.info("base %s from hub repo %s revision %s", cfg.backbone, origin.get("repo"), origin.get("revision"))
         return model, info
-    try:
-        torch.manual_seed(seed)
-        model = timm.create_model(cfg.backbone, pretrained=False, num_classes=num_classes, **kwargs)
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise WeightsError(f"timm cannot create {cfg.backbone!r} with kwargs {kwargs}: {err}") from None
+    if cfg.weights is not None and Path(cfg.weights).is_dir():
+        return _from_folder(cfg, num_classes, Path(cfg.weights))
+    torch.manual_seed(seed)
+    model = _timm(cfg.backbone, num_classes, kwargs)
     if cfg.weights is not None:
         path = Path(cfg.weights)
-        _apply_state(model, load_weights_file(path), path)
-        info = BaseInfo(cfg.backbone, kwargs, "file", str(path.resolve()), sha256_file(path), state_sha256(model), num_classes)
+        fit_state(model, load_weights_file(path), path, head_prefixes(model))
+        origin = _file_origin(path)
+        info = BaseInfo(cfg.backbone, kwargs, origin["kind"], str(path.resolve()), sha256_file(path),
+                        state_sha256(model), num_classes, origin)
         log.info("base weights %s sha256=%s", path, info.sha256[:12])
         return model, info
+    if not save_init:
+        return model, BaseInfo(cfg.backbone, kwargs, "init", None, "", "", num_classes, {"kind": "init"})
     if init_dir is None:
         raise WeightsError("a randomly initialised base needs a folder to be saved in")
     from safetensors.torch import save_file
@@ -151,23 +183,27 @@ def create_base(cfg: ModelConfig, num_classes: int, init_dir: Path | None = None
     init_dir.mkdir(parents=True, exist_ok=True)
     path = init_dir / "base.safetensors"
     save_file(base_state(model), path)
-    info = BaseInfo(cfg.backbone, kwargs, "init", str(path.resolve()), sha256_file(path), state_sha256(model), num_classes)
+    info = BaseInfo(cfg.backbone, kwargs, "init", str(path.resolve()), sha256_file(path), state_sha256(model),
+                    num_classes, {"kind": "init", "seed": seed})
     log.info("randomly initialised base saved to %s (sha256=%s)", path, info.sha256[:12])
     return model, info
 
 
 def rebuild_base(info: dict[str, Any]) -> nn.Module:
     """Rebuild a base from a :class:`BaseInfo` dict (``medlora.json``) and verify its content."""
-    import timm
-
     if info["source"] == "hub":
-        model = timm.create_model(info["timm_name"], pretrained=True, num_classes=info["num_classes"], **info["timm_kwargs"])
+        from .hub import load_pretrained
+
+        origin = info.get("origin") or {}
+        cache = origin.get("cache_dir")
+        model = load_pretrained(info["timm_name"], info["num_classes"], info["timm_kwargs"],
+                                cache if cache and Path(cache).is_dir() else None, origin.get("revision"))
     else:
         path = Path(info["weights_path"])
-        model = timm.create_model(info["timm_name"], pretrained=False, num_classes=info["num_classes"], **info["timm_kwargs"])
+        model = _timm(info["timm_name"], info["num_classes"], info["timm_kwargs"])
         if sha256_file(path) != info["sha256"]:
             raise WeightsError(f"base weights {path} have sha256 {sha256_file(path)[:12]}…, expected {info['sha256'][:12]}…")
-        _apply_state(model, load_weights_file(path), path)
+        fit_state(model, load_weights_file(path), path, head_prefixes(model))
     actual = state_sha256(model)
     if actual != info["state_sha256"]:
         raise WeightsError(f"the rebuilt base {info['timm_name']} differs from the one the adapter was trained on "

@@ -10,8 +10,10 @@ from typing import Any
 from torch import nn
 
 from ..config import Config
+from ..errors import ConfigError
 from .backbone import BaseInfo, create_base
-from .lora import ParamCount, apply_method, count_params
+from .families import check_image_size, require_targets
+from .lora import ParamCount, apply_method, count_params, resolve_targets
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +27,52 @@ class BuiltModel:
 
 
 def input_config(model: nn.Module, image_size: int | None) -> dict[str, Any]:
-    """Input size, mean and std derived from the model (timm's data config), size overridable."""
+    """Input size, mean and std derived from the model (timm's data config), size overridable.
+
+    The size is the model's own input size when it was built for one (a ViT's ``img_size``), else
+    its pretrained config's; ``image_size`` must agree with a fixed-size model and be a multiple of a
+    patch-based model's patch size (:func:`~medlora.models.families.check_image_size`).
+    """
     from timm.data import resolve_model_data_config
 
     dc = resolve_model_data_config(model)
-    size = image_size or int(dc["input_size"][-1])
+    size = image_size or _model_size(model) or int(dc["input_size"][-1])
+    fixed = _model_size(model)
+    if fixed and size != fixed:
+        raise ConfigError(f"preprocess.image_size={size} but timm {type(model).__name__} is built for {fixed} px "
+                          f"inputs: set model.kwargs.img_size: {size} as well (timm resizes pretrained position "
+                          "embeddings), or leave preprocess.image_size unset to use the model's size")
+    check_image_size(model, size)
     return {"image_size": size, "channels": int(dc["input_size"][0]), "mean": [float(m) for m in dc["mean"]],
             "std": [float(s) for s in dc["std"]], "interpolation": dc.get("interpolation", "bicubic")}
+
+
+def _model_size(model: nn.Module) -> int | None:
+    """The one input size a fixed-size model (a strict patch embedding) accepts, None for flexible models."""
+    pe = getattr(model, "patch_embed", None)
+    img = getattr(pe, "img_size", None)
+    if img is None or not getattr(pe, "strict_img_size", False) or getattr(model, "dynamic_img_size", False):
+        return None
+    img = (img, img) if isinstance(img, int) else tuple(img)
+    if img[0] != img[1]:
+        raise ConfigError(f"timm {type(model).__name__} is built for non-square {img} inputs; medlora feeds square "
+                          "images: set model.kwargs.img_size to one number")
+    return int(img[0])
+
+
+def check_model(cfg: Config) -> BaseInfo:
+    """Build the base from its weight source and check that it fits the run (input size, method, LoRA
+    targets) without keeping anything: what :func:`build_model` would refuse, in seconds, before any data."""
+    base, info = create_base(cfg.model, len(cfg.data.classes), seed=cfg.train.seed, save_init=False)
+    input_config(base, cfg.preprocess.image_size)
+    methods = {"classify": [cfg.model.method], "fewshot": list(cfg.fewshot.methods) if cfg.fewshot else []}
+    if "lora" in methods.get(cfg.pipeline, []):
+        lora = cfg.model.lora
+        blocks = getattr(base, "blocks", None)
+        depth = len(blocks) if isinstance(blocks, nn.Sequential | nn.ModuleList) else None
+        targets = resolve_targets(lora.targets, lora.blocks, depth)
+        require_targets(base, targets, lora.targets)
+    return info
 
 
 def build_model(cfg: Config, out: Path) -> BuiltModel:

@@ -1,8 +1,9 @@
-"""Adaptation methods on a timm ViT: peft LoRA, linear probe, full fine-tuning.
+"""Adaptation methods on a timm backbone: peft LoRA, linear probe, full fine-tuning.
 
-LoRA targets are named by presets (regular expressions over timm's ViT module names, so that
-``attn.proj`` never catches ``patch_embed.proj``) or by explicit module names. The classifier
-head is trained through peft's ``modules_to_save`` and saved inside the adapter.
+LoRA targets are named by presets (regular expressions over timm's module names, the same across the
+attention families, so that ``attn.proj`` never catches ``patch_embed.proj``: :mod:`.families`) or by
+explicit module names. The classifier head(s) are trained through peft's ``modules_to_save`` and saved
+inside the adapter. A backbone without attention blocks is refused for LoRA with the methods that fit it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from torch import nn
 
 from ..config import LoraConfigModel
 from ..errors import ConfigError
-from .backbone import head_name
+from .backbone import head_names, head_prefixes
+from .families import LORA_TARGET_PRESETS, require_targets
 
-LORA_TARGET_PRESETS: dict[str, str] = {
-    "attn_qkv": r".*blocks\.\d+\.attn\.qkv",
-    "attn_all": r".*blocks\.\d+\.attn\.(qkv|proj)",
-    "attn_mlp": r".*blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))",
-}
+__all__ = ["LORA_TARGET_PRESETS", "ParamCount", "apply_method", "count_params", "for_inference", "lora_config",
+           "resolve_targets"]
 
 
 @dataclass(frozen=True)
@@ -80,8 +79,9 @@ def resolve_targets(targets: str | list[str], blocks: list[int] | None = None, d
     return regex.replace(r"blocks\.\d+", r"blocks\.(" + "|".join(map(str, chosen)) + ")")
 
 
-def lora_config(cfg: LoraConfigModel, head: str = "head", depth: int | None = None):
-    """The peft ``LoraConfig`` for a medlora LoRA config (``depth``: the backbone's number of blocks)."""
+def lora_config(cfg: LoraConfigModel, head: str | list[str] = "head", depth: int | None = None):
+    """The peft ``LoraConfig`` for a medlora LoRA config (``head``: the classifier module(s) trained and
+    saved with the adapter; ``depth``: the backbone's number of blocks)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -89,26 +89,44 @@ def lora_config(cfg: LoraConfigModel, head: str = "head", depth: int | None = No
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=resolve_targets(cfg.targets, cfg.blocks, depth),
-        modules_to_save=[head],
+        modules_to_save=[head] if isinstance(head, str) else list(head),
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
         bias="none",
     )
 
 
+def _eval_mode(module: nn.Module, _inputs: tuple) -> None:
+    module.training = False
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Batch-norm layers whose weights are frozen run in eval mode in training too: their running
+    statistics are part of the base, which LoRA and linear probing must leave unchanged (otherwise the
+    adapter or head would be exported for a base that no longer exists)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+            module.register_forward_pre_hook(_eval_mode)
+
+
 def apply_method(model: nn.Module, method: str, lora: LoraConfigModel) -> nn.Module:
     """Make ``model`` trainable the way ``method`` says; returns the (possibly peft-wrapped) model."""
-    head = head_name(model)
     if method == "lora":
         from peft import get_peft_model
 
         blocks = getattr(model, "blocks", None)
-        peft_model = get_peft_model(model, lora_config(lora, head, len(blocks) if blocks is not None else None))
+        config = lora_config(lora, list(head_names(model)), len(blocks) if isinstance(blocks, nn.Sequential | nn.ModuleList) else None)
+        require_targets(model, config.target_modules if isinstance(lora.targets, str) else lora.targets, lora.targets)
+        peft_model = get_peft_model(model, config)
+        freeze_batchnorm(peft_model)
         if not any("lora_" in n for n, _ in peft_model.named_parameters()):
             raise ConfigError(f"model.lora.targets={lora.targets!r} matched no module of this backbone")
         return peft_model
     if method in {"linear_probe", "full"}:
+        heads = head_prefixes(model)
         for name, p in model.named_parameters():
-            p.requires_grad = method == "full" or name.startswith(head + ".")
+            p.requires_grad = method == "full" or name.startswith(heads)
+        if method == "linear_probe":
+            freeze_batchnorm(model)
         return model
     raise ConfigError(f"model.method={method!r}; allowed: lora, linear_probe, full")

@@ -42,7 +42,8 @@ def frozen_prefix_depth(model: nn.Module) -> int:
     embed = [getattr(vit, name, None) for name in ("patch_embed", "pos_drop", "patch_drop", "norm_pre")]
     if not isinstance(blocks, nn.Sequential) or any(m is None for m in embed) or getattr(vit, "grad_checkpointing", False):
         return 0
-    tokens = [getattr(vit, n) for n in ("cls_token", "pos_embed", "reg_token") if isinstance(getattr(vit, n, None), nn.Parameter)]
+    tokens = [getattr(vit, n) for n in ("cls_token", "pos_embed", "reg_token", "dist_token")
+              if isinstance(getattr(vit, n, None), nn.Parameter)]
     if any(p.requires_grad for p in [*tokens, *(p for m in embed for p in m.parameters())]) or any(map(_random, embed)):
         return 0
     depth = 0

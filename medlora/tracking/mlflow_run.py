@@ -40,7 +40,9 @@ def start_run(experiment: str, run_name: str | None = None, tags: Mapping[str, s
     import mlflow
 
     if run_id is None and not (nested and mlflow.active_run()):  # a nested run goes with its parent
-        mlflow.set_experiment(experiment)
+        exp = mlflow.set_experiment(experiment)
+        if T.EXPERIMENT_KIND not in exp.tags:
+            mlflow.set_experiment_tag(T.EXPERIMENT_KIND, T.MODEL_TRAINING)
     status = "FINISHED"
     with mlflow.start_run(run_name=run_name, tags=dict(tags or {}), nested=nested, run_id=run_id) as run:
         try:

@@ -1,8 +1,8 @@
 """The names of the MLflow tags medlora writes and searches; one place, so writers and readers agree.
 
-``medlora.role`` tells a sweep parent (``sweep``) from its children (``child``) and single runs
-(``run``); a sweep is found again by ``medlora.sweep_hash``, a child by ``medlora.config_hash``
-(the hash of its resolved config); ``medlora.host``/``medlora.pid`` name the process running it.
+``medlora.role`` tells a sweep parent (``sweep``) from its children (``child``), single runs
+(``run``) and pretraining runs (``pretrain``); a sweep is found again by ``medlora.sweep_hash``, a
+child by ``medlora.config_hash`` (the hash of its resolved config); ``medlora.host``/``medlora.pid`` name the process running it.
 """
 
 from __future__ import annotations
@@ -22,4 +22,9 @@ DATASET_FINGERPRINT = "medlora.dataset_fingerprint"
 DATA_CARD_NAME = "medlora.data_card.name"
 DATA_CARD_VERSION = "medlora.data_card.version"
 KEY_SCHEME = "medlora.key_scheme"
+PRETRAIN_KEY = "medlora.pretrain_key"  # a pretraining run: data fingerprint + settings (medlora.experiment.pretrain)
 FAILURE_REASON = "medlora.failure_reason"  # why a run ended FAILED, set by the stage that failed
+# MLflow's own experiment tag: its UI opens a "custom model development" experiment on the runs table
+# (params and metrics) instead of the GenAI traces overview
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"

@@ -4,7 +4,7 @@ The same loop serves LoRA, linear probing and full fine-tuning: the method only 
 parameters require gradients. Training augmentation, when given, runs on each whole batch on the
 training device (:class:`~medlora.transforms.augment.BatchAugment`). At the end the best epoch's
 trainable weights are restored. The time spent waiting for batches and augmenting them is
-reported apart from the steps (``data_seconds``).
+reported apart from the steps (``data_seconds``). Each epoch logs its time and an ETA for the rest.
 """
 
 from __future__ import annotations
@@ -74,6 +74,25 @@ def binary_log_loss(pred: Predictions) -> float:
     p = np.clip(pred.score, 1e-7, 1 - 1e-7)
     y = pred.label.astype(float)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def eta_text(history: list[EpochLog], remaining: int) -> str:
+    """Time left if the remaining epochs take as long as the mean epoch of this run so far (early
+    stopping can end sooner); ``last epoch`` when none remain."""
+    if remaining <= 0 or not history:
+        return "last epoch"
+    mean = sum(e.seconds for e in history) / len(history)
+    return f"ETA {duration(mean * remaining)} for {remaining} more epoch{'s' if remaining > 1 else ''} at most"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -164,9 +183,8 @@ def fit(
         entry = EpochLog(epoch, total / max(n, 1), val_auroc, val_loss, scheduler.get_last_lr()[0], time.perf_counter() - t0,
                          epoch_data)
         st.history.append(entry)
-        eta = entry.seconds * (cfg.epochs - epoch - 1)
-        log.info("epoch %d/%d: train_loss=%.4f val_loss=%.4f val_auroc=%.4f (%.1f s; at most %.0f s left)", epoch + 1,
-                 cfg.epochs, entry.train_loss, val_loss, val_auroc, entry.seconds, eta)
+        log.info("epoch %d/%d: train_loss=%.4f val_loss=%.4f val_auroc=%.4f (%.1f s; %s)", epoch + 1, cfg.epochs,
+                 entry.train_loss, val_loss, val_auroc, entry.seconds, eta_text(st.history, cfg.epochs - epoch - 1))
         if on_epoch is not None:
             on_epoch(entry)
         st.epoch = epoch

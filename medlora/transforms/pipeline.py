@@ -79,7 +79,8 @@ class LoadSampled(MapTransform):
     """Load a manifest item by its ``kind`` into a windowed channel-first ``(C, H, W)`` image.
 
     ``dicom2d`` (or no ``kind``): the 2D chain ``LoadImaged(MedloraDicomReader)`` → ``WindowImaged`` →
-    ``CentralFramed`` (a MetaTensor, as before). ``series``/``nifti``: the volume of ``data[key]`` is
+    ``CentralFramed`` (a MetaTensor, as before); ``frames``: the same chain with frame ``data["view_index"]``
+    instead of the central one. ``series``/``nifti``: the volume of ``data[key]`` is
     loaded and preprocessed (:func:`.volume.load_volume`, :func:`.volume.preprocess_volume`) at most
     once while it stays among the ``cache_size`` most recent volumes, then view ``data["view_index"]``
     of ``preprocess.view`` is extracted (:func:`.views.extract_view`) as a float32 tensor.
@@ -99,6 +100,7 @@ class LoadSampled(MapTransform):
             WindowImaged(keys=keys, window=preprocess.window),
             CentralFramed(keys=keys),
         ])
+        self._load_frames = Compose(self._load2d.transforms[:2])
         self._init_cache()
 
     def _init_cache(self) -> None:
@@ -142,6 +144,12 @@ class LoadSampled(MapTransform):
         kind = data.get("kind") or "dicom2d"
         if kind == "dicom2d":
             return self._load2d(dict(data))
+        if kind == "frames":  # one frame of a multi-frame object that is not a volume
+            d = self._load_frames(dict(data))
+            for key in self.key_iterator(d):
+                frames = d[key]
+                d[key] = frames[:, min(int(d.get("view_index", 0)), frames.shape[1] - 1)] if frames.ndim == 4 else frames
+            return d
         d = dict(data)
         for key in self.key_iterator(d):
             view = extract_view(self.volume(d[key], kind), self.pre.view, int(d.get("view_index", 0)))

@@ -186,6 +186,7 @@ def test_predict_cuts_volumes_into_the_bundles_views_like_ingest(bundle_copy, tm
     from medlora.io.ingest import run_ingest
     from medlora.io.synth import write_phantoms
     from medlora.transforms.pipeline import build_transforms, manifest_items
+    from medlora.transforms.samples import expand_views
 
     meta = json.loads((bundle_copy / "medlora.json").read_text())
     meta["preprocess"]["view"] = {"kind": "every_k", "k": 3, "slab": 5, "axis": 2, "aggregate": "max"}
@@ -199,7 +200,7 @@ def test_predict_cuts_volumes_into_the_bundles_views_like_ingest(bundle_copy, tm
 
     bundle = open_bundle(bundle_copy)
     pre, size, mean, std = bundle.preprocess()
-    manifest = run_ingest(DataConfig(root=root, volume_min_slices=8), pre).manifest
+    manifest = expand_views(run_ingest(DataConfig(root=root, volume_min_slices=8)).manifest, pre)
     assert set(manifest["kind"]) == {"series"} and set(res.samples["sample_id"]) == set(manifest["sample_id"])
     items = manifest_items(manifest, root)
     transform = build_transforms(pre, size, mean, std)
@@ -222,3 +223,24 @@ def test_study_keys_follow_the_site_secret(bundle_dir, test_split, tmp_path):
     assert (tmp_path / "other.key").is_file() and set(here["study_key"]) <= set(test_split["study_key"])
     assert not set(here["study_key"]) & set(elsewhere["study_key"])
     np.testing.assert_allclose(sorted(here["score"]), sorted(elsewhere["score"]), atol=1e-6)
+
+
+def test_predict_applies_the_bundles_recalibration_before_its_threshold(bundle_dir, bundle_copy, test_split):
+    import json
+
+    from medlora.evaluate.recalibrate import Calibrator
+    from medlora.export.predict import predict_bundles
+
+    meta = json.loads((bundle_copy / "medlora.json").read_text())
+    assert meta["calibration"] == {"method": "none"}  # the session's run is not recalibrated
+    cal = Calibrator("temperature", 0.25, 0.0)
+    meta["calibration"] = cal.to_dict()
+    meta["operating_point"]["threshold"] = float(cal.apply(np.array([meta["operating_point"]["threshold"]]))[0])
+    (bundle_copy / "medlora.json").write_text(json.dumps(meta))
+    _rewrite_manifest(bundle_copy)
+    files = list(test_split["file"])
+    raw = predict_bundles([bundle_dir], files).studies.set_index("study_key")
+    got = predict_bundles([bundle_copy], files).studies.set_index("study_key").loc[raw.index]
+    np.testing.assert_allclose(got["score"], cal.apply(raw["score"].to_numpy()), atol=1e-6)
+    assert not np.allclose(got["score"], raw["score"])
+    assert (got["call"] == raw["call"]).all()  # a monotone map with its threshold mapped alike: the same calls

@@ -59,7 +59,7 @@ def test_pipe_layout_with_a_no_finding_name(tmp_path):
         ("key,label\na,Effusion|Mass\n", {}, r"line 2: column 'label' names 'Mass', which is not one of data.findings"),
         ("key,label\na,No Finding|Nodule\n", {"normal": "No Finding"}, r"lists 'No Finding' \(data.normal\) together"),
         ("key,other\na,1\n", {}, r"neither a column per finding \(missing \['Effusion', 'Nodule'\]\) nor the column 'label'"),
-        ("key,Effusion,Nodule\na,1,0\na,0,0\n", {}, r"line 3: key given twice with different findings"),
+        ("key,Effusion,Nodule\na,1,0\na,0,0\n", {}, r"line 3 \(key\): key of line 2 given again with different findings"),
     ],
 )
 def test_bad_findings_name_the_column_and_value(tmp_path, text, kw, match):
@@ -86,3 +86,33 @@ def test_config_keys_belong_to_their_task(tmp_path):
     with pytest.raises(ValidationError, match="data.normal='x' is not one of data.classes"):
         DataConfig(root=tmp_path, task="multiclass", classes=["a", "b", "c"], normal="x")
     assert DataConfig(root=tmp_path, task="multilabel", findings=["a", "b"]).outputs == ["a", "b"]
+
+
+def test_ingest_joins_findings_by_normalised_path_keys_and_views_keep_them(tmp_path):
+    from medlora.config import PreprocessConfig, SynthConfig
+    from medlora.io.ingest import run_ingest
+    from medlora.io.synth import write_phantoms
+    from medlora.transforms.samples import expand_views
+
+    root = tmp_path / "data"
+    write_phantoms(root, SynthConfig(patients=6, images_per_patient=1, size=16, seed=3, findings=["effusion", "nodule"]))
+    folders = sorted(p.relative_to(root).as_posix() for p in root.glob("patient*"))
+    side = tmp_path / "side"
+    side.mkdir()
+    # one key per spelling: root-relative, with ./ and .., relative to the CSV's folder, absolute
+    keys = [folders[0], f"./{folders[1]}/", f"{folders[2]}/../{folders[2]}", f"../data/{folders[3]}",
+            str(root / folders[4]), folders[5]]
+    codes = ["1,0", "0,1", "0,0", "1,1", ",1", "0,"]
+    rows = [f"{k},{c}" for k, c in zip(keys, codes, strict=True)]
+    (side / "labels.csv").write_text("path,Effusion,Nodule\n" + "\n".join(rows) + "\n")
+    cfg = _cfg(root, labels=side / "labels.csv", label_key="path")
+    manifest = run_ingest(cfg).manifest
+    got = {path.split("/")[0]: code for path, code in zip(manifest["path"], manifest["findings"], strict=True)}
+    assert got == dict(zip(folders, codes, strict=True))
+    assert sorted(manifest["label"].tolist()) == [0, 0, 1, 1, 1, 1]  # any finding present; unknown is not
+    views = expand_views(manifest, PreprocessConfig())
+    assert views["findings"].tolist() == manifest["findings"].tolist()
+
+    (side / "labels.csv").write_text(f"path,Effusion,Nodule\n{folders[0]},1,0\n./{folders[0]},0,0\n")
+    with pytest.raises(InputError, match=r"labels.csv line 3 \(path\): key of line 2 given again with different findings"):
+        run_ingest(cfg)

@@ -188,12 +188,13 @@ def test_enhanced_multiframe_ct_is_ingested_as_a_volume(tmp_path) -> None:
 
     from medlora.config import DataConfig, PreprocessConfig, ViewConfig
     from medlora.io.ingest import run_ingest
+    from medlora.transforms.samples import expand_views
 
     write_enhanced(tmp_path / "mf.dcm", ramp_volume(slices=6), [0.0, 2.0, 4.0, 6.0, 8.0, 12.0])  # a gap
     write_enhanced(tmp_path / "ok.dcm", ramp_volume(slices=6), [10.0, 2.0, 4.0, 6.0, 8.0, 0.0])
     pd.DataFrame({"path": ["mf.dcm", "ok.dcm"], "label": ["normal", "abnormal"]}).to_csv(tmp_path / "labels.csv", index=False)
-    result = run_ingest(DataConfig(root=tmp_path, label_key="path", volume_min_slices=6),
-                        PreprocessConfig(view=ViewConfig(kind="every_k", k=2)))
-    m = result.manifest
+    result = run_ingest(DataConfig(root=tmp_path, label_key="path", volume_min_slices=6, volume_fallback=False))
+    m = expand_views(result.manifest, PreprocessConfig(view=ViewConfig(kind="every_k", k=2)))
     assert list(m["kind"]) == ["series"] * 3 and list(m["view_index"]) == [0, 1, 2] and set(m["frames"]) == {6}
-    assert list(result.skipped["path"]) == ["mf.dcm (6 frames)"] and "gap" in result.skipped["reason"].iloc[0]
+    assert list(result.skipped["path"]) == ["mf.dcm"] and "mf.dcm (6 frames)" in result.skipped["reason"].iloc[0]
+    assert "gap" in result.skipped["reason"].iloc[0]

@@ -35,7 +35,7 @@ def phantom_data(phantom_root, tmp_path_factory, tiny_cfg):
 
     tmp = tmp_path_factory.mktemp("subgroups")
     cfg = tiny_cfg(phantom_root, tmp)
-    return cfg, prepare_dataset(cfg.data, cfg.preprocess)
+    return cfg, prepare_dataset(cfg.data, tmp / "ingest")
 
 
 def test_ingest_records_header_fields_and_labels_columns_join_by_pseudonym(phantom_data, phantom_root, tmp_path):

@@ -18,6 +18,7 @@ from medlora.errors import LeakageError
 from medlora.io.deid import load_site_key
 from medlora.io.ingest import MANIFEST_COLUMNS, run_ingest
 from medlora.io.prepare import prepare_dataset
+from medlora.transforms.samples import expand_views
 
 RNG = np.random.default_rng(0)
 
@@ -86,33 +87,39 @@ def corpus(tmp_path) -> tuple[Path, list[dict[str, str]]]:
     return root, [*ids, e]
 
 
-EXPECTED_SKIPS = {  # report path → a piece of its reason
-    "vol_gap (8 slices)": "gap: slice spacing ranges from 2 to 6 mm",
-    "vol_nolabel (8 slices)": "no label for its path",
+EXPECTED_SKIPS = {  # report path (a file, or every file of a folder/) → a piece of its reason
+    "vol_gap/": "gap: slice spacing ranges from 2 to 6 mm",
+    "vol_nolabel/": "no label for its path",
     "img/constant.dcm": "constant image: every value is 40",
     "img/report.dcm": "not an image (SOPClassUID=1.2.840.10008.5.1.4.1.1.88.11 Basic Text SR",
-    "img/truncated.dcm": "truncated",
+    "img/truncated.dcm": "truncated",  # not "duplicate": it shares good.dcm's SOPInstanceUID but cannot be read
     "img/empty.dcm": "file is empty (0 bytes)",
     "img/notes": "not a DICOM file",
     "nii/nan.nii.gz": "volume has 1 non-finite (NaN/inf) values",
     "nii/flat.nii.gz": "constant volume",
     "nii/broken.nii.gz": "not a readable NIfTI file",
-    "": "label row with no matching study (path #",
+    "gone/missing.dcm": "labels.csv line 15 (path): label row with no matching file or folder 'gone/missing.dcm'",
 }
+
+
+def expected_piece(path: str) -> str:
+    keys = [k for k in EXPECTED_SKIPS if path == k or (k.endswith("/") and path.startswith(k))]
+    assert len(keys) == 1, path
+    return EXPECTED_SKIPS[keys[0]]
 
 
 def test_corrupted_corpus_reports_every_bad_input_and_keeps_every_good_one(corpus) -> None:
     root, raw_ids = corpus
-    result = run_ingest(DataConfig(root=root, label_key="path"))
+    result = run_ingest(DataConfig(root=root, label_key="path", volume_fallback=False))
     m, report = result.manifest, result.skipped
     assert list(m.columns) == MANIFEST_COLUMNS
     kept = dict(zip(m["path"], m["kind"], strict=True))
     assert kept == {"vol_good": "series", "two_slices/00.dcm": "dicom2d", "two_slices/05.dcm": "dicom2d",
                     "img/good.dcm": "dicom2d", "nii/ct.nii.gz": "nifti"}
     reasons = dict(zip(report["path"], report["reason"], strict=True))
-    assert set(reasons) == set(EXPECTED_SKIPS), reasons
-    for path, piece in EXPECTED_SKIPS.items():
-        assert piece in reasons[path], (path, reasons[path])
+    assert len(reasons) == len(report) == len(EXPECTED_SKIPS) - 2 + 16  # two folders of 8 slices, a row per file
+    for path, reason in reasons.items():
+        assert expected_piece(path) in reason, (path, reason)
     text = m.to_csv() + report.to_csv()
     for ids in raw_ids:
         for raw in (*ids.values(), "ACC" + ids["patient"]):
@@ -122,7 +129,7 @@ def test_corrupted_corpus_reports_every_bad_input_and_keeps_every_good_one(corpu
 
 def test_series_rows_list_their_slices_in_position_order(corpus) -> None:
     root, _ = corpus
-    m = run_ingest(DataConfig(root=root, label_key="path")).manifest
+    m = expand_views(run_ingest(DataConfig(root=root, label_key="path")).manifest, PreprocessConfig())
     row = m[m["kind"] == "series"].iloc[0]
     files = json.loads(row["source"])
     assert files == [f"vol_good/{(s * 5) % 11:02d}.dcm" for s in range(8)]  # by z, not by name
@@ -142,7 +149,7 @@ VIEW_CASES = [  # (view, rows of the 8-slice series, rows of the 6-slice NIfTI)
 @pytest.mark.parametrize(("view", "series_rows", "nifti_rows"), VIEW_CASES, ids=[c[0].kind for c in VIEW_CASES])
 def test_each_view_of_a_volume_is_a_row_of_the_same_study(corpus, view, series_rows, nifti_rows) -> None:
     root, _ = corpus
-    m = run_ingest(DataConfig(root=root, label_key="path"), PreprocessConfig(view=view)).manifest
+    m = expand_views(run_ingest(DataConfig(root=root, label_key="path")).manifest, PreprocessConfig(view=view))
     for kind, count in (("series", series_rows), ("nifti", nifti_rows)):
         rows = m[m["kind"] == kind]
         assert list(rows["view_index"]) == list(range(count)) and set(rows["view"]) == {view.kind}
@@ -153,7 +160,8 @@ def test_volume_min_slices_decides_between_volume_and_2d_samples(corpus) -> None
     root, _ = corpus
     result = run_ingest(DataConfig(root=root, label_key="path", volume_min_slices=2))
     reasons = dict(zip(result.skipped["path"], result.skipped["reason"], strict=True))
-    assert "conflicting labels" in reasons["two_slices (2 slices)"]  # its two files were labelled differently
+    for name in ("two_slices/00.dcm", "two_slices/05.dcm"):  # its two files were labelled differently
+        assert "series two_slices (2 slices): conflicting labels" in reasons[name]
     assert not result.manifest["path"].str.startswith("two_slices").any()
     m = run_ingest(DataConfig(root=root, label_key="path", volume_modalities=["MR"])).manifest
     assert (m["kind"] != "series").all() and m["path"].str.startswith("vol_good/").sum() == 8

@@ -88,3 +88,22 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterru
     assert resumed.best_epoch == whole.best_epoch
     for a, b in zip(whole_model.state_dict().values(), resumed_model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_each_epoch_logs_its_time_and_an_eta(caplog):
+    import logging
+
+    from medlora.train.loop import EpochLog, duration, eta_text
+
+    assert [duration(s) for s in (42.4, 185, 3720)] == ["42 s", "3 min 05 s", "1 h 02 min"]
+    history = [EpochLog(0, 0.5, 0.5, 0.5, 1e-3, 10.0), EpochLog(1, 0.4, 0.6, 0.4, 1e-3, 20.0)]
+    assert eta_text(history, 3) == "ETA 45 s for 3 more epochs at most"  # mean 15 s x 3
+    assert eta_text(history, 0) == "last epoch"
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    with caplog.at_level(logging.INFO, logger="medlora.train.loop"):
+        fit(model, _batches(2), _batches(1, seed=1), TrainConfig(epochs=3, batch_size=4, warmup_epochs=0, patience=5),
+            torch.device("cpu"), 1, val_metric=lambda p: 0.5)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 3
+    assert "ETA" in lines[0] and "2 more epochs" in lines[0] and "1 more epoch at most" in lines[1]
+    assert lines[2].endswith("s; last epoch)")

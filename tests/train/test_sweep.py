@@ -117,13 +117,13 @@ def test_upper_block_lora_children_share_one_pass_over_the_frozen_blocks(phantom
     from mlflow import MlflowClient
 
     from medlora.experiment.sweep import run_sweep
-    from medlora.io.prepare import prepare_dataset
+    from medlora.transforms.samples import prepare_samples
 
     cfg, _ = sweep_config(phantom_root, tmp_path, **{
         "data.name": "phantoms_prefix", "tracking.uri": finished_run[1].tracking.uri, "fewshot.methods": "[lora]",
         "fewshot.seeds": "[0]", "model.lora.blocks": "[-1]", "preprocess.augment": "false"})
     with caplog.at_level(logging.INFO, logger="medlora.train.features"):
-        summary = run_sweep(cfg, prepare_dataset(cfg.data, cfg.preprocess), tmp_path / "out")
+        summary = run_sweep(cfg, prepare_samples(cfg.data, cfg.preprocess), tmp_path / "out")
     passes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("frozen blocks 0-0 ")]
     assert sorted(m.split(":")[0] for m in passes) == ["frozen blocks 0-0 test", "frozen blocks 0-0 train",
                                                         "frozen blocks 0-0 val"]
