@@ -43,6 +43,8 @@ def test_multilabel_run_logs_per_finding_metrics(tmp_path, tiny_cfg):
     assert np.isfinite(test[[f"score.{f}" for f in FINDINGS]].to_numpy()).all()
     meta = json.loads((tmp_path / "out" / "medlora.json").read_text())
     assert meta["labels"]["task"] == "multilabel" and set(meta["operating_point"]["per_output"]) == set(FINDINGS)
+    assert meta["calibration"] == {"method": "none"}  # evaluate.calibration is for the binary task
+    assert sorted((tmp_path / "out" / "bundle" / "saliency").glob("*.png"))  # drawn for the highest-scoring finding
 
     from medlora.export.predict import predict_bundles
 
