@@ -4,7 +4,8 @@
 
 Only files already on this machine are used: pydicom's own ``test_files`` folder and its download
 cache (never :func:`pydicom.data.get_testdata_files`, which downloads the files it lacks). Every file is
-linked into one temporary root labelled as a whole (``path`` ``.``), ingested once, and accounted for:
+linked into one temporary root labelled as a whole (``path`` ``.``), ingested once (with
+``data.volume_min_slices: 3``, so the shared 3-slice CT is assembled as a volume), and accounted for:
 
 * files scanned, kept (named by the manifest), skipped by category;
 * files named nowhere (neither in the manifest nor in the report; target 0), named twice (target 0);

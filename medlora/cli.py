@@ -176,9 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     _quiet_third_party()
     try:
+        if getattr(args, "tracking_uri", None):
+            from .tracking.store import check_store
+
+            check_store(args.tracking_uri)
         return args.func(args)
     except MedloraError as err:
         print(f"medlora: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a tracking store that is down or refuses the credentials: say so, plainly
+        from .tracking.store import unreachable_message
+
+        message = unreachable_message(err, getattr(args, "tracking_uri", None))
+        if message is None:
+            raise
+        print(f"medlora: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medlora: interrupted", file=sys.stderr)

@@ -95,6 +95,8 @@ class DataConfig(_Strict):
     # a DICOM series of >= volume_min_slices single-frame slices of these modalities becomes a volume
     volume_min_slices: int = Field(8, ge=2)
     volume_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR"])
+    # modality of files that carry none (NIfTI); default: the data card's modality, else "unknown"
+    modality: str | None = None
     slice_spacing_tolerance: float = Field(0.1, gt=0, lt=1)  # allowed |spacing - median| / median
     # a volume candidate whose geometry is inconsistent: its slices (frames) become 2D samples (reported)
     volume_fallback: bool = True
@@ -299,9 +301,42 @@ class EvaluateConfig(_Strict):
         raise ValueError(f"evaluate.operating_point={v!r}; allowed: youden, sensitivity:T, specificity:T (0<T<1)")
 
 
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***`` (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class TrackingConfig(_Strict):
     uri: str | None = None  # default: MLFLOW_TRACKING_URI, else MLflow's default local store
     experiment: str | None = None  # default: the dataset name
+
+    @field_validator("uri")
+    @classmethod
+    def _no_password(cls, v: str | None) -> str | None:
+        """The config is logged with every run: credentials come from the environment instead."""
+        from urllib.parse import urlsplit
+
+        if v and urlsplit(v).password is not None:
+            raise ValueError(f"{redact_uri(v)} holds a password, and the config is logged with every run; write "
+                             "the URI without it and set PGPASSWORD or a ~/.pgpass line (a database) or "
+                             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (an MLflow server)")
+        return v
+
+
+class RayConfig(_Strict):
+    """Where a sweep's points run with ``fewshot.executor: ray``, and what each point asks for."""
+
+    address: str | None = None  # host:port of a running cluster, ray://host:10001, auto; unset: a Ray of this machine
+    cpus_per_point: float = Field(1.0, gt=0)  # Ray resources reserved by each (method, shots, seed) task
+    gpus_per_point: float = Field(0.0, ge=0)
+    max_retries: int = Field(1, ge=0)  # reruns of a point whose worker process or node died
+    connect_timeout: float = Field(5.0, gt=0)  # seconds to wait for ``address`` to answer
 
 
 class FewShotConfig(_Strict):
@@ -309,6 +344,8 @@ class FewShotConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     methods: list[Method] = Field(default_factory=lambda: list(METHODS))
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-method train.* values
+    executor: Literal["local", "ray"] = "local"  # where the points run: this process, or Ray tasks
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _overrides_are_train_keys(self) -> FewShotConfig:
@@ -454,7 +491,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         elif e["type"] == "missing":
             lines.append(f"  missing required key {key!r}")
         else:
-            got = f" (got {e.get('input')!r})" if key else ""  # a whole-config check: the input is the config
+            shown = redact_uri(e["input"]) if isinstance(e.get("input"), str) else e.get("input")
+            got = f" (got {shown!r})" if key else ""  # a whole-config check: the input is the config
             lines.append(f"  {key or '<root>'}: {e['msg']}{got}")
     return "\n".join(lines)
 

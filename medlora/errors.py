@@ -33,3 +33,8 @@ class MetricUndefinedError(MedloraError):
 
 class BundleError(MedloraError):
     """An exported bundle is incomplete, tampered with, or does not match its base model."""
+
+
+class TrackingUnavailableError(MedloraError):
+    """The tracking store does not answer or refuses the credentials (names the URI, never a password).
+    A sweep stops on it rather than counting its points as failed; rerunning resumes."""

@@ -164,3 +164,169 @@ def plain_reload_scores():
         return scores, expected.loc[[i["sample_id"] for i in items]].to_numpy()
 
     return score
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """An ``mlflow server`` subprocess on 127.0.0.1 (``stop()`` and ``start()`` again on the same port)."""
+
+    def __init__(self, backend: str, artifacts: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.backend, self.artifacts, self.log, self.env = backend, artifacts, log, env
+        self.port, self.proc = free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180) -> MlflowServer:
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", "1", "--backend-store-uri", self.backend, "--artifacts-destination", str(self.artifacts)]
+        self.proc = subprocess.Popen(cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(self.env or {})}, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail("mlflow server did not start: " + self.log.read_text()[-2000:])
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Stop the server and its workers (its own process group)."""
+        import signal
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def mlflow_server_on(tmp_path):
+    """``start(backend_uri, env=None) -> MlflowServer``: servers on 127.0.0.1 with proxied artifacts
+    under ``tmp_path``, all stopped after the test."""
+    servers: list[MlflowServer] = []
+
+    def start(backend: str, env: dict[str, str] | None = None) -> MlflowServer:
+        n = len(servers)
+        server = MlflowServer(backend, tmp_path / f"artifacts{n}", tmp_path / f"server{n}.log", env)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (password only in ``password``; URIs carry none)."""
+
+    def __init__(self, bindir: Path, folder: Path, run_as: list[str]) -> None:
+        import secrets
+
+        self.bindir, self.folder, self.run_as = bindir, folder, run_as
+        self.port, self.user, self.password = free_port(), "medlora", secrets.token_hex(12)
+
+    def _pg(self, tool: str, *args: str) -> None:
+        import subprocess
+
+        cmd = [*self.run_as, str(self.bindir / tool), *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{tool} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+    def start(self) -> None:
+        pw = self.folder / "pw"
+        pw.write_text(self.password + "\n")
+        self._chown(pw)
+        self._pg("initdb", "-D", str(self.folder / "data"), "-U", self.user, f"--pwfile={pw}", "-A", "scram-sha-256",
+                 "--no-sync", "-E", "UTF8")
+        pw.unlink()
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
+        self._pg("pg_ctl", "-D", str(self.folder / "data"), "-l", str(self.folder / "log"), "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        import shutil
+
+        try:
+            self._pg("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _chown(self, path: Path) -> None:
+        if self.run_as:  # root: the server's files belong to the user initdb runs as
+            import shutil
+
+            shutil.chown(path, user="postgres")
+
+    def uri(self, database: str) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; its URI (without password: give ``env`` to whoever connects)."""
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
+                             dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.uri(name)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PGPASSWORD": self.password}
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL cluster of this test session on 127.0.0.1 and a free port, from Debian's binaries
+    (``.ci/run`` installs them); the test skips, with the reason, where it cannot start. As root,
+    initdb runs as the ``postgres`` user (it refuses root)."""
+    import glob
+    import pwd
+    import shutil
+    import tempfile
+
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
+    found = shutil.which("initdb") or max(glob.glob("/usr/lib/postgresql/*/bin/initdb"), default=None,
+                                          key=lambda p: int(Path(p).parts[-3]))
+    if found is None:
+        pytest.skip("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin); .ci/run installs it")
+    run_as: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="medlora-pg-"))  # not under pytest's 0700 tmp: the server user reads it
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: initdb cannot run as the 'postgres' user")
+        run_as = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, user="postgres")
+    folder.chmod(0o700)
+    server = Postgres(Path(found).parent, folder, run_as)
+    try:
+        server.start()
+    except (RuntimeError, OSError) as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"PostgreSQL could not start: {err}")
+    yield server
+    server.stop()

@@ -28,7 +28,7 @@ def _planted_study(root: Path, p: int, abnormal: bool, rng: np.random.Generator)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.PatientID, ds.PatientName, ds.PatientBirthDate = patient, name, "19700101"
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate = "" if p == 0 else patient, name, "19700101"  # p0: from its folder
     ds.StudyDate, ds.AccessionNumber, ds.Modality = date, f"ACC77{p}", "CT"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     image = rng.normal(100, 20, (32, 32))
@@ -69,7 +69,8 @@ def test_planted_identifiers_reach_neither_mlflow_nor_the_bundle_nor_the_logs(tm
 
     local = (out / "manifest.csv").read_text()
     assert "A1234560_DOE^JOHN0/20240101/A1234560_20240101_IMG1.dcm" in local  # paths stay in the local manifest
-    assert "A1234561_20240101_NOTES.dcm" in (out / "ingest_report.csv").read_text()
+    report = (out / "ingest_report.csv").read_text()
+    assert "A1234561_20240101_NOTES.dcm" in report and "patient from folder A1234560_DOE^JOHN0/20240101" in report
     run = client.search_runs([client.get_experiment_by_name("planted").experiment_id])[0]
     assert {"manifest.csv", "ingest_report.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     places = {"mlflow database": (tmp_path / "mlflow.db").read_bytes().decode("latin-1"),

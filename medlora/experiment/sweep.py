@@ -24,7 +24,7 @@ import torch
 
 from ..config import Config
 from ..device import configure_threads
-from ..errors import MedloraError
+from ..errors import MedloraError, TrackingUnavailableError
 from ..io.prepare import PreparedData
 from ..models.lora import count_params
 from ..summary import RunSummary
@@ -70,15 +70,16 @@ class SweepSummary(RunSummary):
 
 
 def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, str], out: Path,
-              dataset: Any | None = None) -> ExperimentResult:
-    """Train and evaluate one point as a nested MLflow run of the active parent."""
+              dataset: Any | None = None, run_id: str | None = None) -> ExperimentResult:
+    """Train and evaluate one point as a nested MLflow run of the active parent (or in the child
+    run ``run_id`` a Ray worker has claimed, :mod:`.ray_executor`)."""
     import mlflow
 
     support = draw_support(bench.train_frame, point.shots, point.seed)
     params = {"shots": point.shots, "seed": point.seed, "support_patients": len(support.patient_keys),
               "support_samples": len(support.positions), "support_hash": support.key_hash}
     with open_run(cfg, bench.data, point.method, role="child", nested=True, params=params, dataset=dataset,
-                  name=run_name(cfg, point.method, point.shots, point.seed),
+                  name=run_name(cfg, point.method, point.shots, point.seed), run_id=run_id,
                   tags={**tags, T.SUPPORT_HASH: support.key_hash}):
         mlflow.log_text(pd.Series(sorted(support.patient_keys)).to_csv(index=False, header=["patient_key"]),
                         "support_set.csv")
@@ -152,11 +153,14 @@ def run_sweep(cfg: Config, data: PreparedData, out: Path) -> SweepSummary:
         mlflow.set_tags(owner)
         bench: Workbench | None = None
         dataset = None
-        for point in tqdm(sweep_points(cfg.fewshot), desc="sweep", disable=not sys.stderr.isatty()):
-            pcfg = point_config(cfg, point)
-            phash = point_hash(pcfg, point, data.fingerprint)
-            if phash in finished or phash in busy:
-                continue
+        todo = [(p, c, point_hash(c, p, data.fingerprint)) for p in sweep_points(cfg.fewshot) for c in [point_config(cfg, p)]]
+        todo = [(p, c, h) for p, c, h in todo if h not in finished and h not in busy]
+        if cfg.fewshot.executor == "ray" and todo:  # the points as Ray tasks; the local loop below then has none
+            from .ray_executor import run_on_ray
+
+            ran, failed = run_on_ray(cfg, data, out, todo, uri, mlparent.info.run_id, {**base_tags, **owner})
+            todo = []
+        for point, pcfg, phash in tqdm(todo, desc="sweep", disable=not sys.stderr.isatty()):
             bench = bench or Workbench(cfg, data, out)
             dataset = dataset or mlflow_dataset(data, cfg.data.name)  # built once, logged by every child
             log.info("child %s", point.name)
@@ -164,6 +168,8 @@ def run_sweep(cfg: Config, data: PreparedData, out: Path) -> SweepSummary:
                 run_child(bench, pcfg, point, {**base_tags, **owner, T.POINT_HASH: phash},
                           out / "children" / point.name, dataset=dataset)
                 ran += 1
+            except TrackingUnavailableError:  # the store went away: stop; rerunning resumes
+                raise
             except MedloraError as err:  # this point cannot be measured (e.g. one class); the others can
                 log.error("child %s failed: %s", point.name, err)
                 failed.append(point.name)

@@ -158,6 +158,18 @@ def task(labels: dict[str, Any]) -> str:
     return f"{labels['abnormal']} vs {' / '.join(c for c in labels['classes'] if c != labels['abnormal'])}"
 
 
+def modality_line(ds: dict[str, Any]) -> str:
+    """The modalities of the run's samples; ``unknown`` is said out loud (NIfTI files carry none)."""
+    found = ds.get("modalities") or {}
+    if not found:
+        return ""
+    line = "Modalities (samples of all splits): " + ", ".join(f"{m} ({n})" for m, n in sorted(found.items())) + "."
+    if "unknown" in found:
+        line += (" `unknown`: the files carry no modality (NIfTI) and neither `data.modality` nor the data card "
+                 "names one.")
+    return line + "\n"
+
+
 def pretrained_line(base: dict[str, Any]) -> str:
     """The model-details line citing a base medlora pretrained (empty for other bases)."""
     pre = base.get("pretrain")
@@ -220,7 +232,7 @@ label-stratified bootstrap ({settings.get('n_bootstrap')} resamples) for the res
 ## Evaluation data
 The held-out test split of dataset `{ds.get('name')}`: {counts.get('n')} studies ({counts.get('n_positive')} {labels['abnormal']},
 {counts.get('n_negative')} other) from {counts.get('n_clusters')} patients. Splits are by patient; no patient is in two splits.
-{('See the data card.' if data_card_present else 'No data card was available for this dataset.')}
+{modality_line(ds)}{('See the data card.' if data_card_present else 'No data card was available for this dataset.')}
 
 ## Training data
 The training split of the same dataset (patient-level, label-stratified split); the validation split chose

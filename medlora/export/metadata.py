@@ -31,7 +31,8 @@ def _labels(cfg: Config) -> dict[str, Any]:
 
 
 def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dataset_fingerprint: str,
-                 calibration: dict[str, Any] | None = None, thresholds: dict[str, float] | None = None) -> dict[str, Any]:
+                 calibration: dict[str, Any] | None = None, modalities: dict[str, int] | None = None,
+                 thresholds: dict[str, float] | None = None) -> dict[str, Any]:
     """The ``medlora.json`` dict of a run.
 
     ``built`` is the :class:`~medlora.models.build.BuiltModel` (``base``, ``data_config``);
@@ -42,7 +43,7 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
     calibrated units; binary task only). A base pretrained by ``medlora pretrain`` carries
     ``base.pretrain`` (its base card, pretraining MLflow run, data and settings). A full fine-tune is
     stated as a new model, not an adapter (``adapter: false``, ``summary``), so that cards and reports
-    can say so.
+    can say so. ``modalities`` counts the run's samples per modality.
     """
     method = cfg.model.method
     art = artifact_of(method)
@@ -64,5 +65,5 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
                             **({"per_output": dict(thresholds)} if thresholds else {})},
         "calibration": Calibrator.from_dict(calibration).to_dict(),
         "mlflow_run_id": run_id,
-        "dataset": {"name": cfg.data.name, "fingerprint": dataset_fingerprint},
+        "dataset": {"name": cfg.data.name, "fingerprint": dataset_fingerprint, "modalities": modalities or {}},
     }

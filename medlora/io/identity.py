@@ -8,7 +8,8 @@ must then never become a patient of its own (one scan spread over train, val and
   series. A multi-frame object with a blank series is a series of its own.
 * **Study**: the StudyInstanceUID; when blank, the series' folder (everything blank in one folder is one
   study).
-* **Patient**, by ``data.identity``:
+* **Patient**, by ``data.identity`` (a NIfTI file, which has no tags, is its own patient under ``tags``
+  and follows the folder or labels rule otherwise, :func:`untagged_patient`):
 
   - ``tags`` (default): the PatientID; when blank, the nearest identified level (another instance of
     the same study or series that has one), else the series' folder.
@@ -172,6 +173,22 @@ def _patient(g: Group, study: str | None, mode: IdentityMode, study_patient: Map
         g.patient = f"folder\x1f{g.folder}"
         g.derived.append(f"patient from folder {g.folder or '.'} (data.identity: folder:N if the patient is a higher folder)")
     return ""
+
+
+def untagged_patient(rel: str, mode: IdentityMode, patient_of_path: Mapping[str, str]) -> tuple[str | None, str]:
+    """(raw patient name, or None and why) of a file without DICOM tags (a NIfTI volume): its own
+    patient under ``tags``, else its folder level or its labels-CSV patient, like a DICOM file."""
+    if mode.kind == "folder":
+        levels = PurePosixPath(rel).parts[:-1][: mode.level]
+        if len(levels) < mode.level:
+            return None, f"identity: fewer than {mode.level} folder levels under data.root (data.identity: folder:{mode.level})"
+        return "folder\x1f" + "/".join(levels), ""
+    if mode.kind == "labels":
+        key = next((p for p in (rel, *parents(rel)) if p in patient_of_path), None)
+        if key is None:
+            return None, f"identity: no patient for its path in column {mode.column!r} of the labels CSV (data.identity: labels)"
+        return patient_of_path[key], ""
+    return rel, ""
 
 
 def parents(rel: str) -> list[str]:

@@ -15,7 +15,8 @@ One manifest row per *file-level sample*; views of volumes are expanded afterwar
   and, with ``data.volume_fallback`` (default), its slices become ``dicom2d`` samples. One multi-frame
   CT/MR object with enough frames is a ``series`` of one file (frames placed by the per-frame functional
   groups); without usable per-frame positions it falls back to ``frames`` (one 2D sample per frame).
-* ``nifti``: a ``.nii``/``.nii.gz`` volume, its own patient and study (labels join by path).
+* ``nifti``: a ``.nii``/``.nii.gz`` volume, its own study (labels join by path) and, under
+  ``data.identity: tags``, its own patient (else the folder level or the labels CSV names it).
 
 ``shape`` and ``affine`` (RAS) of a volume let the views be counted later without reading it again;
 ``scan_key`` (HMAC of folder + geometry) and ``position`` (mm along the slice normal) let the leakage
@@ -50,7 +51,15 @@ from ..config import DataConfig
 from ..errors import InputError, MedloraError
 from .deid import SiteKey, load_site_key
 from .findings import read_task_table, split_findings_label
-from .identity import Group, IdentityMode, geometry_signature, group_instances, parents, parse_identity
+from .identity import (
+    Group,
+    IdentityMode,
+    geometry_signature,
+    group_instances,
+    parents,
+    parse_identity,
+    untagged_patient,
+)
 from .labels import DEFAULT_KEY_COLUMNS, LabelTable, closest_names
 from .pixels import pixel_hash, unusable_reason
 from .report import LABEL, NOTE, REPORT_COLUMNS, SKIPPED, first_paths, log_summary, write_ingest_files
@@ -65,6 +74,7 @@ MANIFEST_COLUMNS = [
     "columns", "frames", "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label",
     "kind", "source", "shape", "affine", "scan_key", "position", "pixel_hash", *SUBGROUP_COLUMNS,
 ]
+UNKNOWN_MODALITY = "unknown"  # a NIfTI sample whose modality neither data.modality nor the data card names
 UNLABELLED = -1  # the label of every sample of an ingest without labels (pretraining)
 _HEADER_FIELD = {"patient_id": "patient_id", "study_uid": "study_uid", "series_uid": "series_uid", "accession": "accession"}
 UNUSABLE, NO_LABEL, GEOMETRY, FALLBACK, DERIVED = "unusable pixels", "no label", "inconsistent geometry", \
@@ -99,6 +109,7 @@ class _Collector:
     root: Path
     labels: LabelTable
     site: SiteKey
+    mode: IdentityMode
     labelled: bool = True
     rows: list[dict[str, Any]] = field(default_factory=list)
     report: list[dict[str, str]] = field(default_factory=list)
@@ -107,6 +118,17 @@ class _Collector:
 
     def key(self, name: str, kind: str) -> str:
         return self.site.key(name, kind)
+
+    @property
+    def nifti_modality(self) -> str:
+        """NIfTI files carry no modality: ``data.modality``, else the data card's, else ``unknown``."""
+        if self.cfg.modality:
+            return self.cfg.modality
+        if self.cfg.card is not None and Path(self.cfg.card).is_file():
+            from .datacard import load_card
+
+            return load_card(self.cfg.card).modality
+        return UNKNOWN_MODALITY
 
     def note(self, path: str, status: str, category: str, reason: str | Exception) -> None:
         text = str(reason).replace(str(self.root) + "/", "")
@@ -221,7 +243,8 @@ class _Collector:
             return
         if lost:
             self.note(g.folder, NOTE, "series without its broken slices",
-                      f"series {where}: assembled from {len(decoded)} slices; {lost} unreadable slice(s) left out")
+                      f"series {where}: assembled from {len(decoded)} slices; {lost} slice(s) left out (broken or "
+                      "duplicate: see their rows)")
         order = [rels[k] for k in vol.order] if not multiframe else rels
         h = decoded[0][0].header
         folder = g.folder if not multiframe else rels[0]
@@ -259,14 +282,17 @@ class _Collector:
         bad = unusable_reason(img.data, "volume")
         if bad:
             return self.skip(rel, UNUSABLE, bad)
+        patient, why = untagged_patient(rel, self.mode, self.labels.patients)
+        if patient is None:
+            return self.skip(rel, "no identity", why)
         label, why = self.label_for([rel], None)
         if label is None:
             return self.skip(rel, NO_LABEL, why)
         zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
         self.rows.append({
-            "sample_id": self.key(rel, "smp"), "path": rel, "patient_key": self.key(rel, "pat"),
+            "sample_id": self.key(rel, "smp"), "path": rel, "patient_key": self.key(patient, "pat"),
             "study_key": self.key(rel, "stu"), "series_key": self.key(rel, "ser"), "sop_key": self.key(rel, "sop"),
-            "modality": None, "rows": img.data.shape[0], "columns": img.data.shape[1], "frames": 1,
+            "modality": self.nifti_modality, "rows": img.data.shape[0], "columns": img.data.shape[1], "frames": 1,
             "pixel_spacing": "x".join(f"{v:g}" for v in zooms), "photometric_interpretation": None,
             "transfer_syntax_uid": None, "label": label, "kind": "nifti", "source": rel,
             "shape": "x".join(str(v) for v in img.data.shape), "affine": json.dumps(np.round(img.affine, 6).tolist()),
@@ -328,12 +354,19 @@ def _read_labels(cfg: DataConfig, root: Path, mode: IdentityMode) -> LabelTable:
                            root=root if cfg.label_key == "path" else None)
 
 
+_DERIVED_KINDS = ("series from folder", "series = this", "study from folder", "patient from folder", "patient from the")
+
+
 def _log_identities(groups: list[Group], manifest: pd.DataFrame) -> None:
+    """A warning counting the derived identities by kind (never a folder name: logs may leave the machine),
+    and the number of patients really found."""
     derived = [g for g in groups if g.derived]
     if derived:
-        log.warning("ingest: identity derived for %d series (%d files) with blank identifiers: %s; each is a note in "
-                    "ingest_report.csv", len(derived), sum(len(g.members) for g in derived),
-                    ", ".join(f"{k}: {v}" for k, v in Counter(p.split(" (")[0] for g in derived for p in g.derived[1:]).items()))
+        kinds = Counter(k for g in derived for p in g.derived for k in _DERIVED_KINDS if p.startswith(k))
+        log.warning("ingest: identity derived for %d series (%d files) with blank identifiers (%s); each is a note "
+                    "in ingest_report.csv", len(derived), sum(len(g.members) for g in derived),
+                    ", ".join(f"{k.replace(' = this', ' = one multi-frame object').replace('from the', 'from its study')}"
+                              f": {v}" for k, v in kinds.items()))
     log.info("ingest: %d patients, %d studies found", manifest["patient_key"].nunique(), manifest["study_key"].nunique())
 
 
@@ -360,7 +393,7 @@ def run_ingest(cfg: DataConfig, report_dir: Path | None = None, labelled: bool =
     else:
         labels = LabelTable(Path(cfg.labels) if cfg.labels else root / "labels.csv", "")
     site = load_site_key(cfg.secret_file)
-    col = _Collector(cfg, root, labels, site, labelled)
+    col = _Collector(cfg, root, labels, site, mode, labelled)
     files = candidate_files(root, skip={labels.path})
     instances, niftis, skips = scan(root, files)
     for s in skips:

@@ -76,8 +76,10 @@ def _path_parts(paths: Iterable[str]) -> set[str]:
 def log_summary(report: pd.DataFrame) -> None:
     """One console line per (status, category) with its count; no paths (logs may leave the machine)."""
     for (status, category), n in report.groupby(["status", "category"]).size().sort_index().items():
-        what = {SKIPPED: "files skipped", NOTE: "notes", LABEL: "label rows unmatched"}.get(status, status)
-        log.warning("ingest: %d %s: %s", n, what, category)
+        if status == LABEL:
+            log.warning("ingest: %d labels-CSV row(s) match no scanned file or study", n)
+        else:
+            log.warning("ingest: %d %s: %s", n, "file(s) skipped" if status == SKIPPED else "note(s)", category)
 
 
 def first_paths(report: pd.DataFrame, n: int = 5, status: str = SKIPPED) -> str:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .families import check_image_size
 
 
 @dataclass
@@ -41,9 +42,7 @@ def patch_geometry(encoder: nn.Module, image_size: int) -> tuple[int, tuple[int,
     ph, pw = embed.patch_size
     if ph != pw:
         raise ConfigError(f"masked-autoencoder pretraining needs square patches, got {ph}x{pw}")
-    if image_size % ph:
-        raise ConfigError(f"preprocess.image_size={image_size} is not divisible by the patch size {ph} of "
-                          f"{type(encoder).__name__}; use a multiple of {ph} (e.g. {image_size // ph * ph or ph})")
+    check_image_size(encoder, image_size)
     built = embed.img_size[0] if embed.img_size is not None else image_size
     if built != image_size and not getattr(encoder, "dynamic_img_size", False):
         raise ConfigError(f"preprocess.image_size={image_size} differs from the model's img_size={built} "

@@ -28,9 +28,13 @@ def configure(cfg: TrackingConfig) -> str:
     """Point MLflow at the configured store; returns the URI in use."""
     import mlflow
 
+    from .store import check_store
+
     if cfg.uri:
         mlflow.set_tracking_uri(cfg.uri)
-    return mlflow.get_tracking_uri()
+    uri = mlflow.get_tracking_uri()
+    check_store(uri)  # a team store that is down or refuses the credentials fails in seconds, not minutes
+    return uri
 
 
 @contextmanager
@@ -54,7 +58,12 @@ def start_run(experiment: str, run_name: str | None = None, tags: Mapping[str, s
             status = "FAILED"
             raise
         finally:
-            mlflow.end_run(status=status)
+            try:
+                mlflow.end_run(status=status)
+            except Exception:  # noqa: BLE001 - the store went away: the error already raised tells more
+                if status == "FINISHED":
+                    raise
+                log.warning("could not mark run %s %s: the tracking store did not answer", run.info.run_id, status)
 
 
 @contextmanager

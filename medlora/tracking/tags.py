@@ -28,3 +28,7 @@ FAILURE_REASON = "medlora.failure_reason"  # why a run ended FAILED, set by the 
 # (params and metrics) instead of the GenAI traces overview
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
+CLAIM = "medlora.claim"  # the id a sweep driver gave one point's task (equal on every retry of that task)
+WORKER_HOST = "medlora.worker_host"  # the Ray worker that trains a child (medlora.host/pid: its driver)
+WORKER_PID = "medlora.worker_pid"
+DUPLICATE_OF = "medlora.duplicate_of"  # a child that finished after another child of the same point

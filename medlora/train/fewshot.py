@@ -126,5 +126,6 @@ def point_hash(cfg: Config, point: SweepPoint, fingerprint: str) -> str:
 
 def sweep_hash(cfg: Config, fingerprint: str) -> str:
     """Hash of a whole sweep: the parent run is found again by it."""
-    fewshot = cfg.fewshot.model_dump(mode="json") if cfg.fewshot else None
+    # where the points run does not change what they measure: a sweep resumes under another executor
+    fewshot = cfg.fewshot.model_dump(mode="json", exclude={"executor", "ray"}) if cfg.fewshot else None
     return _digest({"fewshot": fewshot, **_result_relevant(cfg), "fingerprint": fingerprint})

@@ -124,11 +124,12 @@ def test_medlora_run_with_a_pretrain_section_adapts_the_pretrained_base(pretrain
 
 
 def test_an_interrupted_pretraining_resumes_in_the_same_run(phantom_root, tiny_cfg, tmp_path, store, monkeypatch):
+    import torch
     from mlflow import MlflowClient
+    from safetensors.torch import load_file
 
     from medlora import basecard
     from medlora.experiment.pretrain import run_pretrain
-    from medlora.models.backbone import sha256_file
     from medlora.train import checkpoint as ckpt
 
     cfg = pretrain_config(tiny_cfg, phantom_root, tmp_path, store)
@@ -149,8 +150,12 @@ def test_an_interrupted_pretraining_resumes_in_the_same_run(phantom_root, tiny_c
     client = MlflowClient(cfg.tracking.uri)
     assert [m.step for m in client.get_metric_history(resumed.run_id, "pretrain_loss")] == [0, 1]
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
-    # the resumed epochs are the ones an uninterrupted pretraining computes
-    assert sha256_file(resumed.weights) == sha256_file(whole.weights)
+    # the resumed epochs are the ones an uninterrupted pretraining computes (up to float summation order:
+    # the BLAS may split a product over fewer threads on a busy machine)
+    a, b = load_file(resumed.weights), load_file(whole.weights)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
     assert basecard.read(resumed.card)["pretraining"]["key"] == basecard.read(whole.card)["pretraining"]["key"]
 
 
@@ -203,7 +208,7 @@ def test_an_image_size_the_patch_does_not_divide_is_refused_before_the_ingest(ti
     monkeypatch.setattr(pt, "prepare_pretraining_data", lambda *a: pytest.fail("ingest started"))
     cfg = pretrain_config(tiny_cfg, tmp_path, tmp_path, store, **{"preprocess.image_size": 30,
                                                                  "model.kwargs.img_size": 30})
-    _refused_fast(lambda: pt.run_pretrain(cfg), ConfigError, "preprocess.image_size=30 is not divisible by the patch size 8")
+    _refused_fast(lambda: pt.run_pretrain(cfg), ConfigError, "preprocess.image_size=30 is not a multiple of the patch size 8")
 
 
 def test_a_base_card_that_disagrees_with_the_config_or_its_file_is_refused(pretrained, tmp_path):

@@ -203,3 +203,15 @@ def test_data_card_comes_from_the_run_artifact_else_the_config(tmp_path):
     (tmp_path / "data_card.md").write_text("# logged card")
     assert _data_card(tmp_path, {"data": {"card": str(card)}}) == "# logged card"
     assert _data_card(tmp_path / "nothing", {}) is None
+
+
+def test_the_model_card_names_the_modalities_and_says_unknown_out_loud(finished_run) -> None:
+    from medlora.export.card import modality_line
+
+    out, _, _ = finished_run
+    meta = json.loads((out / "medlora.json").read_text())
+    found = meta["dataset"]["modalities"]
+    assert set(found) == {"CT"} and sum(found.values()) > 0  # the phantoms are CT
+    assert f"CT ({found['CT']})" in (out / "bundle" / "model_card.md").read_text()
+    line = modality_line({"modalities": {"unknown": 4}})
+    assert "unknown (4)" in line and "data.modality" in line

@@ -108,6 +108,7 @@ def test_blank_identifiers_make_one_volume_of_one_patient(blank_export, caplog) 
     messages = [r.getMessage() for r in caplog.records]
     assert any("identity derived for 1 series (20 files)" in t for t in messages)
     assert any("ingest: 10 patients, 10 studies found" in t for t in messages)
+    assert not any("scan1" in t for t in messages)  # logs may leave the machine: counts, never folder names
 
 
 def test_blank_identifier_slices_never_spread_over_splits(blank_export, tmp_path) -> None:
@@ -158,7 +159,7 @@ def test_a_truncated_slice_leaves_its_series_and_the_rest_is_kept(tmp_path) -> N
     assert set(m.loc[m["kind"] == "dicom2d", "path"]) == {p.relative_to(root).as_posix() for p in middle if p != middle[4]}
     assert "truncated pixel data" in skipped["end/IM0008"] and "truncated pixel data" in skipped["middle/IM0004"]
     notes = reasons_of(result.skipped, "note")
-    assert "assembled from 8 slices; 1 unreadable slice(s) left out" in notes["end"]
+    assert "assembled from 8 slices; 1 slice(s) left out (broken or duplicate" in notes["end"]
     assert "is not a volume (gap" in notes["middle"] and "8 slices are used as 2D samples" in notes["middle"]
     strict = ingest(root, volume_fallback=False)
     assert not strict.manifest["path"].str.startswith("middle").any()
@@ -344,3 +345,15 @@ def test_predict_groups_a_blank_identifier_series_like_ingest(blank_export) -> N
     specs = plan_samples({f: read_dicom_header(f) for f in files}, [], DEFAULT_RULES, "site secret")
     assert [(s.kind, len(s.files)) for s in specs] == [("series", 20), ("dicom2d", 1)]
     assert specs[0].study_key != specs[1].study_key
+
+
+def test_nifti_volumes_follow_the_folder_identity(tmp_path) -> None:
+    root = tmp_path / "nii"
+    for patient in ("P1", "P2"):
+        for name in ("ct.nii.gz", "mr.nii.gz"):
+            (root / patient).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(RNG.normal(0, 1, (6, 5, 4)).astype(np.float32), np.eye(4)), root / patient / name)
+    labels(root, {"P1": "normal", "P2": "abnormal"})
+    assert ingest(root).manifest["patient_key"].nunique() == 4  # tags: a NIfTI file is its own patient
+    m = ingest(root, identity="folder:1").manifest
+    assert m["patient_key"].nunique() == 2 and m["study_key"].nunique() == 4

@@ -183,3 +183,21 @@ def test_an_image_planted_under_two_patients_in_different_splits_fails_the_audit
     with pytest.raises(LeakageError, match=r"pixel_hash=[0-9a-f]{16} in test\+train") as err:
         prepare_dataset(DataConfig(root=root, split=split))
     assert "PID-P0" not in str(err.value) and "patient_key" not in str(err.value)
+
+
+def test_nifti_samples_carry_the_configured_modality_else_the_cards_else_unknown(tmp_path) -> None:
+    root = tmp_path / "nii"
+    for name in ("a", "b"):
+        write_nifti(root / f"{name}.nii.gz", RNG.normal(0, 1, (10, 9, 6)))
+    pd.DataFrame({"path": ["a.nii.gz", "b.nii.gz"], "label": ["normal", "abnormal"]}).to_csv(root / "labels.csv", index=False)
+    card = Path(__file__).resolve().parents[2] / "data_cards" / "adrenalmnist3d.md"  # modality: CT
+    cases = [({}, "unknown"), ({"modality": "MR"}, "MR"),
+             ({"card": card, "classes": ["normal", "hyperplasia"], "abnormal": "hyperplasia"}, "CT")]
+    for extra, expected in cases:
+        labels = {"classes": ["normal", "abnormal"], "abnormal": "abnormal"}
+        if "card" in extra:
+            pd.DataFrame({"path": ["a.nii.gz", "b.nii.gz"], "label": ["normal", "hyperplasia"]}).to_csv(
+                tmp_path / "card_labels.csv", index=False)
+            labels = {"labels": tmp_path / "card_labels.csv"}
+        m = run_ingest(DataConfig(root=root, label_key="path", **{**labels, **extra})).manifest
+        assert set(m["modality"]) == {expected}, extra
