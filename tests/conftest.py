@@ -8,7 +8,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub (air-gapped machines, CI)
 # a site secret of this test session only: tests never read or create the real one in the home folder
+# (a fixed secret, so that patient keys and hence persisted splits are the same in every test session)
 os.environ["MEDLORA_SECRET_FILE"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"medlora-tests-{os.getpid()}.key")
+with open(os.open(os.environ["MEDLORA_SECRET_FILE"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as _f:
+    _f.write("6d65646c6f72612d74657374732d6f6e6c792d6e6f742d612d7265616c2d6b6579\n")  # "medlora-tests-only-not-a-real-key"
 os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///" + os.path.join(os.environ.get("TMPDIR", "/tmp"), f"medlora-tests-{os.getpid()}.db"))
 
 import pytest

@@ -70,8 +70,8 @@ def render(url: str, shot: Path, profile: Path, size: str = "1600,1000", budget_
     base = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
             f"--window-size={size}", f"--virtual-time-budget={budget_ms}"]
-    subprocess.run([*base, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=180, check=False)
-    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=False)
+    subprocess.run([*base, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=360, check=False)
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=360, check=False)
     assert shot.is_file() and shot.stat().st_size > 20_000, f"{shot.name}: no screenshot ({dom.stderr[-1500:]})"
     return dom.stdout
 
@@ -95,6 +95,8 @@ def shots(tmp_path_factory) -> Path:
 def test_mlflow_table_compare_view_and_report_render(finished_run, finished_sweep, shots, tmp_path):
     from mlflow import MlflowClient
 
+    from medlora.tracking.view import table_path
+
     out, cfg, _ = finished_run
     sweep_cfg = finished_sweep[0]
     store = cfg.tracking.uri
@@ -109,18 +111,20 @@ def test_mlflow_table_compare_view_and_report_render(finished_run, finished_swee
     compared = [single, *children]
 
     with mlflow_ui(store, tmp_path / "server.log") as url:
-        table = render(f"{url}/#/experiments/{sweep_exp}/runs?workflowType=machine_learning",
-                       shots / "mlflow_experiment_table.png", tmp_path / "p1", size="2400,1000")
+        table = render(f"{url}/{table_path(sweep_exp)}", shots / "mlflow_experiment_table.png", tmp_path / "p1",
+                       size="2800,1000")
         runs = urllib.parse.quote(json.dumps([r.info.run_id for r in compared]))
         exps = urllib.parse.quote(json.dumps([single_exp, sweep_exp]))
         compare = render(f"{url}/#/compare-runs?runs={runs}&experiments={exps}", shots / "mlflow_compare.png",
-                         tmp_path / "p2", size="1600,3000")
+                         tmp_path / "p2", size="1600,2400")
     report = render((out / "bundle" / "report.html").as_uri(), shots / "report.png", tmp_path / "p3",
                     size="1200,5200", budget_ms=2000)
 
-    # the experiment table lists the sweep by its telling name, with a summary metric column
+    # the experiment table (medlora's shared view) lists the sweep by its telling name, with the short
+    # params and the summary metric columns shown without picking them by hand
     assert parent.info.run_name in table
-    assert any(k.startswith("best_test_auroc_mean") for k in parent.data.metrics)
+    for column in ("best_test_auroc_mean.lora", "test_auroc", "test_sensitivity", "val_auroc", "backbone"):
+        assert f">{column}<" in table, column
     # the compare view: every run by name, the same short params on the single run and the children
     for r in compared:
         assert r.info.run_name in compare, r.info.run_name

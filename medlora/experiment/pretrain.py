@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -81,11 +80,11 @@ def pretrain_key(cfg: Config, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def build_mae(cfg: Config, scratch: Path) -> tuple[MaskedAutoencoder, dict[str, Any]]:
+def build_mae(cfg: Config) -> tuple[MaskedAutoencoder, dict[str, Any]]:
     """The encoder from ``model.*`` (no classifier head) wrapped in the MAE; checks mask ratio and patch
     geometry (a :class:`ConfigError` naming the value). Returns the MAE and timm's input config."""
     p = cfg.pretrain or PretrainConfig()
-    encoder, _ = create_base(cfg.model, 0, init_dir=scratch, seed=cfg.train.seed)
+    encoder, _ = create_base(cfg.model, 0, seed=cfg.train.seed, save_init=False)  # the pretrained encoder is saved
     inputs = input_config(encoder, cfg.preprocess.image_size)
     mae = MaskedAutoencoder(encoder, inputs["image_size"], p.mask_ratio, p.decoder_dim, p.decoder_depth,
                             p.decoder_heads, p.norm_pix_loss)
@@ -170,8 +169,7 @@ def run_pretrain(cfg: Config, out: Path | None = None) -> PretrainSummary:
     p = cfg.pretrain or PretrainConfig()
     preflight(cfg, build=False)  # the masked autoencoder below builds and checks the encoder
     uri = track.configure(cfg.tracking)
-    with tempfile.TemporaryDirectory() as scratch:
-        mae, inputs = build_mae(cfg, Path(scratch))  # fails fast on a bad size or model
+    mae, inputs = build_mae(cfg)  # fails fast on a bad size or model
     pdata = prepare_pretraining_data(cfg.data)
     pdata = replace(pdata, data=with_views(pdata.data, cfg.preprocess))
     key = pretrain_key(cfg, pdata.data.fingerprint)

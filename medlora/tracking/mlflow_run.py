@@ -3,6 +3,8 @@
 The tracking URI is ``tracking.uri`` when set, else ``MLFLOW_TRACKING_URI``, else MLflow's own
 default local store. Experiments are named after the dataset. Params are the whole resolved
 config, flattened (``train.lr``, ``model.lora.r`` ...), so runs compare column by column in the UI.
+A new experiment is tagged as model training (the UI opens on its runs table) and given medlora's
+table view (:mod:`.view`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import yaml
 from ..config import TrackingConfig
 from ..train.distributed import is_main_process
 from . import tags as T
+from . import view
 
 log = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000
@@ -47,6 +50,10 @@ def start_run(experiment: str, run_name: str | None = None, tags: Mapping[str, s
         exp = mlflow.set_experiment(experiment)
         if T.EXPERIMENT_KIND not in exp.tags:
             mlflow.set_experiment_tag(T.EXPERIMENT_KIND, T.MODEL_TRAINING)
+        if view.VIEW_TAG not in exp.tags:
+            mlflow.set_experiment_tag(view.VIEW_TAG, view.view_state())
+        log.info("MLflow runs table of %r with medlora's columns: <UI address>/%s", experiment,
+                 view.table_path(exp.experiment_id))
     status = "FINISHED"
     with mlflow.start_run(run_name=run_name, tags=dict(tags or {}), nested=nested, run_id=run_id) as run:
         try:

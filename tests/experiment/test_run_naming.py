@@ -64,4 +64,11 @@ def test_sweep_parent_carries_summary_metrics_and_experiments_open_on_runs(finis
     assert m["test_auroc_mean.lora.1shot"] == sum(lora_1) / len(lora_1)
     assert m["best_test_auroc_mean.lora"] == max(m["test_auroc_mean.lora.1shot"], m["test_auroc_mean.lora.2shot"])
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    import json
+
+    from medlora.tracking.view import VIEW_TAG
+
+    shown = json.loads(exp.tags[VIEW_TAG])["selectedColumns"]
+    assert {"params.`method`", "params.`shots`", "metrics.`test_auroc`", "metrics.`best_test_auroc_mean.lora`"} <= set(shown)
+    assert "metrics.`best_test_auroc_mean.lora`" in {f"metrics.`{k}`" for k in m}  # a column the parent fills
     assert _runs(finished_run[1], "run")[0].tags["mlflow.experimentKind"] == "custom_model_development"

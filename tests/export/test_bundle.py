@@ -215,3 +215,21 @@ def test_the_model_card_names_the_modalities_and_says_unknown_out_loud(finished_
     assert f"CT ({found['CT']})" in (out / "bundle" / "model_card.md").read_text()
     line = modality_line({"modalities": {"unknown": 4}})
     assert "unknown (4)" in line and "data.modality" in line
+
+
+def test_the_site_secret_reaches_neither_mlflow_nor_the_run_folder(finished_run, tmp_path) -> None:
+    import os
+
+    from mlflow import MlflowClient
+
+    out, cfg, _ = finished_run
+    secret = open(os.environ["MEDLORA_SECRET_FILE"]).read().strip()
+    client = MlflowClient(cfg.tracking.uri)
+    run = client.search_runs([client.get_experiment_by_name("phantoms").experiment_id])[0]
+    assert run.data.tags["medlora.key_scheme"].startswith("hmac-sha256:")
+    assert not any(secret in str(v) for v in (*run.data.params.values(), *run.data.tags.values()))
+    logged = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
+    files = [p for p in (*logged.rglob("*"), *out.rglob("*")) if p.is_file()]
+    assert files and not [p for p in files if secret.encode() in p.read_bytes()]
+    db = Path(cfg.tracking.uri.removeprefix("sqlite:///"))
+    assert secret.encode() not in db.read_bytes()

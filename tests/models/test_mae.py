@@ -71,7 +71,7 @@ def test_reconstruction_copies_visible_patches():
 
 
 @pytest.mark.parametrize("size, kw, message", [
-    (30, {"img_size": 30}, "preprocess.image_size=30 is not divisible by the patch size 8"),
+    (30, {"img_size": 30}, "preprocess.image_size=30 is not a multiple of the patch size 8"),
     (64, {}, "preprocess.image_size=64 differs from the model's img_size=32"),
 ])
 def test_bad_geometry_is_refused_naming_the_values(size, kw, message):
