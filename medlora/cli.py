@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("datasets", help="write a public dataset as a study folder medlora ingests")
     dsub = d.add_subparsers(dest="source", required=True)
     m = dsub.add_parser("medmnist", help="a MedMNIST npz → DICOM (2D) or NIfTI (3D) + labels.csv with the official split")
-    m.add_argument("name", help="breastmnist, pneumoniamnist or adrenalmnist3d")
+    m.add_argument("name", help="any MedMNIST set (pathmnist, chestmnist, ..., organmnist3d, ...; medlora.io.medmnist_info)")
     m.add_argument("--out", required=True, help="folder to write the images, labels.csv and medmnist_source.json into")
     m.add_argument("--npz", help="a local npz (else downloaded with the medmnist package, when installed and online)")
     m.add_argument("--size", type=int, choices=(28, 64, 128, 224), help="image size (default: the npz's; 28 to download)")

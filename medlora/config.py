@@ -37,6 +37,9 @@ class SynthConfig(_Strict):
     # easy: large dense nodule on a flat background (tests that need a near-perfect model);
     # subtle: small faint nodule among vessel look-alikes on textured lungs with varied anatomy (the demos)
     difficulty: Literal["easy", "subtle"] = "easy"
+    # multi-label phantoms: each study carries each of these lesion kinds independently (probability
+    # abnormal_fraction); labels.csv gets one 0/1 column per kind instead of the normal/abnormal label
+    findings: list[Literal["nodule", "effusion", "cardiomegaly", "calcification"]] | None = None
 
 
 class SplitConfig(_Strict):
@@ -71,8 +74,15 @@ class DataConfig(_Strict):
     label_key: LabelKey = "study_uid"
     key_column: str | None = None  # CSV column holding the key; default = label_key
     label_column: str = "label"
+    # binary: one positive class (``abnormal``) against the rest; multiclass: one of ``classes`` per
+    # study (softmax); multilabel: any of ``findings`` per study (one sigmoid each). See medlora.io.findings
+    task: Literal["binary", "multiclass", "multilabel"] = "binary"
     classes: list[str] = Field(default_factory=lambda: ["normal", "abnormal"])
     abnormal: str = "abnormal"
+    findings: list[str] | None = None  # multilabel: finding columns of the labels CSV (or names in label_column)
+    normal: str | None = None  # multiclass: the normal class; multilabel: the "no finding" column or name
+    uncertain: Literal["ignore", "positive", "negative"] = "ignore"  # multilabel: what -1 in a finding column means
+    ordinal: bool = False  # multiclass: classes are ordered grades (quadratic-weighted kappa is reported)
     card: Path | None = None
     synth: SynthConfig | None = None  # if set and root is missing, synthesise phantoms there
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -102,11 +112,36 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _abnormal_is_a_class(self) -> DataConfig:
-        if self.abnormal not in self.classes:
+        if self.task == "binary" and self.abnormal not in self.classes:
             raise ValueError(f"data.abnormal={self.abnormal!r} is not one of data.classes={self.classes}")
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise ValueError(f"data.classes must hold at least two distinct names, got {self.classes}")
         return self
+
+    @model_validator(mode="after")
+    def _keys_of_the_task(self) -> DataConfig:
+        """Each task reads its own keys; one set for another task would do nothing, so it is refused."""
+        own = {"binary": {"classes", "abnormal"}, "multiclass": {"classes", "normal", "ordinal"},
+               "multilabel": {"findings", "normal", "uncertain"}}
+        for key in sorted({"classes", "abnormal", "findings", "normal", "uncertain", "ordinal"} - own[self.task]):
+            field = type(self).model_fields[key]
+            default = field.default_factory() if field.default_factory is not None else field.default
+            if key in self.model_fields_set and getattr(self, key) != default:  # a dumped config repeats defaults
+                tasks = [t for t, keys in own.items() if key in keys]
+                raise ValueError(f"data.{key} applies to data.task {' or '.join(tasks)}, not {self.task}")
+        if self.task == "multilabel":
+            if not self.findings or len(set(self.findings)) != len(self.findings):
+                raise ValueError(f"data.task multilabel needs data.findings: distinct finding names, got {self.findings}")
+            if self.normal is not None and self.normal in self.findings:
+                raise ValueError(f"data.normal={self.normal!r} is the no-finding state, not a finding")
+        if self.task == "multiclass" and self.normal is not None and self.normal not in self.classes:
+            raise ValueError(f"data.normal={self.normal!r} is not one of data.classes={self.classes}")
+        return self
+
+    @property
+    def outputs(self) -> list[str]:
+        """What the model's head scores, one output each: the findings (multilabel) or the classes."""
+        return list(self.findings or []) if self.task == "multilabel" else list(self.classes)
 
 
 class WindowConfig(_Strict):
@@ -236,6 +271,8 @@ class TrainConfig(_Strict):
     compile: bool = False
     threads: int | None = None
     seed: int = 0
+    # multilabel: weight each finding's positives by negatives/positives of the training split (BCE pos_weight)
+    pos_weight: bool = False
 
 
 class EvaluateConfig(_Strict):
@@ -388,6 +425,17 @@ class Config(_Strict):
         if self.pipeline == "oneclass" and self.evaluate.calibration != "none":
             raise ValueError(f"evaluate.calibration={self.evaluate.calibration!r} with pipeline: oneclass; one-class "
                              "scores are distances, not probabilities, so they are not calibrated (use 'none')")
+        return self
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> Config:
+        if self.train.pos_weight and self.data.task != "multilabel":
+            raise ValueError(f"train.pos_weight applies to data.task multilabel, not {self.data.task}")
+        if self.data.task != "binary" and self.pipeline == "oneclass":
+            raise ValueError(f"pipeline oneclass scores normal against abnormal: it needs data.task binary, not {self.data.task}")
+        if self.data.task != "binary" and self.evaluate.calibration != "none":
+            raise ValueError(f"evaluate.calibration={self.evaluate.calibration!r} recalibrates the one score of data.task "
+                             f"binary; a {self.data.task} run's per-finding scores are not recalibrated (use 'none')")
         return self
 
 

@@ -18,8 +18,9 @@ from medlora.config import Config
 from medlora.device import configure_threads, resolve_device
 from medlora.evaluate.plots import plot_roc
 from medlora.evaluate.report import flat_metrics, to_json
-from medlora.evaluate.stage import run_evaluate, study_auroc
+from medlora.evaluate.stage import run_evaluate, study_auroc, test_subgroups
 from medlora.experiment.session import experiment_name, open_run
+from medlora.experiment.train_eval import study_subgroups
 from medlora.models.anomaly import AnomalyScorer
 from medlora.models.build import input_config
 from medlora.summary import RunSummary
@@ -70,7 +71,8 @@ def run(cfg: Config, out: Path) -> RunSummary:
         scorer = AnomalyScorer(cfg.oneclass.score, cfg.oneclass.k).fit(feats["train"].features.numpy())
         val, test = (_frame(feats[s], scorer.score(feats[s].features.numpy()), abnormal) for s in ("val", "test"))
         evaluation, _, test_studies = run_evaluate(val, test, cfg.evaluate, cfg.preprocess.view.aggregate,
-                                                   seed=cfg.train.seed, probabilities=False)
+                                                   seed=cfg.train.seed, probabilities=False,
+                                                   subgroups=test_subgroups(test, study_subgroups(data, cfg)))
         metrics = {**flat_metrics(evaluation), "val_auroc": study_auroc(val, cfg.preprocess.view.aggregate),
                    "normal_train_samples": len(normal_idx)}
         track.log_metrics(metrics)

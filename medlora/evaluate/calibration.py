@@ -13,27 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medlora.errors import MedloraError
+from .checks import check_binary
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BINS = 10
-
-
-def _check_probabilities(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(y, p)`` as 1-D int/float arrays after checking labels are 0/1 and p lies in [0, 1]."""
-    y = np.asarray(y_true).ravel()
-    p = np.asarray(prob, dtype=float).ravel()
-    if y.shape != p.shape:
-        raise MedloraError(f"labels and probabilities differ in length: {y.size} vs {p.size}")
-    if y.size and not np.isin(y, (0, 1)).all():
-        raise MedloraError(f"labels must be 0/1, got values {np.unique(y)[:10].tolist()}")
-    if not np.isfinite(p).all() or (p.size and (p.min() < 0 or p.max() > 1)):
-        raise MedloraError(
-            "calibration needs probabilities in [0, 1]; got values outside it "
-            "(pass probabilities=False for unbounded scores such as anomaly distances)"
-        )
-    return y.astype(np.int64), p
 
 
 def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
@@ -41,10 +25,21 @@ def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
     return np.searchsorted(edges[1:-1], p, side="left")
 
 
+def weighted_brier(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Brier score of each row of ``weights`` (``(B, n)`` draw counts of checked ``y``/``p``)."""
+    return (weights @ (p - y) ** 2) / weights.sum(axis=1)
+
+
+def weighted_ece(y: np.ndarray, p: np.ndarray, weights: np.ndarray, n_bins: int = DEFAULT_BINS) -> np.ndarray:
+    """ECE of each row of ``weights``: ``sum_b |sum_{i in b} w_i (y_i - p_i)| / sum_i w_i``."""
+    onehot = np.eye(n_bins)[_bin_index(p, n_bins)]  # (n, bins)
+    return np.abs(weights @ (onehot * (y - p)[:, None])).sum(axis=1) / weights.sum(axis=1)
+
+
 def brier_score(y_true: np.ndarray, prob: np.ndarray) -> float:
     """Mean squared difference between probability and outcome (lower is better; 0.25 = coin flip)."""
-    y, p = _check_probabilities(y_true, prob)
-    return float(np.mean((p - y) ** 2)) if y.size else float("nan")
+    y, p = check_binary(y_true, prob, what="probabilities", probabilities=True)
+    return float(weighted_brier(y, p, np.ones((1, y.size)))[0])
 
 
 def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int = DEFAULT_BINS) -> float:
@@ -53,17 +48,8 @@ def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int
     Empty bins contribute nothing. ECE depends on the binning, so the number of bins is reported
     alongside it in the report's JSON.
     """
-    y, p = _check_probabilities(y_true, prob)
-    if not y.size:
-        return float("nan")
-    return _ece_unchecked(y, p, n_bins)
-
-
-def _ece_unchecked(y: np.ndarray, p: np.ndarray, n_bins: int = DEFAULT_BINS) -> float:
-    idx = _bin_index(p, n_bins)
-    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
-    sum_p = np.bincount(idx, weights=p, minlength=n_bins)
-    return float(np.abs(sum_y - sum_p).sum() / y.size)
+    y, p = check_binary(y_true, prob, what="probabilities", probabilities=True)
+    return float(weighted_ece(y, p, np.ones((1, y.size)), n_bins)[0])
 
 
 @dataclass(frozen=True)
@@ -85,7 +71,7 @@ class ReliabilityData:
 
 def reliability_diagram(y_true: np.ndarray, prob: np.ndarray, n_bins: int = DEFAULT_BINS) -> ReliabilityData:
     """Per-bin mean probability and observed positive rate (what a reliability diagram plots)."""
-    y, p = _check_probabilities(y_true, prob)
+    y, p = check_binary(y_true, prob, what="probabilities", probabilities=True)
     idx = _bin_index(p, n_bins)
     count = np.bincount(idx, minlength=n_bins)
     sum_y = np.bincount(idx, weights=y, minlength=n_bins)

@@ -38,7 +38,7 @@ from scipy.stats import norm, rankdata
 
 from medlora.errors import MedloraError
 
-from .metrics import check_binary, require_both_classes
+from .checks import check_binary, require_both_classes
 
 logger = logging.getLogger(__name__)
 

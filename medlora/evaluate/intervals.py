@@ -26,13 +26,8 @@ from scipy.stats import norm
 
 from medlora.errors import MedloraError
 
-from .metrics import (
-    _binary_metrics_unchecked,
-    binary_curve,
-    check_binary,
-    require_both_classes,
-    weighted_binary_metrics,
-)
+from .checks import check_binary, require_both_classes
+from .metrics import _binary_metrics_unchecked, binary_curve, weighted_binary_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +151,10 @@ def metric_replicates(y: np.ndarray, s: np.ndarray, threshold: float, clusters: 
     for idx in cluster_bootstrap_indices(y, clusters, n_bootstrap, seed):
         block.append(np.bincount(idx, minlength=y.size))
         if len(block) == chunk:
-            parts.append(weighted_binary_metrics(y, s, np.stack(block), threshold, probabilities))
+            parts.append(weighted_binary_metrics(y, s, np.stack(block, axis=1).T, threshold, probabilities))
             block = []
     if block:
-        parts.append(weighted_binary_metrics(y, s, np.stack(block), threshold, probabilities))
+        parts.append(weighted_binary_metrics(y, s, np.stack(block, axis=1).T, threshold, probabilities))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

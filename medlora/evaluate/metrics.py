@@ -1,9 +1,11 @@
 """Binary and one-vs-rest multi-class metrics, computed in numpy and equal to scikit-learn's.
 
-They are written out (rather than calling scikit-learn per metric) because the bootstrap needs them
-for thousands of resamples: :func:`weighted_binary_metrics` computes a whole block of resamples at
-once from per-sample draw counts. The tests check every value against scikit-learn, and the
-vectorised values against one call per resample.
+Each metric has one implementation, :func:`weighted_binary_metrics`: it computes a whole block of
+bootstrap resamples at once from per-sample draw counts (one sort and a few matrix products), and
+the plain :func:`binary_metrics` is the same call with unit weights (a single row of ones). They are
+written out rather than calling scikit-learn per metric because the bootstrap needs thousands of
+resamples. The tests check every value against scikit-learn, and the resampled values against one
+call per resample.
 
 Metric names (they become MLflow metric names, hence no dots):
 
@@ -37,7 +39,10 @@ import numpy as np
 
 from medlora.errors import MedloraError, MetricUndefinedError
 
-from .calibration import DEFAULT_BINS, _check_probabilities, _ece_unchecked
+from .calibration import DEFAULT_BINS, weighted_brier, weighted_ece
+from .checks import check_binary, require_both_classes
+
+__all__ = ["check_binary", "require_both_classes"]  # re-exported: the one input check lives in .checks
 
 logger = logging.getLogger(__name__)
 
@@ -56,96 +61,34 @@ CALIBRATION_METRICS: tuple[str, ...] = ("brier", "ece")
 _EPS = 1e-12  # tolerance when comparing a rate such as 19/20 with a target such as 0.95
 
 
-def check_binary(
-    y_true: np.ndarray, scores: np.ndarray, what: str = "scores"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(y, s)`` as 1-D int64/float64 arrays; labels must be 0/1 and scores finite."""
-    y = np.asarray(y_true).ravel()
-    s = np.asarray(scores, dtype=float).ravel()
-    if y.shape != s.shape:
-        raise MedloraError(f"labels and {what} differ in length: {y.size} vs {s.size}")
-    if y.size == 0:
-        raise MetricUndefinedError(f"no samples: metrics of {what} are undefined on an empty set")
-    if not np.isin(y, (0, 1)).all():
-        raise MedloraError(
-            f"labels must be 0 (normal) / 1 (abnormal), got values {np.unique(y)[:10].tolist()}"
-        )
-    if not np.isfinite(s).all():
-        raise MedloraError(f"{what} contain {int((~np.isfinite(s)).sum())} non-finite values (NaN or inf)")
-    return y.astype(np.int64), s
-
-
-def require_both_classes(y: np.ndarray, metric: str) -> None:
-    """Raise :class:`MetricUndefinedError` naming ``metric`` unless both classes are present."""
-    n_pos = int(y.sum())
-    if n_pos == 0 or n_pos == y.size:
-        only = "positive (1)" if n_pos else "negative (0)"
-        raise MetricUndefinedError(
-            f"{metric} is undefined: all {y.size} labels are {only}; it needs both classes"
-        )
-
-
 def binary_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative ``(fps, tps, thresholds)`` at each distinct score, highest threshold first.
 
     Entry ``k`` counts the samples with ``score >= thresholds[k]`` (scikit-learn's ``_binary_clf_curve``).
     """
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    idx = np.r_[np.flatnonzero(np.diff(s_sorted)), y.size - 1]
-    tps = np.cumsum(y_sorted)[idx].astype(float)
-    fps = idx + 1.0 - tps
-    return fps, tps, s_sorted[idx]
+    fps, tps, thresholds = _weighted_curve(y, s, np.ones((1, y.size)))
+    return fps[:, 0], tps[:, 0], thresholds
 
 
-def _ranking(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
-    fps, tps, _ = binary_curve(y, s)
-    n_pos, n_neg = tps[-1], fps[-1]
-    tpr = np.r_[0.0, tps / n_pos]
-    fpr = np.r_[0.0, fps / n_neg]
-    out = {
-        "auroc": float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0),
-        "auprc": float(np.sum(np.diff(tpr) * np.r_[1.0, tps / (tps + fps)][1:])),
-    }
-    spec = 1.0 - fpr
-    for t in FIXED_TARGETS:
-        out[f"sensitivity_at_specificity_{round(t * 100)}"] = float(tpr[spec >= t - _EPS].max())
-    for t in FIXED_TARGETS:
-        out[f"specificity_at_sensitivity_{round(t * 100)}"] = float(spec[tpr >= t - _EPS].max())
-    return out
+def _unit(y: np.ndarray) -> np.ndarray:
+    return np.ones((1, y.size))
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("nan")
+def ranking_metrics(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    """The threshold-free metrics (:data:`RANKING_METRICS`) of checked ``y``/``s``; NaN with one class."""
+    return {k: float(v[0]) for k, v in weighted_ranking_metrics(y, s, _unit(y)).items()}
 
 
-def _at_threshold(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
-    pred = s >= threshold
-    tp = float(np.sum(pred & (y == 1)))
-    fp = float(np.sum(pred & (y == 0)))
-    fn = float(np.sum(~pred & (y == 1)))
-    tn = float(y.size - tp - fp - fn)
-    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
-    return {
-        "sensitivity": sens,
-        "specificity": spec,
-        "ppv": _ratio(tp, tp + fp),
-        "npv": _ratio(tn, tn + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "balanced_accuracy": (sens + spec) / 2.0,
-        "accuracy": (tp + tn) / y.size,
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
-    }
+def threshold_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
+    """The metrics at a frozen threshold (:data:`THRESHOLD_METRICS`) of checked ``y``/``s``."""
+    return {k: float(v[0]) for k, v in weighted_threshold_metrics(y, s, _unit(y), threshold).items()}
 
 
 def auroc(y_true: np.ndarray, scores: np.ndarray) -> float:
     """AUROC alone (equal to ``sklearn.metrics.roc_auc_score``); raises with a single class."""
     y, s = check_binary(y_true, scores)
     require_both_classes(y, "AUROC")
-    return _ranking(y, s)["auroc"]
+    return ranking_metrics(y, s)["auroc"]
 
 
 def binary_metrics(
@@ -162,27 +105,21 @@ def binary_metrics(
     (then ``brier`` and ``ece`` are included); with unbounded scores such as anomaly distances pass
     ``probabilities=False`` and those two are omitted.
     """
-    y, s = check_binary(y_true, scores)
-    if probabilities:
-        _check_probabilities(y, s)
+    y, s = check_binary(y_true, scores, probabilities=probabilities)
     return _binary_metrics_unchecked(y, s, float(threshold), probabilities, on_one_class)
 
 
 def _binary_metrics_unchecked(
     y: np.ndarray, s: np.ndarray, threshold: float, probabilities: bool, on_one_class: str
 ) -> dict[str, float]:
-    n_pos = int(y.sum())
-    if n_pos in (0, y.size):
-        if on_one_class == "raise":
-            require_both_classes(y, "AUROC (and AUPRC, sensitivity-at-specificity)")
-        out = dict.fromkeys(RANKING_METRICS, float("nan"))
-    else:
-        out = _ranking(y, s)
-    out.update(_at_threshold(y, s, threshold))
-    if probabilities:
-        out["brier"] = float(np.mean((s - y) ** 2))
-        out["ece"] = _ece_unchecked(y, s, DEFAULT_BINS)
-    return out
+    """:func:`weighted_binary_metrics` with unit weights, as floats."""
+    if on_one_class == "raise":
+        require_both_classes(y, "AUROC (and AUPRC, sensitivity-at-specificity)")
+    return {k: float(v[0]) for k, v in weighted_binary_metrics(y, s, _unit(y), threshold, probabilities).items()}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
 
 
 def metric_names(probabilities: bool = True) -> tuple[str, ...]:
@@ -231,7 +168,7 @@ def multiclass_metrics(
         key = _safe_name(name)
         yc = (y == c).astype(np.int64)
         if 0 < yc.sum() < yc.size:
-            r = _ranking(yc, p[:, c])
+            r = ranking_metrics(yc, p[:, c])
             aucs.append(r["auroc"])
             aps.append(r["auprc"])
             out[f"auroc_{key}"], out[f"auprc_{key}"] = r["auroc"], r["auprc"]
@@ -257,58 +194,96 @@ def multiclass_metrics(
 def weighted_binary_metrics(
     y: np.ndarray, s: np.ndarray, weights: np.ndarray, threshold: float, probabilities: bool = True
 ) -> dict[str, np.ndarray]:
-    """:func:`binary_metrics` of many resamples at once, one array entry per resample.
+    """Every binary metric of many resamples at once, one array entry per resample.
 
     Row ``b`` of ``weights`` (``(B, n)`` counts) says how often each sample is drawn in resample ``b``;
-    the values equal ``binary_metrics(y[idx], s[idx], ...)`` on the drawn indices (single-class
-    resamples give NaN ranking metrics), computed with one sort and a few matrix products instead of
-    a Python call per resample. ``y``/``s`` must be checked already (:func:`check_binary`).
+    the values equal the metrics of ``y[idx], s[idx]`` on the drawn indices (single-class
+    resamples give NaN ranking metrics). ``y``/``s`` must be checked already (:func:`check_binary`).
     """
     w = np.asarray(weights, dtype=float)
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order].astype(float)
-    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]  # one group per distinct score
-    w_sorted = w[:, order]
-    tps = np.cumsum(np.add.reduceat(w_sorted * y_sorted, starts, axis=1), axis=1)
-    fps = np.cumsum(np.add.reduceat(w_sorted * (1.0 - y_sorted), starts, axis=1), axis=1)
-    n_pos, n_neg = tps[:, -1:], fps[:, -1:]
-    both = (n_pos[:, 0] > 0) & (n_neg[:, 0] > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        zero = np.zeros((len(w), 1))
-        tpr = np.hstack([zero, tps / n_pos])
-        fpr = np.hstack([zero, fps / n_neg])
-        precision = np.where(tps + fps > 0, tps / np.where(tps + fps > 0, tps + fps, 1.0), 1.0)
-        out: dict[str, np.ndarray] = {
-            "auroc": np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2.0,
-            "auprc": np.sum(np.diff(tpr, axis=1) * precision, axis=1),
-        }
-        spec = 1.0 - fpr
-        for t in FIXED_TARGETS:
-            out[f"sensitivity_at_specificity_{round(t * 100)}"] = np.where(spec >= t - _EPS, tpr, -np.inf).max(axis=1)
-        for t in FIXED_TARGETS:
-            out[f"specificity_at_sensitivity_{round(t * 100)}"] = np.where(tpr >= t - _EPS, spec, -np.inf).max(axis=1)
-    for name in RANKING_METRICS:
-        out[name] = np.where(both, out[name], np.nan)
+    out = weighted_ranking_metrics(y, s, w)
+    out.update(weighted_threshold_metrics(y, s, w, threshold))
+    if probabilities:
+        pos = y.astype(float)
+        out["brier"] = weighted_brier(pos, s, w)
+        out["ece"] = weighted_ece(pos, s, w, DEFAULT_BINS)
+    return out
 
-    pred = (s >= threshold).astype(float)
-    pos = y.astype(float)
-    n = w.sum(axis=1)
-    tp, fp = w @ (pred * pos), w @ (pred * (1 - pos))
-    fn = w @ ((1 - pred) * pos)
+
+def _weighted_groups(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct score (highest first): the positive and the total weight of its samples
+    (``(distinct scores, B)`` each), and the distinct scores.
+
+    Samples run along the first axis, resamples along the second, so the gather and the running sums
+    are row operations: pass ``w`` as the transpose of an ``(n, B)`` array to avoid a copy.
+    """
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted = s[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]  # one group per distinct score
+    w_sorted = np.asarray(w).T[order]  # (n, B)
+    if not np.issubdtype(w_sorted.dtype, np.floating):
+        w_sorted = w_sorted.astype(float)
+    pos_w = w_sorted * y[order].astype(w_sorted.dtype)[:, None]
+    if starts.size < s.size:  # tied scores: one row per distinct score
+        pos_w, w_sorted = np.add.reduceat(pos_w, starts, axis=0), np.add.reduceat(w_sorted, starts, axis=0)
+    return pos_w, w_sorted, s_sorted[starts]
+
+
+def _weighted_curve(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative weighted ``(fps, tps)`` (``(distinct scores, B)``) and the distinct scores, highest first."""
+    pos_w, all_w, thresholds = _weighted_groups(y, s, w)
+    tps = pos_w.cumsum(axis=0)
+    return all_w.cumsum(axis=0) - tps, tps, thresholds
+
+
+def weighted_ranking_metrics(
+    y: np.ndarray, s: np.ndarray, w: np.ndarray, names: tuple[str, ...] = RANKING_METRICS
+) -> dict[str, np.ndarray]:
+    """The threshold-free metrics ``names`` (default all) per row of ``w``; NaN where a row has one class.
+
+    With ``P_g``/``N_g`` the positive/negative weight at distinct score ``g`` and ``TP_g``/``A_g`` the
+    positive/total weight at scores ``>= g``: AUROC ``= sum_g N_g (TP_g - P_g / 2) / (P N)`` (the
+    trapezoids of the ROC curve, ties counting one half) and AUPRC ``= sum_g P_g (TP_g / A_g) / P``
+    (recall steps times precision).
+    """
+    pos_w, all_w, _ = _weighted_groups(y, s, w)
+    tps, cum = pos_w.cumsum(axis=0), all_w.cumsum(axis=0)
+    n_pos = tps[-1]
+    n_neg = cum[-1] - n_pos
+    both = (n_pos > 0) & (n_neg > 0)
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if "auroc" in names:
+            out["auroc"] = ((all_w - pos_w) * (tps - pos_w / 2)).sum(axis=0) / (n_pos.astype(float) * n_neg)
+        if "auprc" in names:
+            out["auprc"] = (pos_w * np.divide(tps, cum, out=np.zeros_like(tps), where=cum > 0)).sum(axis=0) / n_pos
+        if any(n in names for n in RANKING_METRICS[2:]):
+            tpr, fpr = tps / n_pos, (cum - tps) / n_neg
+            spec = 1.0 - fpr
+            for t in FIXED_TARGETS:  # the point (0, 0) never beats a real threshold, so it is left out
+                name = f"sensitivity_at_specificity_{round(t * 100)}"
+                if name in names:
+                    out[name] = np.maximum(np.where(spec >= t - _EPS, tpr, -np.inf).max(axis=0), 0.0)
+            for t in FIXED_TARGETS:
+                name = f"specificity_at_sensitivity_{round(t * 100)}"
+                if name in names:
+                    out[name] = np.where(tpr >= t - _EPS, spec, -np.inf).max(axis=0)
+    return {name: np.where(both, out[name], np.nan).astype(float) for name in names}
+
+
+def weighted_threshold_metrics(y: np.ndarray, s: np.ndarray, w: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """The metrics at a frozen threshold (a sample is positive iff ``score >= threshold``) per row of ``w``."""
+    wt = np.asarray(w).T  # (n, B): sums over sample rows
+    pred, pos = s >= threshold, np.asarray(y).astype(bool)
+    tp, fp, fn = (wt[m].sum(axis=0, dtype=float) for m in (pred & pos, pred & ~pos, ~pred & pos))
+    n = wt.sum(axis=0, dtype=float)
     tn = n - tp - fp - fn
     with np.errstate(divide="ignore", invalid="ignore"):
 
         def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
 
-        sens, spec_t = ratio(tp, tp + fn), ratio(tn, tn + fp)
-        out.update({"sensitivity": sens, "specificity": spec_t, "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn),
-                    "f1": ratio(2 * tp, 2 * tp + fp + fn), "balanced_accuracy": (sens + spec_t) / 2.0,
-                    "accuracy": (tp + tn) / n, "tp": tp, "fp": fp, "tn": tn, "fn": fn})
-    if probabilities:
-        from .calibration import _bin_index
-
-        out["brier"] = (w @ (s - pos) ** 2) / n
-        onehot = np.eye(DEFAULT_BINS)[_bin_index(s, DEFAULT_BINS)]  # (n, bins)
-        out["ece"] = np.abs((w * pos) @ onehot - (w * s) @ onehot).sum(axis=1) / n
-    return out
+        sens, spec = ratio(tp, tp + fn), ratio(tn, tn + fp)
+        return {"sensitivity": sens, "specificity": spec, "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn),
+                "f1": ratio(2 * tp, 2 * tp + fp + fn), "balanced_accuracy": (sens + spec) / 2.0,
+                "accuracy": (tp + tn) / n, "tp": tp, "fp": fp, "tn": tn, "fn": fn}

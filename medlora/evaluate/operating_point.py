@@ -35,7 +35,8 @@ from sklearn.metrics import roc_curve
 
 from medlora.errors import ConfigError
 
-from .metrics import _EPS, check_binary, require_both_classes
+from .checks import check_binary, require_both_classes
+from .metrics import _EPS
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .calibration import DEFAULT_BINS, reliability_diagram
 from .intervals import bootstrap_roc_band
-from .metrics import _at_threshold, _ranking, binary_curve, check_binary, require_both_classes
+from .metrics import binary_curve, check_binary, ranking_metrics, require_both_classes, threshold_metrics
 from .operating_point import OperatingPoint
 
 logger = logging.getLogger(__name__)
@@ -83,9 +83,9 @@ def plot_roc(
     if n_bootstrap > 0:
         grid, low, high = bootstrap_roc_band(y, s, clusters, n_bootstrap, ci, seed)
         ax.fill_between(grid, low, high, step="post", alpha=0.25, label=f"{ci:.0%} bootstrap band")
-    ax.plot(fpr, tpr, drawstyle="steps-post", label=f"AUROC {_ranking(y, s)['auroc']:.3f}")
+    ax.plot(fpr, tpr, drawstyle="steps-post", label=f"AUROC {ranking_metrics(y, s)['auroc']:.3f}")
     if operating_point is not None:
-        at = _at_threshold(y, s, operating_point.threshold)
+        at = threshold_metrics(y, s, operating_point.threshold)
         ax.plot(1 - at["specificity"], at["sensitivity"], "o", color="k", label=_op_label(operating_point))
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title=title)
@@ -106,10 +106,10 @@ def plot_pr(
     fps, tps, _ = binary_curve(y, s)
     recall, precision = np.r_[0.0, tps / tps[-1]], np.r_[1.0, tps / (tps + fps)]
     fig, ax = _figure()
-    ax.plot(recall, precision, drawstyle="steps-pre", label=f"AUPRC {_ranking(y, s)['auprc']:.3f}")
+    ax.plot(recall, precision, drawstyle="steps-pre", label=f"AUPRC {ranking_metrics(y, s)['auprc']:.3f}")
     ax.axhline(y.mean(), ls=":", color="grey", label=f"prevalence {y.mean():.3f}")
     if operating_point is not None:
-        at = _at_threshold(y, s, operating_point.threshold)
+        at = threshold_metrics(y, s, operating_point.threshold)
         ax.plot(at["sensitivity"], at["ppv"], "o", color="k", label=_op_label(operating_point))
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.legend(loc="lower left")

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from .calibration import DEFAULT_BINS
+from .checks import check_binary
 from .delong import delong_auc
 from .intervals import Interval, bootstrap_metric_intervals, wilson_interval, wilson_sensitivity_specificity
-from .metrics import _safe_name, binary_metrics, check_binary
+from .metrics import _safe_name, binary_metrics
 from .operating_point import OperatingPoint, choose_operating_point, parse_policy
 from .subgroups import MIN_PER_CLASS, SubgroupResult, evaluate_subgroups
 

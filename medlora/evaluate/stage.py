@@ -48,9 +48,21 @@ def study_auroc(frame: pd.DataFrame, how: str = "max") -> float:
     return auroc(s.label, s.score)
 
 
-def run_evaluate(val: pd.DataFrame, test: pd.DataFrame, cfg: EvaluateConfig, how: str = "max",
-                 seed: int = 0, probabilities: bool = True) -> tuple[EvaluationResult, StudyScores, StudyScores]:
-    """Evaluate per-sample validation and test frames at the study level.
+def test_subgroups(frame: pd.DataFrame, subgroups: pd.DataFrame | None) -> dict[str, np.ndarray] | None:
+    """The subgroup columns of ``subgroups`` (one row per study: ``study_key`` and a column per field)
+    aligned with the studies of a per-sample ``frame`` in :func:`study_scores` order."""
+    if subgroups is None or subgroups.empty or len(subgroups.columns) < 2:
+        return None
+    keys = np.unique(frame["study_key"].to_numpy())
+    table = subgroups.drop_duplicates("study_key").set_index("study_key").reindex(keys)
+    return {str(c): table[c].to_numpy(dtype=object) for c in table.columns}
+
+
+def run_evaluate(val: pd.DataFrame, test: pd.DataFrame, cfg: EvaluateConfig, how: str = "max", seed: int = 0,
+                 probabilities: bool = True, subgroups: dict[str, np.ndarray] | None = None,
+                 ) -> tuple[EvaluationResult, StudyScores, StudyScores]:
+    """Evaluate per-sample validation and test frames at the study level; ``subgroups`` maps a field to
+    values aligned with the test studies (:func:`test_subgroups`).
 
     The returned study scores are calibrated when ``cfg.calibration`` asks for it (the map is in
     ``result.calibration``, with validation log-loss and test Brier/ECE before and after).
@@ -67,6 +79,6 @@ def run_evaluate(val: pd.DataFrame, test: pd.DataFrame, cfg: EvaluateConfig, how
         t = StudyScores(t.study_key, t.patient_key, t.label, cal.apply(t.score))
     result = evaluate_binary(v.label, v.score, t.label, t.score, clusters_test=t.patient_key, policy=cfg.operating_point,
                              n_bootstrap=cfg.bootstrap, ci=cfg.ci, seed=seed, probabilities=probabilities,
-                             min_per_class=cfg.min_per_class)
+                             subgroups=subgroups, min_per_class=cfg.min_per_class)
     result.calibration = summary or {"method": "none"}
     return result, v, t

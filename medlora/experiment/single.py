@@ -9,6 +9,7 @@ and only rank 0 writes files, logs and exports.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from ..transforms.pipeline import manifest_items
 from ..transforms.samples import prepare_samples
 from . import resume
 from .session import experiment_name, open_run
-from .train_eval import train_and_evaluate
+from .train_eval import run_head, study_subgroups, train_and_evaluate
+
+log = logging.getLogger(__name__)
 
 
 def run_single(cfg: Config, out: Path) -> RunSummary:
@@ -60,16 +63,22 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
         split = prefix_loaders(model, datasets, loader, device, augment=cfg.preprocess.augment)
         trained, loaders = split or (model, loaders)
         result = train_and_evaluate(trained, loaders, cfg, device, built.params.trainable,
-                                    out=out if dist.is_main else None, checkpoint=checkpoint, dist=dist)
+                                    out=out if dist.is_main else None, checkpoint=checkpoint, dist=dist,
+                                    head=run_head(cfg, data), subgroups=study_subgroups(data, cfg))
         if dist.is_main:
-            op = result.evaluation.operating_point
-            plot_roc(result.test_studies.label, result.test_studies.score, out / "roc.png", operating_point=op)
-            track.log_artifact(out / "roc.png")
+            op = result.evaluation.operating_point if result.evaluation is not None else None
+            if op is not None:  # the binary task, or "any finding" of a multi-label/multi-class one
+                plot_roc(result.test_studies.label, result.test_studies.score, out / "roc.png", operating_point=op)
+                track.log_artifact(out / "roc.png")
             items = {item["sample_id"]: item for item in manifest_items(data.manifest, data.root)}
+            thresholds = {f.name: f.threshold for f in result.multi.findings} if result.multi else None
             modalities = data.manifest["modality"].fillna("unknown").astype(str).value_counts().to_dict()
-            meta = run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint, result.evaluation.calibration,
-                                {str(k): int(v) for k, v in modalities.items()})
-            run_export(out, model, meta, uri, items=items)
+            if op is not None:
+                meta = run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint, result.evaluation.calibration,
+                                    {str(k): int(v) for k, v in modalities.items()}, thresholds)
+                run_export(out, model, meta, uri, items=items)
+            else:
+                log.warning("no export: a multi-class run without data.normal has no single operating point to export")
             resume.forget(out)
         dist.barrier()  # the other ranks end with rank 0, after its export
     return RunSummary(mlrun.info.run_id if mlrun else "", experiment, uri, out, result.metrics, str(built.params))

@@ -18,16 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from ..config import Config
+from ..evaluate.findings import MultiResult, evaluate_findings, flat_multi_metrics, mean_auroc, study_matrix
+from ..evaluate.findings import to_json as multi_to_json
 from ..evaluate.report import EvaluationResult, flat_metrics, to_json
-from ..evaluate.stage import StudyScores, run_evaluate, study_auroc
+from ..evaluate.stage import StudyScores, run_evaluate, study_auroc, study_scores, test_subgroups
+from ..io.findings import decode_column
+from ..io.prepare import PreparedData
+from ..io.subgroups import subgroup_table
 from ..models.lora import for_inference
 from ..tracking import mlflow_run as track
 from ..train.distributed import Dist
+from ..train.features import FeatureDataset
+from ..train.head import Head, head_for
 from ..train.inference import Predictions, predict
 from ..train.loop import TrainResult, fit
 from ..transforms.augment import BatchAugment
@@ -42,9 +51,10 @@ class ExperimentResult:
     fit: TrainResult
     val: Predictions
     test: Predictions
-    evaluation: EvaluationResult
+    evaluation: EvaluationResult | None  # binary; for multiclass/multilabel the "any finding" evaluation, if any
     test_studies: StudyScores
     metrics: dict[str, float]
+    multi: MultiResult | None = None  # multiclass/multilabel: per finding (class), macro and micro
 
     def predictions(self) -> pd.DataFrame:
         """Per-sample validation and test scores with a ``split`` column."""
@@ -53,7 +63,8 @@ class ExperimentResult:
 
 def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config, device: torch.device,
                        trainable_params: int, out: Path | None = None, augment: bool = True,
-                       checkpoint: Path | None = None, dist: Dist | None = None) -> ExperimentResult:
+                       checkpoint: Path | None = None, dist: Dist | None = None, head: Head | None = None,
+                       subgroups: pd.DataFrame | None = None) -> ExperimentResult:
     """Train ``model`` on ``loaders['train']`` (early stopping on ``loaders['val']``), evaluate on
     ``loaders['test']`` and log per-epoch and final metrics to the active MLflow run.
 
@@ -65,35 +76,84 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
 
     With ``out``, ``predictions.csv`` (per sample), ``test_studies.csv`` (per test study: the scores a
     paired DeLong test compares) and ``metrics.json`` are written there and logged as artifacts.
+
+    ``head`` (:func:`~medlora.train.head.head_for`; default from ``cfg`` without positive weights)
+    decides the task: multiclass and multilabel runs are evaluated per finding
+    (:mod:`medlora.evaluate.findings`), logged as ``test_auroc.<finding>``, ``test_auroc_macro``, ...
+    ``subgroups`` (one row per study: ``study_key`` and the ``evaluate.subgroups`` columns) gives
+    per-subgroup metrics (``test_subgroup_<column>_<value>_...``; multi-label: of "any finding").
     """
     how = cfg.preprocess.view.aggregate
-    abnormal = cfg.data.classes.index(cfg.data.abnormal)
+    abnormal = cfg.data.classes.index(cfg.data.abnormal) if cfg.data.task == "binary" else 0
+    head = head or head_for(cfg, train_findings(loaders["train"]) if cfg.train.pos_weight else None)
+    names = head.names
     augmenter = BatchAugment(seed=cfg.train.seed) if augment and cfg.preprocess.augment else None
+
+    def val_metric(p: Predictions) -> float:  # early stopping: study AUROC, or its mean over findings
+        return mean_auroc(study_matrix(p.frame(), names, how)) if head.multi else study_auroc(p.frame(), how)
+
     result = fit(
-        model, loaders["train"], loaders["val"], cfg.train, device, abnormal,
-        val_metric=lambda p: study_auroc(p.frame(), how),
+        model, loaders["train"], loaders["val"], cfg.train, device, abnormal, val_metric=val_metric,
         on_epoch=lambda e: track.log_metrics(
             {"train_loss": e.train_loss, "val_auroc": e.val_auroc, "train_lr": e.lr}, step=e.epoch),
-        augment=augmenter, checkpoint=checkpoint, dist=dist,
+        augment=augmenter, checkpoint=checkpoint, dist=dist, head=head,
     )
     # the best epoch's validation predictions are those of the restored weights (eval mode is deterministic)
     dist = dist or Dist()
-    val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal))
-    test = dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal))
-    evaluation, _, test_studies = run_evaluate(val.frame(), test.frame(), cfg.evaluate, how, seed=cfg.train.seed)
-    metrics = {**flat_metrics(evaluation), "val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch,
+    val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal, head))
+    test = dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal, head))
+    multi = None
+    if head.multi:
+        multi = evaluate_findings(study_matrix(val.frame(), names, how), study_matrix(test.frame(), names, how),
+                                  names, cfg.evaluate, cfg.data.task, head.normal, cfg.data.ordinal, cfg.train.seed,
+                                  subgroups=test_subgroups(test.frame(), subgroups))
+        evaluation, test_studies = multi.any_finding, study_scores(test.frame(), how)
+        scores = flat_multi_metrics(multi)
+    else:
+        evaluation, _, test_studies = run_evaluate(val.frame(), test.frame(), cfg.evaluate, how, seed=cfg.train.seed,
+                                                   subgroups=test_subgroups(test.frame(), subgroups))
+        scores = flat_metrics(evaluation)
+    metrics = {**scores, "val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "train_data_seconds": result.data_seconds,
                "train_images_per_second": result.images_per_second,
                "peak_memory_mb": result.peak_memory_mb, "trainable_params": trainable_params}
     track.log_metrics(metrics, step=len(result.history))
-    done = ExperimentResult(result, val, test, evaluation, test_studies, metrics)
+    done = ExperimentResult(result, val, test, evaluation, test_studies, metrics, multi)
     if out is not None and dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         done.predictions().to_csv(out / "predictions.csv", index=False)
         test_studies.frame().to_csv(out / "test_studies.csv", index=False)
-        (out / "metrics.json").write_text(json.dumps(to_json(evaluation), indent=2, default=float))
+        # multiclass/multilabel: the "any finding" evaluation at the top (what reports read), per finding under "multi"
+        doc = {**(to_json(evaluation) if evaluation is not None else {}),
+               **({"multi": multi_to_json(multi)} if multi is not None else {})}
+        (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=float))
         for name in ("predictions.csv", "test_studies.csv", "metrics.json"):
             track.log_artifact(out / name)
     log.info("val_auroc=%.3f test_auroc=%.3f (%.1f s training)", result.best_val_auroc,
-             metrics.get("test_auroc", float("nan")), result.train_seconds)
+             metrics.get("test_auroc", metrics.get("test_auroc_macro", float("nan"))), result.train_seconds)
     return done
+
+
+def train_findings(loader: Any) -> np.ndarray:
+    """The ``(n, findings)`` targets of a training loader's samples (a dataset of manifest items, cached
+    features, or a few-shot subset of either), for ``train.pos_weight``."""
+    ds, pick = loader.dataset, slice(None)
+    if isinstance(ds, Subset):
+        ds, pick = ds.dataset, np.asarray(ds.indices)
+    if isinstance(ds, FeatureDataset):
+        matrix = ds.features.findings[ds.positions]
+    else:  # a MONAI dataset: its ``data`` are the manifest items
+        matrix = np.stack([np.asarray(item["findings"], dtype=float) for item in ds.data])
+    return matrix[pick]
+
+
+def run_head(cfg: Config, data: PreparedData) -> Head:
+    """The head of ``cfg`` with positive weights from ``data``'s training split (``train.pos_weight``)."""
+    train = data.split("train")
+    findings = decode_column(train["findings"], len(cfg.data.outputs)) if "findings" in train.columns else None
+    return head_for(cfg, findings if cfg.train.pos_weight else None)
+
+
+def study_subgroups(data: PreparedData, cfg: Config) -> pd.DataFrame | None:
+    """One row per study with its ``evaluate.subgroups`` fields (:func:`~medlora.io.subgroups.subgroup_table`)."""
+    return subgroup_table(data.manifest, cfg.data, cfg.evaluate.subgroups) if cfg.evaluate.subgroups else None

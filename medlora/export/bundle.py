@@ -135,13 +135,18 @@ def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.Data
     examples = pick_examples(studies, samples)
     lab = bundle.meta["labels"]
     names = (" / ".join(c for c in lab["classes"] if c != lab["abnormal"]), lab["abnormal"])
+    # multi-class/multi-label: Grad-CAM of the highest-scoring output, which drives the "any finding" score
+    target = bundle.abnormal_index if bundle.task == "binary" else None
     figs, methods, problems = write_saliency(model, bundle.preprocess(), examples, items, bundle.threshold,
-                                             tmp / "saliency", target=bundle.abnormal_index, labels=names)
+                                             tmp / "saliency", target=target, labels=names)
     if not figs:
         if problems:
             return [], f"Saliency omitted: no map could be drawn for this model ({problems[0]})."
         return [], "No examples: the test images could not be matched to the run's predictions."
-    note = ("Saliency by " + "; ".join(SALIENCY_NOTES[m] for m in sorted(methods)) + ", on the most confident "
+    explained = "; ".join(SALIENCY_NOTES[m] for m in sorted(methods))
+    if target is None:
+        explained = explained.replace("the abnormal class", "the highest-scoring finding")
+    note = ("Saliency by " + explained + ", on the most confident "
             "true/false positives and negatives of the test set. Each overlay has its image beside it.")
     absent = [name for (kind, _, _), name in KINDS.items() if kind not in {e[0] for e in examples}]
     if absent:

@@ -71,7 +71,26 @@ class Bundle:
         return Calibrator.from_dict(self.meta.get("calibration")).apply(scores)
 
     @property
+    def task(self) -> str:
+        """``binary``, ``multiclass`` or ``multilabel`` (bundles written before tasks existed are binary)."""
+        return str(self.meta["labels"].get("task", "binary"))
+
+    @property
+    def outputs(self) -> list[str]:
+        """The findings (classes) the model scores one by one; empty for a binary bundle."""
+        return list(self.meta["labels"].get("outputs") or []) if self.task != "binary" else []
+
+    @property
+    def output_thresholds(self) -> dict[str, float]:
+        """Each finding's (class's) own validation-chosen threshold (NaN where none could be chosen)."""
+        given = self.meta["operating_point"].get("per_output") or {}
+        return {name: float("nan") if given.get(name) is None else float(given[name]) for name in self.outputs}
+
+    @property
     def abnormal_index(self) -> int:
+        if self.task != "binary":  # one sigmoid per finding / a softmax without one positive class
+            raise BundleError(f"bundle {self.path} is a {self.task} model: it has no single abnormal class "
+                              "(score its outputs, Predictor.score_outputs)")
         return int(self.meta["labels"]["abnormal_index"])
 
     def base_info(self) -> dict[str, Any]:

@@ -20,18 +20,30 @@ from .adapter import artifact_of
 TRAINING_ONLY_PREPROCESS = {"image_size", "augment"}
 
 
+def _labels(cfg: Config) -> dict[str, Any]:
+    """Binary: the classes and the positive one; multiclass/multilabel: the task and the model's outputs."""
+    data = cfg.data
+    if data.task == "binary":
+        return {"classes": list(data.classes), "abnormal": data.abnormal, "abnormal_index": data.classes.index(data.abnormal)}
+    # the exported operating point is that of "any finding": reports read it as a binary task
+    return {"task": data.task, "outputs": data.outputs, "normal": data.normal,
+            "classes": [data.normal or "no finding", "any finding"], "abnormal": "any finding", "abnormal_index": None}
+
+
 def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dataset_fingerprint: str,
-                 calibration: dict[str, Any] | None = None,
-                 modalities: dict[str, int] | None = None) -> dict[str, Any]:
+                 calibration: dict[str, Any] | None = None, modalities: dict[str, int] | None = None,
+                 thresholds: dict[str, float] | None = None) -> dict[str, Any]:
     """The ``medlora.json`` dict of a run.
 
     ``built`` is the :class:`~medlora.models.build.BuiltModel` (``base``, ``data_config``);
     ``operating_point`` the frozen :class:`~medlora.evaluate.operating_point.OperatingPoint` chosen on
-    validation; ``calibration`` the evaluation's recalibration record (only its fitted map is kept:
-    ``predict`` applies it to study scores before the threshold, which is in calibrated units).
-    A base pretrained by ``medlora pretrain`` carries ``base.pretrain`` (its base card, pretraining
-    MLflow run, data and settings). A full fine-tune is stated as a new model, not an adapter (``adapter: false``,
-    ``summary``), so that cards and reports can say so. ``modalities`` counts the run's samples per modality.
+    validation (multiclass/multilabel: of "any finding"; ``thresholds`` holds each output's own,
+    ``operating_point.per_output``); ``calibration`` the evaluation's recalibration record (only its
+    fitted map is kept: ``predict`` applies it to study scores before the threshold, which is in
+    calibrated units; binary task only). A base pretrained by ``medlora pretrain`` carries
+    ``base.pretrain`` (its base card, pretraining MLflow run, data and settings). A full fine-tune is
+    stated as a new model, not an adapter (``adapter: false``, ``summary``), so that cards and reports
+    can say so. ``modalities`` counts the run's samples per modality.
     """
     method = cfg.model.method
     art = artifact_of(method)
@@ -39,7 +51,6 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
     card = record_beside(base.get("weights_path"))
     if card is not None:  # a base medlora pretrained: cite its card, pretraining run and data
         base["pretrain"] = {k: card[k] for k in ("card", "mlflow_run_id", "data", "pretraining") if k in card}
-    classes = list(cfg.data.classes)
     return {
         "method": method,
         "adapter": art.kind == "adapter",
@@ -48,9 +59,10 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
         "lora": cfg.model.lora.model_dump(mode="json") if method == "lora" else None,
         "preprocess": {**built.data_config,
                        **cfg.preprocess.model_dump(mode="json", exclude=TRAINING_ONLY_PREPROCESS)},
-        "labels": {"classes": classes, "abnormal": cfg.data.abnormal, "abnormal_index": classes.index(cfg.data.abnormal)},
+        "labels": _labels(cfg),
         "operating_point": {"policy": operating_point.policy, "threshold": float(operating_point.threshold),
-                            "aggregate": cfg.preprocess.view.aggregate},
+                            "aggregate": cfg.preprocess.view.aggregate,
+                            **({"per_output": dict(thresholds)} if thresholds else {})},
         "calibration": Calibrator.from_dict(calibration).to_dict(),
         "mlflow_run_id": run_id,
         "dataset": {"name": cfg.data.name, "fingerprint": dataset_fingerprint, "modalities": modalities or {}},

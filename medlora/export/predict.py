@@ -6,7 +6,9 @@ before anything is written. Each file goes through the bundle's exact preprocess
 (:func:`medlora.transforms.pipeline.build_transforms` with the window/view/size/mean/std of
 ``medlora.json``); sample scores are aggregated per study with the bundle's rule, put through its
 recalibration map when it has one (``calibration`` in ``medlora.json``), and called at its frozen
-operating point (``score >= threshold``).
+operating point (``score >= threshold``). A multi-label or multi-class bundle adds a
+``score.<finding>`` and ``call.<finding>`` column per output, called at that output's own threshold;
+its ``score``/``call`` are "any finding" (such bundles carry no recalibration map).
 
 Bundles that need the same base share one base model in memory, loaded and checked once: LoRA
 adapters are loaded side by side with peft's ``load_adapter`` and switched with ``set_adapter``;
@@ -177,17 +179,31 @@ class Predictor:
                 require_verified(Path(p))
         return cls([open_bundle(Path(p)) for p in paths], **kwargs)
 
-    @torch.inference_mode()
     def score_tensors(self, index: int, images: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
-        """P(abnormal) of bundle ``index`` for preprocessed ``(C, H, W)`` images, stacked batch by batch."""
-        slot = self.slots[index]
+        """P(abnormal) of bundle ``index`` for preprocessed ``(C, H, W)`` images ("any finding" for a
+        multi-class or multi-label bundle), stacked batch by batch."""
+        return self.score_outputs(index, images)[0]
+
+    @torch.inference_mode()
+    def score_outputs(self, index: int, images: torch.Tensor | Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """``(abnormal or any-finding score (n,), per-output probabilities (n, outputs))``; a binary
+        bundle has no outputs (``(n, 0)``). Multi-label: one sigmoid per finding, "any finding" their
+        maximum; multi-class: the softmax, "any finding" ``1 - P(normal)`` (first class without one)."""
+        bundle, slot = self.bundles[index], self.slots[index]
         if slot.activate is not None:
             slot.activate()
         out = []
         for i in range(0, len(images), self.batch_size):
             x = torch.stack(list(images[i:i + self.batch_size])).as_subclass(torch.Tensor)
-            out.append(torch.softmax(slot.model(x).float(), 1)[:, self.bundles[index].abnormal_index])
-        return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
+            logits = slot.model(x).float()
+            out.append(torch.sigmoid(logits) if bundle.task == "multilabel" else torch.softmax(logits, 1))
+        probs = torch.cat(out).numpy().astype(np.float64) if out else np.empty((0, max(len(bundle.outputs), 2)))
+        if bundle.task == "binary":
+            return probs[:, bundle.abnormal_index], np.empty((len(probs), 0))
+        if bundle.task == "multilabel":
+            return probs.max(axis=1) if len(probs) else np.empty(0), probs
+        normal = bundle.meta["labels"].get("normal")
+        return 1.0 - probs[:, bundle.outputs.index(normal) if normal else 0], probs
 
     def _key(self, bundle: Bundle) -> str:
         pre, size, mean, std = bundle.preprocess()
@@ -236,15 +252,25 @@ class Predictor:
             if key not in inputs_by_key:
                 inputs_by_key[key] = self._inputs(bundle, headers, niftis, errors)
             rows = inputs_by_key[key]
-            scores = self.score_tensors(i, [x for _, _, x in rows])
+            scores, per_output = self.score_outputs(i, [x for _, _, x in rows])
             frame = pd.DataFrame({"sample_id": [r[0] for r in rows], "study_key": [r[1] for r in rows],
-                                  f"score{col}": scores})
+                                  f"score{col}": scores,
+                                  **{f"score.{n}{col}": per_output[:, k] for k, n in enumerate(bundle.outputs)}})
             samples = frame if samples.empty else samples.merge(frame, on=["sample_id", "study_key"], how="outer")
         for name, (reason, _) in errors.items():
             log.warning("skipped %s: %s", name, reason)
         errs = pd.DataFrame([{"file": k, "reason": r, "study_key": s} for k, (r, s) in errors.items()],
                             columns=["file", "reason", "study_key"])
         return PredictResult(self._studies(samples, errs), samples, errs)
+
+    def _score_columns(self) -> list[tuple[Bundle, str, str, float]]:
+        """``(bundle, suffix, score column, threshold)``: each bundle's abnormal / any-finding score, then
+        one ``score.<finding>`` per output of a multi-class or multi-label bundle at its own threshold."""
+        out = []
+        for bundle, col in zip(self.bundles, self.columns, strict=True):
+            out.append((bundle, col, f"score{col}", bundle.threshold))
+            out += [(bundle, col, f"score.{n}{col}", t) for n, t in bundle.output_thresholds.items()]
+        return out
 
     def _studies(self, samples: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
         """One row per study (scored or not) and per input of unknown study; each bundle's score is
@@ -255,23 +281,25 @@ class Predictor:
             failed[e.study_key].append(f"{Path(e.file).name}: {e.reason}")
         keys = list(counts.index) + sorted(k for k in failed if k and k not in counts.index)
         studies = pd.DataFrame({"study_key": keys, "n_images": [int(counts.get(k, 0)) for k in keys]})
-        for bundle, col in zip(self.bundles, self.columns, strict=True):
-            part = samples.dropna(subset=[f"score{col}"]) if f"score{col}" in samples else samples.iloc[:0]
+        for bundle, col, name, threshold in self._score_columns():
+            part = samples.dropna(subset=[name]) if name in samples else samples.iloc[:0]
             by_key: dict[str, float] = {}
             if len(part):
-                uniq, scores, _ = aggregate_scores(part["study_key"].to_numpy(), part[f"score{col}"].to_numpy(),
+                uniq, scores, _ = aggregate_scores(part["study_key"].to_numpy(), part[name].to_numpy(),
                                                    np.zeros(len(part), dtype=int), how=bundle.aggregate)
-                by_key = dict(zip(uniq, bundle.study_scores(scores), strict=True))
+                if name == f"score{col}":  # the abnormal / any-finding score: in its threshold's units
+                    scores = bundle.study_scores(scores)
+                by_key = dict(zip(uniq, scores, strict=True))
             score = studies["study_key"].map(by_key).astype(float)
-            studies[f"score{col}"] = score
-            studies[f"call{col}"] = pd.array([pd.NA if np.isnan(s) else int(s >= bundle.threshold) for s in score],
-                                             dtype="Int64")
+            studies[name] = score
+            studies["call" + name.removeprefix("score")] = pd.array(
+                [pd.NA if np.isnan(s) or np.isnan(threshold) else int(s >= threshold) for s in score], dtype="Int64")
         studies["error"] = [_study_error(n, failed.get(k, []))
                             for k, n in zip(studies["study_key"], studies["n_images"], strict=True)]
         unknown = pd.DataFrame({"study_key": [""] * len(failed.get("", [])), "n_images": 0, "error": failed.get("", [])})
-        for col in self.columns:
-            unknown[f"score{col}"] = np.nan
-            unknown[f"call{col}"] = pd.array([pd.NA] * len(unknown), dtype="Int64")
+        for _, _, name, _ in self._score_columns():
+            unknown[name] = np.nan
+            unknown["call" + name.removeprefix("score")] = pd.array([pd.NA] * len(unknown), dtype="Int64")
         return pd.concat([studies, unknown[studies.columns]], ignore_index=True) if len(unknown) else studies
 
 

@@ -7,7 +7,9 @@ of abnormality detection.
 
 Datasets without task labels (test files used only to exercise readers) set the optional
 ``task: none``; their ``classes`` must then be ``[]`` and ``abnormal_class`` null, and such a card
-cannot back a training run. The default is ``task: classification``.
+cannot back a training run. The default is ``task: classification`` (binary: ``abnormal_class`` against
+the rest); ``task: multiclass`` and ``task: multilabel`` (``classes`` are then the findings) go with
+``data.task`` of the same name and have ``abnormal_class: null``.
 
 A run validates ``data.card`` before ingest (:func:`card_for_run`), checks that the card agrees with
 ``data.classes``/``data.abnormal``, and logs the card's text with the run.
@@ -56,7 +58,7 @@ class _CardModel(BaseModel):
     intended_use: str
     limitations: str | list[str]
     format: str
-    task: Literal["classification", "none"] = "classification"
+    task: Literal["classification", "multiclass", "multilabel", "none"] = "classification"
 
     @field_validator("version", mode="before")
     @classmethod
@@ -87,10 +89,16 @@ class _CardModel(BaseModel):
             if self.classes or self.abnormal_class is not None:
                 raise ValueError("task: none means no labels: give classes: [] and abnormal_class: null")
             return self
+        if self.task == "multilabel" and len(self.classes) == 1:
+            return self
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must hold at least two distinct names, got {self.classes}")
-        if self.abnormal_class not in self.classes:
+        if self.task == "multilabel" and len(self.classes) == 1:
+            return self  # a single finding is a multi-label set too; abnormal_class is not used
+        if self.task == "classification" and self.abnormal_class not in self.classes:
             raise ValueError(f"abnormal_class={self.abnormal_class!r} is not one of classes={self.classes}")
+        if self.task != "classification" and self.abnormal_class is not None:
+            raise ValueError(f"task: {self.task} has no single abnormal class: give abnormal_class: null")
         return self
 
 
@@ -167,12 +175,20 @@ def check_card_matches(card: DataCard, data: DataConfig) -> None:
     """The card and the run's ``data`` section must name the same classes, in order, and abnormal class."""
     if card.task == "none":
         raise ConfigError(f"data card {card.path} says task: none (no task labels); it cannot back a training run")
+    expected = {"classification": "binary", "multiclass": "multiclass", "multilabel": "multilabel"}[card.task]
+    if expected != data.task:
+        raise ConfigError(f"data card {card.path} has task: {card.task} but data.task={data.task}")
+    if data.task == "multilabel":
+        if list(card.classes) != list(data.findings or []):
+            raise ConfigError(f"data card {card.path} lists findings (classes) {card.classes} but data.findings="
+                              f"{data.findings}; they must be the same names in the same order")
+        return
     if list(card.classes) != list(data.classes):
         raise ConfigError(
             f"data card {card.path} has classes={card.classes} but data.classes={data.classes}; "
             "they must be the same names in the same (label-index) order"
         )
-    if card.abnormal_class != data.abnormal:
+    if data.task == "binary" and card.abnormal_class != data.abnormal:
         raise ConfigError(
             f"data card {card.path} has abnormal_class={card.abnormal_class!r} but data.abnormal={data.abnormal!r}"
         )

@@ -42,6 +42,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pix
 from pydicom.pixels.processing import apply_voi
 
 from ..errors import InputError, UnsupportedDicomError
+from .subgroups import header_subgroups
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
 
     Besides :data:`TECHNICAL_KEYS` the result holds ``patient_id``, ``study_uid``, ``series_uid``,
     ``sop_uid``, ``accession`` (strings or None), ``instance_number`` (int or None) and
-    ``sop_class_uid``. **These identifiers are raw protected health information: the caller must hash
+    ``sop_class_uid``, and the subgroup fields of :func:`~medlora.io.subgroups.header_subgroups`.
+    **These identifiers are raw protected health information: the caller must hash
     them (HMAC keys under the site secret) before they are logged, saved, or leave memory in any other way.**
 
     Raises:
@@ -171,6 +173,7 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
         value = ds.get(keyword)
         header[key] = str(value) if value not in (None, "") else None
     header["instance_number"] = _as_int(ds.get("InstanceNumber"), None)
+    header.update(header_subgroups(ds))  # sex, age band, manufacturer, view position (evaluate.subgroups)
     return header
 
 

@@ -21,7 +21,9 @@ One manifest row per *file-level sample*; views of volumes are expanded afterwar
 ``shape`` and ``affine`` (RAS) of a volume let the views be counted later without reading it again;
 ``scan_key`` (HMAC of folder + geometry) and ``position`` (mm along the slice normal) let the leakage
 audit see adjacent slices of one scan in two splits. Who a file belongs to is decided by
-:mod:`.identity` (``data.identity``), never by a blank tag.
+:mod:`.identity` (``data.identity``), never by a blank tag. ``label`` is a class index, or with
+``data.task: multilabel`` "any finding present" with the findings code in ``findings`` (:mod:`.findings`);
+``sex``, ``age_band``, ``manufacturer`` and ``view_position`` are header subgroup fields (:mod:`.subgroups`).
 
 Every file is decoded once here, before its label is looked up (so a reason never depends on the
 labels): images/volumes with NaN/inf values or a single value are skipped, and ``pixel_hash`` lets the
@@ -48,6 +50,7 @@ from tqdm.auto import tqdm
 from ..config import DataConfig
 from ..errors import InputError, MedloraError
 from .deid import SiteKey, load_site_key
+from .findings import read_task_table, split_findings_label
 from .identity import (
     Group,
     IdentityMode,
@@ -57,17 +60,19 @@ from .identity import (
     parse_identity,
     untagged_patient,
 )
-from .labels import DEFAULT_KEY_COLUMNS, LabelTable, closest_names, read_label_table
+from .labels import DEFAULT_KEY_COLUMNS, LabelTable, closest_names
 from .pixels import pixel_hash, unusable_reason
 from .report import LABEL, NOTE, REPORT_COLUMNS, SKIPPED, first_paths, log_summary, write_ingest_files
 from .scan import Instance, candidate_files, captured, error_category, scan, strip_path, with_notes
+from .subgroups import HEADER_FIELDS
 
 log = logging.getLogger(__name__)
 
+SUBGROUP_COLUMNS = [f for f in HEADER_FIELDS if f != "modality"]  # header fields for evaluate.subgroups
 MANIFEST_COLUMNS = [
     "sample_id", "path", "patient_key", "study_key", "series_key", "sop_key", "modality", "rows",
     "columns", "frames", "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label",
-    "kind", "source", "shape", "affine", "scan_key", "position", "pixel_hash",
+    "kind", "source", "shape", "affine", "scan_key", "position", "pixel_hash", *SUBGROUP_COLUMNS,
 ]
 UNKNOWN_MODALITY = "unknown"  # a NIfTI sample whose modality neither data.modality nor the data card names
 UNLABELLED = -1  # the label of every sample of an ingest without labels (pretraining)
@@ -136,7 +141,7 @@ class _Collector:
         text = str(reason)
         self.note(path, SKIPPED, category, text if text.startswith(category) else f"{category}: {text}")
 
-    def label_for(self, paths: list[str], header: dict[str, Any] | None) -> tuple[int | None, str]:
+    def label_for(self, paths: list[str], header: dict[str, Any] | None) -> tuple[int | str | None, str]:
         """(label, reason when None) for a sample whose relative path(s) are ``paths``."""
         if not self.labelled:
             return UNLABELLED, ""
@@ -322,6 +327,7 @@ def _technical(h: dict[str, Any]) -> dict[str, Any]:
         "pixel_spacing": "x".join(f"{float(v):g}" for v in (h.get("pixel_spacing") or [])),
         "photometric_interpretation": h.get("photometric_interpretation"),
         "transfer_syntax_uid": h.get("transfer_syntax_uid"),
+        **{k: h.get(k) for k in SUBGROUP_COLUMNS},
     }
 
 
@@ -344,9 +350,8 @@ def _read_labels(cfg: DataConfig, root: Path, mode: IdentityMode) -> LabelTable:
     if mode.kind == "labels" and cfg.label_key != "path":
         raise InputError(f"data.identity: labels needs data.label_key: path (got {cfg.label_key!r}): the labels CSV "
                          "names the patient of each path")
-    return read_label_table(labels_path, key_column, cfg.label_column, cfg.classes,
-                            patient_column=mode.column if mode.kind == "labels" else None,
-                            root=root if cfg.label_key == "path" else None)
+    return read_task_table(labels_path, key_column, cfg, patient_column=mode.column if mode.kind == "labels" else None,
+                           root=root if cfg.label_key == "path" else None)
 
 
 _DERIVED_KINDS = ("series from folder", "series = this", "study from folder", "patient from folder", "patient from the")
@@ -384,7 +389,7 @@ def run_ingest(cfg: DataConfig, report_dir: Path | None = None, labelled: bool =
         raise InputError(f"data.root {root} is not a folder")
     mode = parse_identity(cfg.identity)
     if labelled:
-        labels = _read_labels(cfg, root, mode)
+        labels = _read_labels(cfg, root, mode)  # class indices, or findings codes (multilabel)
     else:
         labels = LabelTable(Path(cfg.labels) if cfg.labels else root / "labels.csv", "")
     site = load_site_key(cfg.secret_file)
@@ -409,6 +414,8 @@ def run_ingest(cfg: DataConfig, report_dir: Path | None = None, labelled: bool =
     if labelled:
         col.report_labels([p.relative_to(root).as_posix() for p in files], instances)
     manifest = pd.DataFrame(col.rows, columns=MANIFEST_COLUMNS)
+    if labelled:  # multilabel: findings codes to ``findings``, ``label`` = any finding present
+        manifest = split_findings_label(manifest, cfg)
     report = pd.DataFrame(col.report, columns=REPORT_COLUMNS)
     written = write_ingest_files(report_dir, manifest, report)[1] if report_dir is not None else None
     log_summary(report)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +30,12 @@ DEFAULT_KEY_COLUMNS = {
 
 @dataclass
 class LabelTable:
-    """Key → class index, the CSV line of each key, and (``data.identity: labels``) key → patient."""
+    """Key → label (a class index, or a findings code for ``data.task: multilabel``), the CSV line of
+    each key, and (``data.identity: labels``) key → patient."""
 
     path: Path
     key_column: str
-    labels: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int | str] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
     patients: dict[str, str] = field(default_factory=dict)  # raw identifiers: hash before writing
     written: dict[str, str] = field(default_factory=dict)  # normalised key → the key as written (path keys)
@@ -48,6 +50,20 @@ def read_labels(path: Path, key_column: str, label_column: str, classes: list[st
     return read_label_table(path, key_column, label_column, classes).labels
 
 
+def read_labels_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+    """The labels CSV as text cells; a missing file, an unreadable CSV or a missing column is an error."""
+    if not path.is_file():
+        raise InputError(f"labels file {path} does not exist")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise InputError(f"labels file {path} is not a readable CSV: {err}") from None
+    for col in columns:
+        if col not in df.columns:
+            raise InputError(f"labels file {path} has no column {col!r}; columns are {list(df.columns)}")
+    return df
+
+
 def read_label_table(path: Path, key_column: str, label_column: str, classes: list[str],
                      patient_column: str | None = None, root: Path | None = None) -> LabelTable:
     """Read the labels CSV into a :class:`LabelTable`.
@@ -57,33 +73,38 @@ def read_label_table(path: Path, key_column: str, label_column: str, classes: li
     ``root``, keys are paths and are normalised by :func:`normalise_path_key`. ``patient_column``
     (``data.identity: labels``) must name a column holding each row's patient.
     """
-    if not path.is_file():
-        raise InputError(f"labels file {path} does not exist")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise InputError(f"labels file {path} is not a readable CSV: {err}") from None
-    for col in (key_column, label_column, *([patient_column] if patient_column else [])):
-        if col not in df.columns:
-            raise InputError(f"labels file {path} has no column {col!r}; columns are {list(df.columns)}")
+    df = read_labels_csv(path, [key_column, label_column, *([patient_column] if patient_column else [])])
+
+    def class_index(row: int, row_no: int) -> int:
+        raw = df[label_column].iloc[row].strip()
+        if raw in classes:
+            return classes.index(raw)
+        if raw.lstrip("-").isdigit() and 0 <= int(raw) < len(classes):
+            return int(raw)
+        raise InputError(f"labels file {path} line {row_no}: label {raw!r} is not one of {classes} or 0..{len(classes) - 1} "
+                         f"(column {label_column!r}; data.classes)")
+
+    return label_table(df, path, key_column, class_index, patient_column, root)
+
+
+def label_table(df: pd.DataFrame, path: Path, key_column: str, label_of: Callable[[int, int], int | str],
+                patient_column: str | None = None, root: Path | None = None, what: str = "a different label") -> LabelTable:
+    """A :class:`LabelTable` of ``df`` (the labels CSV) whose row ``i`` (CSV line ``n``) has the label
+    ``label_of(i, n)``, called for rows with a key only; rows without a key are skipped. A key given
+    again with a different label (``what`` says so in the error) is an error naming both lines."""
     table = LabelTable(path, key_column)
     patients = df[patient_column] if patient_column else [""] * len(df)
-    for row_no, (key, raw, patient) in enumerate(zip(df[key_column], df[label_column], patients, strict=True), start=2):
-        key, raw = key.strip(), raw.strip()
+    for row, (key, patient) in enumerate(zip(df[key_column], patients, strict=True)):
+        row_no, key = row + 2, key.strip()
         if not key:
             continue
         if root is not None:
             written, key = key, normalise_path_key(key, root, path.parent)
             table.written.setdefault(key, written)
-        if raw in classes:
-            label = classes.index(raw)
-        elif raw.lstrip("-").isdigit() and 0 <= int(raw) < len(classes):
-            label = int(raw)
-        else:
-            raise InputError(f"labels file {path} line {row_no}: label {raw!r} is not one of {classes} or 0..{len(classes) - 1}")
+        label = label_of(row, row_no)
         if key in table.labels and table.labels[key] != label:
             raise InputError(f"labels file {path} line {row_no} ({key_column}): key of line {table.lines[key]} given "
-                             "again with a different label")
+                             f"again with {what}")
         table.labels[key] = label
         table.lines.setdefault(key, row_no)
         if patient_column:

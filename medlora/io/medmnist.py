@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from .datacard import DataCard, load_card
+from .medmnist_info import dataset_info
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +77,21 @@ class MedmnistResult:
 
 
 def spec_for(name: str) -> MedmnistSpec:
-    """The registry entry of ``name``; an unknown name is an error listing the known ones."""
-    if name not in MEDMNIST_SETS:
-        raise ConfigError(f"MedMNIST set {name!r} is not supported; available: {', '.join(sorted(MEDMNIST_SETS))}")
-    return MEDMNIST_SETS[name]
+    """How ``name`` is written (any of the 18 MedMNIST sets); an unknown name is an error listing them."""
+    if name in MEDMNIST_SETS:
+        return MEDMNIST_SETS[name]
+    info = dataset_info(name)
+    return MedmnistSpec(info.dims, info.modality, info.body_part)
 
 
-def default_card(name: str) -> Path:
-    """``data_cards/<name>.md`` in the working directory, else in the repository medlora runs from."""
+def default_card(name: str) -> Path | None:
+    """``data_cards/<name>.md`` in the working directory, else in the repository medlora runs from; None
+    when neither has one (the label names then come from :mod:`.medmnist_info`)."""
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
         path = base / "data_cards" / f"{name}.md"
         if path.is_file():
             return path
-    raise ConfigError(f"no data card data_cards/{name}.md found (looked in {Path.cwd()} and the medlora repository); pass --card PATH")
+    return None
 
 
 def npz_filename(name: str, size: int) -> str:
@@ -117,8 +120,10 @@ def fetch_npz(name: str, size: int, cache: Path) -> Path:
     return path
 
 
-def load_npz(path: Path, spec: MedmnistSpec, n_classes: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{split: (uint8 images, int labels (N,))}; checks keys, shapes, dimensionality and label range."""
+def load_npz(path: Path, spec: MedmnistSpec, n_classes: int,
+             multilabel: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (uint8 images, int labels (N,), or (N, findings) when ``multilabel``)}; checks keys,
+    shapes, dimensionality and label range. 2D images are (N, H, W) or RGB (N, H, W, 3)."""
     if not path.is_file():
         raise InputError(f"MedMNIST file {path} does not exist")
     try:
@@ -132,14 +137,22 @@ def load_npz(path: Path, spec: MedmnistSpec, n_classes: int) -> dict[str, tuple[
                 if key not in npz.files:
                     raise InputError(f"MedMNIST file {path} has no array {key!r}; arrays are {sorted(npz.files)}")
             images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-            if images.ndim != spec.dims + 1:
+            rgb = spec.dims == 2 and images.ndim == 4 and images.shape[-1] == 3  # PathMNIST, DermaMNIST, ...
+            if images.ndim != spec.dims + 1 and not rgb:
                 raise InputError(f"MedMNIST file {path}: {split}_images has shape {images.shape}; "
-                                 f"expected (N, {', '.join(['size'] * spec.dims)}) for a {spec.dims}D set")
+                                 f"expected (N, {', '.join(['size'] * spec.dims)}) for a {spec.dims}D set"
+                                 + (" (or (N, size, size, 3) in colour)" if spec.dims == 2 else ""))
             if labels.ndim == 2 and labels.shape[1] == 1:
                 labels = labels[:, 0]
+            if multilabel:  # ChestMNIST: (N, findings) of 0/1
+                if labels.shape != (len(images), n_classes) or not np.isin(labels, (0, 1)).all():
+                    raise InputError(f"MedMNIST file {path}: {split}_labels has shape {labels.shape}; expected "
+                                     f"({len(images)}, {n_classes}) of 0/1 for a multi-label set")
+                out[split] = (images, labels.astype(np.int64))
+                continue
             if labels.ndim != 1 or len(labels) != len(images):
                 raise InputError(f"MedMNIST file {path}: {split}_labels has shape {labels.shape}; expected ({len(images)},) "
-                                 f"or ({len(images)}, 1) (multi-label sets are not supported)")
+                                 f"or ({len(images)}, 1)")
             bad = (labels < 0) | (labels >= n_classes)
             if bad.any():
                 raise InputError(f"MedMNIST file {path}: {split}_labels holds {sorted(set(labels[bad].tolist()))}, "
@@ -155,6 +168,8 @@ def limit_indices(labels: np.ndarray, limit: int | None) -> np.ndarray:
     n = len(labels)
     if limit is None or limit >= n:
         return np.arange(n)
+    if labels.ndim == 2:  # multi-label: stratified by "any finding"
+        labels = labels.any(axis=1).astype(np.int64)
     chosen: list[np.ndarray] = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
@@ -177,9 +192,15 @@ def cross_split_duplicates(splits: dict[str, tuple[np.ndarray, np.ndarray]],
             digest = hashlib.sha256(images[i].tobytes()).digest()
             first = owner.setdefault(digest, (split, int(i)))
             if first[0] != split:
-                dropped.append({"split": split, "index": int(i), "label": int(labels[i]), "same_pixels_as": f"{first[0]}/{first[1]}",
-                                "label_there": int(splits[first[0]][1][first[1]])})
+                dropped.append({"split": split, "index": int(i), "label": _label_text(labels[i]),
+                                "same_pixels_as": f"{first[0]}/{first[1]}",
+                                "label_there": _label_text(splits[first[0]][1][first[1]])})
     return dropped
+
+
+def _label_text(label: np.ndarray) -> int | str:
+    """A class index, or a multi-label row as its 0/1 string."""
+    return int(label) if np.ndim(label) == 0 else "".join(str(int(v)) for v in label)
 
 
 def _uid(*parts: str) -> str:
@@ -213,8 +234,11 @@ def write_dicom(image: np.ndarray, path: Path, spec: MedmnistSpec, ident: str, d
     ds.DerivationDescription = "MedMNIST image, resized by the MedMNIST authors; written by medlora"
     ds.BurnedInAnnotation = "NO"
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
-    ds.Rows, ds.Columns = image.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = image.shape[:2]
+    if image.ndim == 3:  # colour (PathMNIST, DermaMNIST, BloodMNIST, RetinaMNIST): interleaved RGB
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
     ds.save_as(path, enforce_file_format=True)
@@ -263,13 +287,17 @@ def convert_medmnist(name: str, out: Path, npz: Path | None = None, size: int | 
     out = Path(out)
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {out} is not empty; convert into a new folder so no stale file is ingested")
-    card = card if isinstance(card, DataCard) else load_card(card or default_card(name))
-    if card.task == "none":
+    info = dataset_info(name)
+    path = card if isinstance(card, DataCard) else (card or default_card(name))
+    card = load_card(path) if path is not None and not isinstance(path, DataCard) else path
+    if card is not None and card.task == "none":
         raise ConfigError(f"data card {card.path} has task: none; a MedMNIST card must list its classes")
+    classes = list(card.classes) if card is not None else list(info.labels)  # label-index order
+    multilabel = info.task == "multilabel"
     if npz is None:
         npz = fetch_npz(name, size or 28, cache or Path.home() / ".medmnist")
     npz = Path(npz)
-    splits = load_npz(npz, spec, len(card.classes))
+    splits = load_npz(npz, spec, len(classes), multilabel)
     found = splits["train"][0].shape[1]
     if size is not None and found != size:
         raise InputError(f"MedMNIST file {npz} holds {found} px images but --size {size} was asked for")
@@ -296,15 +324,19 @@ def convert_medmnist(name: str, out: Path, npz: Path | None = None, size: int | 
             else:
                 rel = f"{split}/{ident}.nii.gz"
                 write_nifti(images[i], out / rel)
-            rows.append({"path": rel, "label": card.classes[int(labels[i])], "split": split, "index": int(i)})
+            label = ({c: int(v) for c, v in zip(classes, labels[i], strict=True)} if multilabel
+                     else {"label": classes[int(labels[i])]})
+            rows.append({"path": rel, **label, "split": split, "index": int(i)})
         result.counts[split] = len(keep)
     with result.labels_csv.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "split", "index"])
+        w = csv.DictWriter(f, fieldnames=["path", *(classes if multilabel else ["label"]), "split", "index"])
         w.writeheader()
         w.writerows(rows)
     (out / SOURCE_FILE).write_text(json.dumps({
         "dataset": name, "size": int(found), "npz": str(npz), "md5": _md5(npz), "format": fmt, "limit": limit,
-        "card": str(card.path), "card_version": card.version, "classes": list(card.classes), "counts": result.counts,
+        "card": str(card.path) if card else None, "card_version": card.version if card else None,
+        "task": info.task, "ordinal": info.ordinal, ("findings" if multilabel else "classes"): classes,
+        "counts": result.counts,
         "dropped_duplicates": dropped,
     }, indent=2))
     result.seconds = time.perf_counter() - start

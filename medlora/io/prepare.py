@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 # columns that describe a sample without identifying anyone: safe to log
 PUBLIC_COLUMNS = ["sample_id", "patient_key", "study_key", "series_key", "modality", "rows", "columns", "frames",
                   "pixel_spacing", "photometric_interpretation", "transfer_syntax_uid", "label", "split",
-                  "kind", "view", "view_index", "slices"]  # not path/source (folder names can identify), nor geometry
+                  "kind", "view", "view_index", "slices", "findings", "sex", "age_band", "manufacturer",
+                  "view_position"]  # not path/source (folder names can identify), nor geometry
 
 
 @dataclass
@@ -66,8 +67,8 @@ class PreparedData:
 
 
 def fingerprint(manifest: pd.DataFrame) -> str:
-    """sha256 over the sorted (sample, patient, study, label, split) rows."""
-    cols = [c for c in ("sample_id", "patient_key", "study_key", "label", "split") if c in manifest.columns]
+    """sha256 over the sorted (sample, patient, study, label, findings, split) rows."""
+    cols = [c for c in ("sample_id", "patient_key", "study_key", "label", "findings", "split") if c in manifest.columns]
     blob = manifest[cols].sort_values(cols).to_csv(index=False).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

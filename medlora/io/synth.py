@@ -8,6 +8,11 @@ readers must apply the Modality LUT to get Hounsfield units, and each file carri
 ``WindowCenter/WindowWidth``. Patients carry synthetic names, IDs and birth dates so that
 de-identification can be tested. Everything is deterministic from ``seed``.
 
+With ``findings`` (multi-label mode) every study carries each listed lesion kind independently
+(``nodule``: a solid disk in a lung; ``effusion``: fluid filling the base of one lung;
+``cardiomegaly``: an enlarged heart overlapping both lungs; ``calcification``: a chain of dense
+specks along the lateral edge of a lung), and ``labels.csv`` holds one 0/1 column per kind (``data.task: multilabel``).
+
 ``difficulty`` (:class:`~medlora.config.SynthConfig`) sets how hard the task is:
 
 * ``easy``: a flat background and a large solid nodule (radius 6-10% of the field of view, +880 HU
@@ -193,6 +198,37 @@ def _dataset(pixels_hu: np.ndarray, ids: dict[str, str], index: int, spacing: fl
     return ds
 
 
+def _finding_params(rng: np.random.Generator, kind: str, size: int) -> dict[str, float]:
+    """Where and how large a lesion kind is in one study (the same on every slice)."""
+    c = size / 2
+    side = float(rng.choice([-1, 1]))
+    if kind == "nodule":
+        return {"row": c * 0.95 + rng.uniform(-0.12, 0.12) * size, "col": c + side * 0.2 * size,
+                "radius": rng.uniform(0.05, 0.08) * size}
+    if kind == "effusion":  # fluid filling the base (posterior, high rows) of one lung
+        return {"side": side, "level": c * 0.95 + rng.uniform(0.05, 0.12) * size}
+    if kind == "cardiomegaly":  # an enlarged heart between the lungs, overlapping both
+        return {"radius": rng.uniform(0.17, 0.21) * size}
+    return {"row": c * 0.95 + rng.uniform(-0.15, 0.15) * size, "col": c + side * 0.27 * size}  # lateral lung edge
+
+
+def _add_finding(hu: np.ndarray, kind: str, f: dict[str, float]) -> None:
+    """Draw one lesion kind into a slice (HU, in place)."""
+    size = hu.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    c = size / 2
+    if kind == "nodule":
+        hu[(yy - f["row"]) ** 2 + (xx - f["col"]) ** 2 <= f["radius"] ** 2] = 30.0
+    elif kind == "effusion":
+        lung = ((yy - c * 0.95) / (0.27 * size)) ** 2 + ((xx - c - f["side"] * 0.2 * size) / (0.14 * size)) ** 2 <= 1
+        hu[lung & (yy >= f["level"])] = 15.0
+    elif kind == "cardiomegaly":
+        hu[((yy - c * 1.05) / f["radius"]) ** 2 + ((xx - c) / (1.2 * f["radius"])) ** 2 <= 1] = 45.0
+    else:  # calcification: a vertical chain of very dense specks along the lateral lung edge
+        for dy, dx in ((-3, 0), (0, 0), (3, 0)):
+            hu[(yy - f["row"] - dy) ** 2 + (xx - f["col"] - dx) ** 2 <= 1.5] = 1500.0
+
+
 def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
     """Write the phantom dataset under ``out`` (``<patient>/<study>/<series>/IM####.dcm`` + labels.csv)."""
     from pydicom.uid import generate_uid
@@ -203,6 +239,12 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
     n_abnormal = int(round(cfg.patients * cfg.abnormal_fraction))
     abnormal = np.zeros(cfg.patients, dtype=bool)
     abnormal[rng.choice(cfg.patients, n_abnormal, replace=False)] = True
+    kinds = list(cfg.findings or [])
+    frng = np.random.default_rng([cfg.seed, 15])  # multi-label draws: the binary phantoms stay as they were
+    present = frng.random((cfg.patients, len(kinds))) < cfg.abnormal_fraction
+    if kinds:
+        abnormal[:] = False  # the lesion kinds replace the single nodule
+        n_abnormal = int(present.any(axis=1).sum())
     size, spacing = cfg.size, 350.0 / cfg.size
     rows: list[dict[str, str]] = []
     images = 0
@@ -231,18 +273,24 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
                 (cfg.images_per_patient - 1) / 2 + rng.uniform(-0.5, 0.5),
                 float(rad),
             )
+        lesions = {k: _finding_params(frng, k, size) for k, has in zip(kinds, present[p], strict=True) if has}
         series_dir = out / f"patient{p:04d}" / "study1" / "series1"
         series_dir.mkdir(parents=True, exist_ok=True)
         for i in range(cfg.images_per_patient):
             hu = _phantom(rng, size, float(i), lesion) if anatomy is None else \
                 _subtle_phantom(rng, size, float(i), anatomy)
+            for kind, params in lesions.items():
+                _add_finding(hu, kind, params)
             ids["sop"] = uid(f"sop{i}")
             _dataset(hu, ids, i, spacing, z_mm=i * spacing).save_as(series_dir / f"IM{i + 1:04d}.dcm", enforce_file_format=True)
             images += 1
-        rows.append({"StudyInstanceUID": ids["study"], "label": "abnormal" if abnormal[p] else "normal"})
+        if kinds:
+            rows.append({"StudyInstanceUID": ids["study"], **{k: str(int(h)) for k, h in zip(kinds, present[p], strict=True)}})
+        else:
+            rows.append({"StudyInstanceUID": ids["study"], "label": "abnormal" if abnormal[p] else "normal"})
     labels = out / LABELS_FILE
     with labels.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["StudyInstanceUID", "label"])
+        w = csv.DictWriter(f, fieldnames=["StudyInstanceUID", *(kinds or ["label"])])
         w.writeheader()
         w.writerows(rows)
     log.info("wrote %d %s phantom studies (%d abnormal, %d images) to %s", cfg.patients, cfg.difficulty, n_abnormal,

@@ -77,7 +77,7 @@ def check_model(cfg: Config) -> BaseInfo:
 
 def build_model(cfg: Config, out: Path) -> BuiltModel:
     """The base (saved under ``out/base`` when randomly initialised) with ``cfg.model.method`` applied."""
-    base, info = create_base(cfg.model, len(cfg.data.classes), init_dir=Path(out) / "base", seed=cfg.train.seed)
+    base, info = create_base(cfg.model, len(cfg.data.outputs), init_dir=Path(out) / "base", seed=cfg.train.seed)
     data_config = input_config(base, cfg.preprocess.image_size)
     model = apply_method(base, cfg.model.method, cfg.model.lora)
     params = count_params(model)

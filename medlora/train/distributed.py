@@ -107,8 +107,9 @@ class Dist:
             return np.concatenate([np.asarray(getattr(s, field)) for s in shards])[back]
 
         classes = None if pred.class_index is None else cat("class_index").astype(int)
+        multi = {} if pred.scores is None else {"names": pred.names, "scores": cat("scores"), "targets": cat("targets")}
         return Predictions(cat("sample_id").tolist(), cat("study_key").tolist(), cat("patient_key").tolist(),
-                           cat("label").astype(int), cat("score").astype(np.float64), class_index=classes)
+                           cat("label").astype(int), cat("score").astype(np.float64), class_index=classes, **multi)
 
 
 def from_env() -> Dist:

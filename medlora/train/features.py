@@ -46,6 +46,7 @@ class FeatureSet:
     label: np.ndarray
     keys: dict[str, list[str]]
     seconds: float = 0.0
+    findings: np.ndarray | None = None  # multilabel: (n, findings) targets, NaN = unknown
 
     def __len__(self) -> int:
         return len(self.label)
@@ -66,16 +67,19 @@ def extract_features(model: nn.Module, loader, device: torch.device, desc: str =
     model.eval()
     dtype = autocast_dtype(device)
     t0 = time.perf_counter()
-    feats, labels, keys = [], [], {k: [] for k in KEYS}
+    feats, labels, findings, keys = [], [], [], {k: [] for k in KEYS}
     for batch in tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty()):
         x = batch["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             f = fn(model, x)
         feats.append(f.float().cpu())
         labels.append(np.asarray(batch["label"]))
+        if "findings" in batch:
+            findings.append(np.asarray(batch["findings"], dtype=np.float32))
         for k in KEYS:
             keys[k] += list(batch[k])
-    out = FeatureSet(torch.cat(feats), np.concatenate(labels).astype(int), keys, time.perf_counter() - t0)
+    out = FeatureSet(torch.cat(feats), np.concatenate(labels).astype(int), keys, time.perf_counter() - t0,
+                     np.concatenate(findings) if findings else None)
     log.info("%s: %d samples of shape %s (%.0f MB) in %.1f s", desc, len(out), tuple(out.features.shape[1:]),
              out.features.nbytes / 2**20, out.seconds)
     return out
@@ -94,8 +98,11 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, i: int) -> Mapping[str, Any]:
         j = int(self.positions[i])
-        return {"image": self.features.features[j], "label": int(self.features.label[j]),
+        item = {"image": self.features.features[j], "label": int(self.features.label[j]),
                 **{k: v[j] for k, v in self.features.keys.items()}}
+        if self.features.findings is not None:
+            item["findings"] = self.features.findings[j]
+        return item
 
 
 def probe_head(model: nn.Module) -> nn.Module:

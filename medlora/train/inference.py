@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..device import autocast_dtype
+from .head import Head
 
 
 @dataclass
@@ -28,15 +29,27 @@ class Predictions:
     score: np.ndarray
     class_index: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    # multiclass / multilabel: per-output probabilities and 0/1 targets (NaN = unknown), one column per name
+    names: tuple[str, ...] = ()
+    scores: np.ndarray | None = None
+    targets: np.ndarray | None = None
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"sample_id": self.sample_id, "study_key": self.study_key, "patient_key": self.patient_key,
-                             "label": self.label, "score": self.score})
+        """One row per sample; with several outputs also ``score.<name>`` and ``label.<name>`` columns."""
+        df = pd.DataFrame({"sample_id": self.sample_id, "study_key": self.study_key, "patient_key": self.patient_key,
+                           "label": self.label, "score": self.score})
+        if self.scores is not None and self.targets is not None:
+            df = pd.concat([df, pd.DataFrame(self.scores, columns=[f"score.{n}" for n in self.names]),
+                            pd.DataFrame(self.targets, columns=[f"label.{n}" for n in self.names])], axis=1)
+        return df
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, device: torch.device, abnormal_index: int) -> Predictions:
-    """Run ``model`` over ``loader`` in eval mode; softmax probability of the abnormal class."""
+def predict(model: nn.Module, loader, device: torch.device, abnormal_index: int, head: Head | None = None) -> Predictions:
+    """Run ``model`` over ``loader`` in eval mode; softmax probability of the abnormal class, or with a
+    multiclass/multilabel ``head`` every output's probability plus the "any finding" summary."""
+    if head is not None and head.multi:
+        return _predict_multi(model, loader, device, head)
     model.eval()
     dtype = autocast_dtype(device)
     ids, studies, patients, labels, scores = [], [], [], [], []
@@ -52,3 +65,22 @@ def predict(model: nn.Module, loader, device: torch.device, abnormal_index: int)
     classes = np.concatenate(labels).astype(int)
     return Predictions(ids, studies, patients, (classes == abnormal_index).astype(int),
                        np.concatenate(scores).astype(np.float64), class_index=classes)
+
+
+def _predict_multi(model: nn.Module, loader, device: torch.device, head: Head) -> Predictions:
+    model.eval()
+    dtype = autocast_dtype(device)
+    ids, studies, patients, labels, probs, targets = [], [], [], [], [], []
+    for batch in loader:
+        x = batch["image"].as_subclass(torch.Tensor).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            probs.append(head.probabilities(model(x)))
+        targets.append(head.targets(batch))
+        labels.append(np.asarray(batch["label"]))
+        ids += list(batch["sample_id"])
+        studies += list(batch["study_key"])
+        patients += list(batch["patient_key"])
+    p, t = np.concatenate(probs), np.concatenate(targets)
+    score, label = head.summary(p, t)
+    return Predictions(ids, studies, patients, label, score, class_index=np.concatenate(labels).astype(int),
+                       names=head.names, scores=p, targets=t)

@@ -27,6 +27,7 @@ from ..device import autocast_dtype, maybe_compile
 from ..models.lora import for_inference
 from . import checkpoint as ckpt
 from .distributed import Dist, wrap
+from .head import Head
 from .inference import Predictions, predict
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def fit(
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     checkpoint: Path | None = None,
     dist: Dist | None = None,
+    head: Head | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; returns the history and restores the best validation epoch.
 
@@ -120,7 +122,9 @@ def fit(
     torchrun (``dist``), the loaders come from :func:`~medlora.train.loaders.make_loader` with the
     same ``dist``: the model is wrapped in DistributedDataParallel and each global batch's loss is
     weighted so that the all-reduced gradient is the single-process one; validation is scored on
-    shards and gathered, so every rank takes the same early-stopping decisions.
+    shards and gathered, so every rank takes the same early-stopping decisions. ``head``
+    (:mod:`.head`) sets the loss and the scores of a multiclass or multilabel task; ``val_metric``
+    then usually averages the per-finding AUROC.
     """
     from tqdm.auto import tqdm
 
@@ -131,7 +135,7 @@ def fit(
     steps_per_epoch = max(1, len(train_loader))
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     dist = dist or Dist()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    head = head or Head("binary", (), abnormal=abnormal_index)
     dtype = autocast_dtype(device)
     step_model = maybe_compile(wrap(model, dist, device), cfg.compile)
     if device.type == "cuda":
@@ -152,29 +156,30 @@ def fit(
         for batch in tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet):
             # plain tensors, whatever the dataset returns: no metadata carried through the model
             x = batch["image"].as_subclass(torch.Tensor).to(device, non_blocking=True)
-            y = torch.as_tensor(batch["label"], device=device).long()
+            n_batch = len(batch["label"])
             if augment is not None:
                 x = augment(x)
             epoch_data += time.perf_counter() - waited
             # the global batch's mean loss: DDP averages the ranks' gradients, hence x world / global size
-            batch_n = dist.sum(len(y))[0] if dist.enabled else len(y)
+            batch_n = dist.sum(n_batch)[0] if dist.enabled else n_batch
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss_sum = loss_fn(step_model(x).float(), y)
+                loss_sum = head.loss_sum(step_model(x).float(), batch, device)
             loss = loss_sum * (dist.world / batch_n)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             total += loss_sum.item()
-            n += len(y)
+            n += n_batch
             waited = time.perf_counter()
         if dist.enabled:
             total, n = dist.sum(total, n)
         st.train_time += time.perf_counter() - t0
         st.data_time += epoch_data
         st.images += int(n)
-        val = dist.gather_predictions(predict(for_inference(model), val_loader, device, abnormal_index))
-        val_auroc, val_loss = val_metric(val), binary_log_loss(val)
+        val = dist.gather_predictions(predict(for_inference(model), val_loader, device, abnormal_index, head))
+        val_auroc = val_metric(val)
+        val_loss = binary_log_loss(val) if val.scores is None else head.log_loss(val.scores, val.targets)
         entry = EpochLog(epoch, total / max(n, 1), val_auroc, val_loss, scheduler.get_last_lr()[0], time.perf_counter() - t0,
                          epoch_data)
         st.history.append(entry)

@@ -31,6 +31,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from ..config import DataConfig, PreprocessConfig
+from ..io.findings import decode
 
 
 def to_channels(image: torch.Tensor | np.ndarray, channels: int) -> torch.Tensor | np.ndarray:
@@ -171,7 +172,8 @@ def build_transforms(pre: PreprocessConfig, size: int, mean: Sequence[float], st
 
 
 def manifest_items(manifest: pd.DataFrame, root: Path) -> list[dict[str, Any]]:
-    """Manifest rows → MONAI data dicts (absolute image path(s), kind, view index, int label, keys).
+    """Manifest rows → MONAI data dicts (absolute image path(s), kind, view index, int label, keys;
+    ``findings``, a float32 vector with NaN for unknown, when the manifest has that column).
 
     ``image`` is one absolute path (``dicom2d``, ``nifti``) or the list of a series' slice paths; a
     manifest without ``kind`` (written before volumes existed) is read as ``dicom2d`` rows.
@@ -187,9 +189,13 @@ def manifest_items(manifest: pd.DataFrame, root: Path) -> list[dict[str, Any]]:
         else:
             image = str(root / row.path)
         view_index = getattr(row, "view_index", 0)
-        items.append({"image": image, "kind": kind, "view_index": 0 if pd.isna(view_index) else int(view_index),
-                      "label": int(row.label), "sample_id": row.sample_id, "study_key": row.study_key,
-                      "patient_key": row.patient_key})
+        item = {"image": image, "kind": kind, "view_index": 0 if pd.isna(view_index) else int(view_index),
+                "label": int(row.label), "sample_id": row.sample_id, "study_key": row.study_key,
+                "patient_key": row.patient_key}
+        findings = getattr(row, "findings", None)
+        if isinstance(findings, str):  # multilabel: one 1/0/NaN (unknown) target per finding
+            item["findings"] = decode(findings)
+        items.append(item)
     return items
 
 

@@ -103,6 +103,16 @@ def test_distances_are_not_calibrated():
     assert "/nowhere" not in str(err.value)  # the message names the keys, not the whole config
 
 
+def test_per_finding_scores_are_not_recalibrated():
+    from medlora.config import config_from_dict
+
+    data = {"root": "/nowhere", "task": "multilabel", "findings": ["nodule", "effusion"]}
+    with pytest.raises(ConfigError, match=r"evaluate.calibration='temperature' recalibrates the one score of "
+                                          r"data.task binary; a multilabel run's per-finding scores"):
+        config_from_dict({"data": data, "evaluate": {"calibration": "temperature"}})
+    assert config_from_dict({"data": data}).evaluate.calibration == "none"
+
+
 def test_calibration_summary_names_before_and_after():
     y, s = _overconfident(100, 5)
     summary = calibration_summary(fit_calibrator("platt", y, s), y, s, y, s)

@@ -13,7 +13,8 @@ from medlora.io.datacard import REQUIRED_FIELDS, card_for_run, check_card_matche
 
 REPO = Path(__file__).resolve().parents[2]
 CARDS = sorted((REPO / "data_cards").glob("*.md"))
-CONFIGS_WITH_CARDS = ["demo.yaml", "breastmnist.yaml", "pneumoniamnist.yaml", "adrenalmnist3d.yaml"]
+CONFIGS_WITH_CARDS = ["demo.yaml", "breastmnist.yaml", "pneumoniamnist.yaml", "adrenalmnist3d.yaml",
+                      "multilabel_demo.yaml", "chestmnist.yaml", "organamnist.yaml"]
 
 
 @pytest.mark.parametrize("path", CARDS, ids=[p.stem for p in CARDS])
@@ -23,8 +24,10 @@ def test_every_card_validates(path):
     assert card.text.startswith("---") and "# " in card.text  # prose kept
     if card.task == "classification":
         assert card.abnormal_class in card.classes
-    else:
+    elif card.task == "none":
         assert card.classes == [] and card.abnormal_class is None
+    else:  # multiclass / multilabel: the classes or findings, no single abnormal class
+        assert card.classes and card.abnormal_class is None
 
 
 def test_the_datasets_of_the_shared_readme_have_cards():
@@ -95,7 +98,7 @@ def test_required_fields_are_the_documented_ones():
 def test_configs_agree_with_their_cards(config):
     cfg = load_config(REPO / "configs" / config)
     card = card_for_run(cfg.data)
-    assert card is not None and card.classes == cfg.data.classes
+    assert card is not None and card.classes == cfg.data.outputs  # the classes, or the findings (multilabel)
 
 
 @pytest.mark.parametrize(

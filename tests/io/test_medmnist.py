@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_limit_keeps_both_classes_in_order():
 @pytest.mark.parametrize(
     "name, shape, kwargs, error, message",
     [
-        ("chestmnist", (4, 4), {}, ConfigError, "available: adrenalmnist3d, breastmnist, pneumoniamnist"),
+        ("notamnist", (4, 4), {}, ConfigError, "available: adrenalmnist3d, bloodmnist, breastmnist, chestmnist"),
         ("adrenalmnist3d", (4, 4, 4), {"fmt": "dicom"}, ConfigError, "written as NIfTI only"),
         ("breastmnist", (4, 4), {"size": 64}, InputError, "holds 4 px images but --size 64"),
         ("breastmnist", (4, 4), {"size": 30}, ConfigError, "not a MedMNIST size"),
@@ -317,3 +318,50 @@ def test_cli_without_npz_or_package_says_use_npz(monkeypatch, tmp_path, capsys):
     assert main(["datasets", "medmnist", "pneumoniamnist", "--out", str(tmp_path / "o"), "--size", "64"]) == 2
     err = capsys.readouterr().err
     assert "medmnist package is not installed" in err and "--npz PATH to a local pneumoniamnist_64.npz" in err
+
+
+def test_every_medmnist_set_has_a_task_labels_and_modality():
+    from medlora.io.medmnist_info import TABLE, dataset_info
+
+    assert len(TABLE) == 18 and sum(v[0] == 3 for v in TABLE.values()) == 6
+    tasks = {name: dataset_info(name).task for name in TABLE}
+    assert tasks["chestmnist"] == "multilabel" and tasks["pathmnist"] == "multiclass" and tasks["breastmnist"] == "binary"
+    assert dataset_info("retinamnist").ordinal and len(dataset_info("chestmnist").labels) == 14
+    assert dataset_info("dermamnist").labels[0] == "actinic_keratoses_and_intraepithelial_carcinoma"
+
+
+def test_multilabel_set_becomes_finding_columns(tmp_path):
+    from medlora.io.medmnist_info import dataset_info
+
+    rng = np.random.default_rng(0)
+    findings = list(dataset_info("chestmnist").labels)
+    arrays = {}
+    for split, n in COUNTS.items():
+        arrays[f"{split}_images"] = rng.integers(0, 256, size=(n, 8, 8), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (rng.random((n, 14)) < 0.3).astype(np.uint8)
+    np.savez(tmp_path / "chestmnist.npz", **arrays)
+    res = convert_medmnist("chestmnist", tmp_path / "out", npz=tmp_path / "chestmnist.npz")
+    labels = pd.read_csv(res.labels_csv)
+    assert list(labels.columns) == ["path", *findings, "split", "index"]
+    for row in labels.itertuples(index=False):
+        want = arrays[f"{row.split}_labels"][row.index]
+        assert [getattr(row, f) for f in findings] == want.tolist()
+    source = json.loads((res.out / "medmnist_source.json").read_text())
+    assert source["task"] == "multilabel" and source["findings"] == findings
+    assert source["card"].endswith("data_cards/chestmnist.md")  # its card lists the table's findings
+
+
+def test_colour_set_becomes_rgb_dicom(tmp_path):
+    from medlora.io.dicom import read_dicom
+
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n in COUNTS.items():
+        arrays[f"{split}_images"] = rng.integers(0, 256, size=(n, 8, 6, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 9, size=(n, 1)).astype(np.uint8)
+    np.savez(tmp_path / "pathmnist.npz", **arrays)
+    res = convert_medmnist("pathmnist", tmp_path / "out", npz=tmp_path / "pathmnist.npz")
+    row = pd.read_csv(res.labels_csv).iloc[0]
+    image = read_dicom(res.out / row["path"])
+    assert image.meta["photometric_interpretation"] == "RGB" and image.meta["modality"] == "SM"
+    np.testing.assert_array_equal(np.moveaxis(image.pixels, 0, -1), arrays[f"{row['split']}_images"][row["index"]])
