@@ -347,11 +347,12 @@ def test_multilabel_set_becomes_finding_columns(tmp_path):
         want = arrays[f"{row.split}_labels"][row.index]
         assert [getattr(row, f) for f in findings] == want.tolist()
     source = json.loads((res.out / "medmnist_source.json").read_text())
-    assert source["task"] == "multilabel" and source["findings"] == findings and source["card"] is None
+    assert source["task"] == "multilabel" and source["findings"] == findings  # the card agrees with the table
 
 
 def test_colour_set_becomes_rgb_dicom(tmp_path):
     from medlora.io.dicom import read_dicom
+    from medlora.io.medmnist_info import dataset_info
 
     rng = np.random.default_rng(1)
     arrays = {}
@@ -361,6 +362,8 @@ def test_colour_set_becomes_rgb_dicom(tmp_path):
     np.savez(tmp_path / "pathmnist.npz", **arrays)
     res = convert_medmnist("pathmnist", tmp_path / "out", npz=tmp_path / "pathmnist.npz")
     row = pd.read_csv(res.labels_csv).iloc[0]
+    assert json.loads((res.out / "medmnist_source.json").read_text())["card"] is None  # names from the table
+    assert row["label"] in dataset_info("pathmnist").labels
     image = read_dicom(res.out / row["path"])
     assert image.meta["photometric_interpretation"] == "RGB" and image.meta["modality"] == "SM"
     np.testing.assert_array_equal(np.moveaxis(image.pixels, 0, -1), arrays[f"{row['split']}_images"][row["index"]])
