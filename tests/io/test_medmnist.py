@@ -353,6 +353,7 @@ def test_multilabel_set_becomes_finding_columns(tmp_path):
 
 def test_colour_set_becomes_rgb_dicom(tmp_path):
     from medlora.io.dicom import read_dicom
+    from medlora.io.medmnist_info import dataset_info
 
     rng = np.random.default_rng(1)
     arrays = {}
@@ -362,6 +363,8 @@ def test_colour_set_becomes_rgb_dicom(tmp_path):
     np.savez(tmp_path / "pathmnist.npz", **arrays)
     res = convert_medmnist("pathmnist", tmp_path / "out", npz=tmp_path / "pathmnist.npz")
     row = pd.read_csv(res.labels_csv).iloc[0]
+    assert json.loads((res.out / "medmnist_source.json").read_text())["card"] is None  # names from the table
+    assert row["label"] in dataset_info("pathmnist").labels
     image = read_dicom(res.out / row["path"])
     assert image.meta["photometric_interpretation"] == "RGB" and image.meta["modality"] == "SM"
     np.testing.assert_array_equal(np.moveaxis(image.pixels, 0, -1), arrays[f"{row['split']}_images"][row["index"]])

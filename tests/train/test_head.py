@@ -72,3 +72,33 @@ def test_training_findings_come_from_any_training_loader():
         data = [{"findings": row} for row in findings]
 
     np.testing.assert_array_equal(train_findings(DataLoader(Subset(Items(), [2]))), findings[[2]])
+
+
+def test_fit_and_predict_train_a_multilabel_head_with_unknown_targets():
+    """The training loop with a multi-label head: the masked loss falls, predictions carry every
+    finding's probability and target, early stopping reads the mean AUROC over findings."""
+    from torch.utils.data import DataLoader
+
+    from medlora.config import TrainConfig
+    from medlora.evaluate.findings import mean_auroc, study_matrix
+    from medlora.train.inference import predict
+    from medlora.train.loop import fit
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    y = (x[:, :3] > 0).astype(np.float32)
+    y[rng.random(y.shape) < 0.2] = np.nan  # unknown targets
+    items = [{"image": torch.from_numpy(x[i]), "label": int(np.nan_to_num(y[i]).any()), "findings": y[i],
+              "sample_id": f"s{i}", "study_key": f"st{i}", "patient_key": f"p{i}"} for i in range(120)]
+    head = Head("multilabel", ("a", "b", "c"))
+    model = torch.nn.Linear(6, 3)
+    train, val = DataLoader(items[:80], batch_size=16, shuffle=True), DataLoader(items[80:], batch_size=16)
+    result = fit(model, train, val, TrainConfig(epochs=15, lr=0.05, patience=15), torch.device("cpu"), 0,
+                 val_metric=lambda p: mean_auroc(study_matrix(p.frame(), head.names)), head=head)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.best_val_auroc > 0.9
+    pred = predict(model, val, torch.device("cpu"), 0, head)
+    assert pred.scores.shape == (40, 3) and np.isnan(pred.targets).sum() == np.isnan(y[80:]).sum()
+    np.testing.assert_allclose(pred.score, pred.scores.max(axis=1))
+    assert {"score.a", "label.c"} <= set(pred.frame().columns)
