@@ -10,24 +10,16 @@ base cite the record.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import ConfigError
+from .hashing import sha256_file
 
 CARD = "base_card.md"
 FENCE = "---"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def render(record: dict[str, Any]) -> str:
@@ -99,7 +91,7 @@ def check_weights(weights: Path, timm_name: str, timm_kwargs: dict[str, Any]) ->
     record = record_beside(weights)
     if record is None:
         return
-    actual = _sha256(weights)
+    actual = sha256_file(weights)
     if actual != record["sha256"]:
         raise ConfigError(f"model.weights: {weights} has sha256 {actual[:12]}…, but its base card {record['card']} "
                           f"says {record['sha256'][:12]}… (the file changed after pretraining)")

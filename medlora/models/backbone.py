@@ -32,6 +32,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import WeightsError
+from ..hashing import sha256_file
 from .weights import fit_state, load_weights_file, read_folder
 
 __all__ = ["LOCAL_SOURCES", "BaseInfo", "base_state", "create_base", "head_name", "head_names", "head_prefixes",
@@ -55,14 +56,6 @@ class BaseInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def head_names(model: nn.Module) -> tuple[str, ...]:
