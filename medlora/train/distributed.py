@@ -140,8 +140,12 @@ def local_batch_size(batch_size: int, dist: Dist) -> int:
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
-    """This rank's part of each global batch: the batches a single process's shuffled loader would
-    draw (same generator, same permutation per epoch), every ``world``-th sample from rank ``rank``.
+    """This rank's part of each global batch: one seeded permutation per epoch cut into batches of
+    ``batch_size``, every ``world``-th sample of a batch from rank ``rank`` on (a single process,
+    ``world == 1``, gets whole batches). Single-process training loaders use this sampler too, so
+    the batches are the same whatever the number of ranks: each epoch draws exactly one
+    ``randperm`` from ``generator`` (PyTorch's ``RandomSampler`` draws a second, discarded one when
+    it runs out, so its later epochs would differ from a sampler that does not).
 
     A last global batch smaller than the number of ranks would leave a rank without samples (its
     gradient step would hang the others): those few samples are left out of that epoch, with a
