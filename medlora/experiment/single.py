@@ -60,7 +60,8 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
 
         loaders = {s: loader(ds, s == "train") for s, ds in datasets.items()}
         # LoRA on the upper blocks only, no augmentation: the frozen blocks below run once per image
-        split = prefix_loaders(model, datasets, loader, device, augment=cfg.preprocess.augment)
+        split = prefix_loaders(model, datasets, loader, device, augment=cfg.preprocess.augment,
+                               every_sample=lambda ds, shuffle: make_loader(ds, cfg.train, shuffle))
         trained, loaders = split or (model, loaders)
         result = train_and_evaluate(trained, loaders, cfg, device, built.params.trainable,
                                     out=out if dist.is_main else None, checkpoint=checkpoint, dist=dist,

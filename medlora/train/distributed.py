@@ -8,6 +8,10 @@ its rendezvous flags). One run is then trained on all of them:
   draw (same seeded permutation), split across the ranks; the loss is weighted so that the averaged
   gradient equals the single-process gradient of that batch. DDP all-reduces the gradients of the
   trainable parameters only (frozen ones have none).
+- dropout: every rank starts training from rank 0's random state and draws the global batch's
+  masks, keeping its own images' rows (:mod:`medlora.models.dropout`); batch augmentation likewise
+  draws for the global batch (:class:`~medlora.transforms.augment.BatchAugment`). Dropout fused
+  into attention and stochastic depth stay per rank.
 - evaluation: each rank scores a disjoint shard (no padding, no duplicates); the scores are
   gathered on every rank, so validation metrics and early stopping agree across ranks and the test
   set is scored exactly once.
@@ -86,6 +90,17 @@ class Dist:
             raise MedloraError(f"rank 0 failed: {value}")
         return value
 
+    def same_random_state(self, device: torch.device) -> None:
+        """Every rank continues from rank 0's global random state (CPU, and this rank's GPU), so
+        that draws made for the whole global batch (dropout masks) agree across ranks."""
+        if not self.enabled:
+            return
+        box = [torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        torch.set_rng_state(box[0])
+        if box[1] is not None:
+            torch.cuda.set_rng_state(box[1], device)
+
     def sum(self, *values: float) -> list[float]:
         """Element-wise sums over the ranks."""
         t = torch.tensor(values, dtype=torch.float64)
@@ -140,8 +155,12 @@ def local_batch_size(batch_size: int, dist: Dist) -> int:
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
-    """This rank's part of each global batch: the batches a single process's shuffled loader would
-    draw (same generator, same permutation per epoch), every ``world``-th sample from rank ``rank``.
+    """This rank's part of each global batch: one seeded permutation per epoch cut into batches of
+    ``batch_size``, every ``world``-th sample of a batch from rank ``rank`` on (a single process,
+    ``world == 1``, gets whole batches). Single-process training loaders use this sampler too, so
+    the batches are the same whatever the number of ranks: each epoch draws exactly one
+    ``randperm`` from ``generator`` (PyTorch's ``RandomSampler`` draws a second, discarded one when
+    it runs out, so its later epochs would differ from a sampler that does not).
 
     A last global batch smaller than the number of ranks would leave a rank without samples (its
     gradient step would hang the others): those few samples are left out of that epoch, with a

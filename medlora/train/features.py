@@ -125,12 +125,16 @@ def prefix_token_sets(model: nn.Module, datasets: Mapping[str, Dataset], make_lo
 
 
 def prefix_loaders(model: nn.Module, datasets: Mapping[str, Dataset], make_loader: Callable[[Dataset, bool], Any],
-                   device: torch.device, augment: bool) -> tuple[nn.Module, dict[str, Any]] | None:
+                   device: torch.device, augment: bool,
+                   every_sample: Callable[[Dataset, bool], Any] | None = None) -> tuple[nn.Module, dict[str, Any]] | None:
     """``(SuffixModel, loaders over cached prefix tokens)`` when ``model`` trains only above a frozen,
     deterministic prefix of blocks and training images are not augmented; ``None`` otherwise (train
-    on images). ``make_loader(dataset, shuffle)`` builds each split's loader."""
+    on images). ``make_loader(dataset, shuffle)`` builds each split's loader; ``every_sample`` (default
+    ``make_loader``) the loaders of the one pass that computes the tokens, which must cover every
+    sample: under torchrun each rank computes all tokens (a rank's training batches may hold any
+    sample), while ``make_loader`` would give it only its evaluation shard."""
     depth = 0 if augment else frozen_prefix_depth(model)
-    tokens = prefix_token_sets(model, datasets, make_loader, device, depth) if depth else None
+    tokens = prefix_token_sets(model, datasets, every_sample or make_loader, device, depth) if depth else None
     if tokens is None:
         return None
     log.info("training starts at block %d: the frozen blocks below run once per sample", depth)

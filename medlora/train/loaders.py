@@ -40,18 +40,19 @@ def make_datasets(data: PreparedData, cfg: Config, input_cfg: dict[str, Any], sp
 def make_loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, dist: Dist | None = None) -> DataLoader:
     """A loader over ``dataset``; shuffling is seeded by ``cfg.seed``.
 
-    Under torchrun (``dist``), a training loader (``shuffle``) yields this rank's part of the global
-    batches a single process would draw, an evaluation loader this rank's shard of the samples
+    A training loader (``shuffle``) draws its batches with :class:`~.distributed.GlobalBatchSampler`
+    whether or not it runs under torchrun: one process gets whole batches, each of N ranks its part
+    of the very same batches (the same generator draws the same permutations in every epoch). An
+    evaluation loader under torchrun (``dist``) yields this rank's shard of the samples
     (:mod:`.distributed`).
     """
+    dist = dist or Dist()
     generator = torch.Generator().manual_seed(cfg.seed)
     workers = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
-    if dist is not None and dist.enabled:
-        if shuffle:
-            sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, dist, True, generator)
-            return DataLoader(dataset, batch_sampler=sampler, generator=generator, **workers)
+    if shuffle:
+        sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, dist, True, generator)
+        return DataLoader(dataset, batch_sampler=sampler, generator=generator, **workers)
+    if dist.enabled:
         return DataLoader(dataset, batch_size=local_batch_size(cfg.batch_size, dist),
                           sampler=ShardSampler(len(dataset), dist), **workers)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, drop_last=False, generator=generator,
-                      **workers)
-
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, **workers)

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..device import autocast_dtype, maybe_compile
+from ..models.dropout import batch_share, share_dropout
 from ..models.lora import for_inference
 from . import checkpoint as ckpt
 from .distributed import Dist, wrap
@@ -122,7 +123,9 @@ def fit(
     torchrun (``dist``), the loaders come from :func:`~medlora.train.loaders.make_loader` with the
     same ``dist``: the model is wrapped in DistributedDataParallel and each global batch's loss is
     weighted so that the all-reduced gradient is the single-process one; validation is scored on
-    shards and gathered, so every rank takes the same early-stopping decisions. ``head``
+    shards and gathered, so every rank takes the same early-stopping decisions. Dropout layers draw
+    the global batch's masks (:mod:`medlora.models.dropout`, from rank 0's random state on every
+    rank), so each image is dropped out as in a single process. ``head``
     (:mod:`.head`) sets the loss and the scores of a multiclass or multilabel task; ``val_metric``
     then usually averages the per-finding AUROC.
     """
@@ -137,6 +140,8 @@ def fit(
     dist = dist or Dist()
     head = head or Head("binary", (), abnormal=abnormal_index)
     dtype = autocast_dtype(device)
+    share_dropout(model)  # dropout masks per image, however the batch is split over ranks
+    dist.same_random_state(device)
     step_model = maybe_compile(wrap(model, dist, device), cfg.compile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -157,12 +162,13 @@ def fit(
             # plain tensors, whatever the dataset returns: no metadata carried through the model
             x = batch["image"].as_subclass(torch.Tensor).to(device, non_blocking=True)
             n_batch = len(batch["label"])
-            if augment is not None:
-                x = augment(x)
+            batch_n = int(dist.sum(n_batch)[0]) if dist.enabled else n_batch  # the global batch's size
+            if augment is not None:  # this rank's images move as in a single process's global batch
+                x = augment(x, dist.rank, dist.world, batch_n) if dist.enabled else augment(x)
             epoch_data += time.perf_counter() - waited
             # the global batch's mean loss: DDP averages the ranks' gradients, hence x world / global size
-            batch_n = dist.sum(n_batch)[0] if dist.enabled else n_batch
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), \
+                    batch_share(dist.rank, dist.world, batch_n):
                 loss_sum = head.loss_sum(step_model(x).float(), batch, device)
             loss = loss_sum * (dist.world / batch_n)
             optimizer.zero_grad(set_to_none=True)

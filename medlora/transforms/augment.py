@@ -55,9 +55,17 @@ class BatchAugment:
         return theta.float()
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, rank: int = 0, world: int = 1, total: int | None = None) -> torch.Tensor:
+        """``images`` augmented. Under torchrun they are every ``world``-th image of a global batch of
+        ``total`` from ``rank`` on: the draws are made for the whole global batch, as one process
+        would make them, and this rank keeps its images' rows (each image moves as it would in a
+        single-process run)."""
         if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
             raise ValueError(f"batch augmentation needs square (N, C, H, W) images, got shape {tuple(images.shape)}")
-        theta = self.matrices(images.shape[0]).to(images.device)
+        theta = self.matrices(images.shape[0] if total is None else total)[rank::world]
+        if len(theta) != images.shape[0]:
+            raise ValueError(f"rank {rank} of {world} holds {images.shape[0]} images of a global batch of {total}; "
+                             f"expected {len(theta)}")
+        theta = theta.to(images.device)
         return self.resample(images.float(), theta).to(images.dtype)
 

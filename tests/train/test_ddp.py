@@ -31,9 +31,11 @@ def _run(cmd: list[str], cwd, env) -> subprocess.CompletedProcess:
     {},  # LoRA on every block, trained on images
     {"model.method": "linear_probe"},
     {"model.lora.blocks": "[-1]"},  # LoRA on the last block over cached frozen-prefix tokens
-], ids=["lora", "linear_probe", "frozen_prefix"])
+    # each rank augments and drops out its images as the single process does
+    {"preprocess.augment": "true", "model.lora.dropout": 0.1},
+], ids=["lora", "linear_probe", "frozen_prefix", "lora_augment_dropout"])
 def test_ddp_two_gloo_processes_match_one_process(phantom_root, tmp_path, tiny_cfg, overrides):
-    # no augmentation and no dropout: the two runs see exactly the same batches
+    # the same batches and, where set, the same per-image augmentation and dropout masks
     cfg = tiny_cfg(phantom_root, tmp_path, **{"train.epochs": 3, "train.batch_size": 8, "model.lora.dropout": 0.0,
                                                  "preprocess.augment": "false", **overrides})
     cfg_file = tmp_path / "ddp.yaml"
@@ -80,3 +82,57 @@ def test_ddp_local_batch_is_the_global_batch_split_evenly(batch, world, share):
     from medlora.train.distributed import Dist, local_batch_size
 
     assert local_batch_size(batch, Dist(rank=world - 1, world=world)) == share
+
+
+@pytest.mark.parametrize("n", [48, 50])
+def test_ddp_ranks_share_the_single_process_batches_in_every_epoch(n):
+    # every epoch, not only the first: the two loaders' generators must stay in step
+    from medlora.config import TrainConfig
+    from medlora.train.distributed import Dist
+    from medlora.train.loaders import make_loader
+
+    cfg, data = TrainConfig(batch_size=8, seed=3), [{"i": i} for i in range(n)]
+    single = make_loader(data, cfg, shuffle=True)
+    ranks = [make_loader(data, cfg, shuffle=True, dist=Dist(rank=r, world=2)) for r in range(2)]
+    for _ in range(3):
+        whole = [b["i"].tolist() for b in single]
+        parts = [[b["i"].tolist() for b in loader] for loader in ranks]
+        assert len(whole) == len(parts[0]) == len(parts[1]) == -(-n // 8)
+        for batch, first, second in zip(whole, *parts, strict=True):
+            assert first == batch[0::2] and second == batch[1::2]
+        assert sorted(i for b in whole for i in b) == list(range(n))
+
+
+def test_ddp_ranks_augment_their_images_as_the_single_process_does():
+    import torch
+
+    from medlora.transforms.augment import BatchAugment
+
+    images = torch.rand(7, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    whole = BatchAugment(seed=5)(images)
+    for rank in range(2):
+        part = BatchAugment(seed=5)(images[rank::2], rank=rank, world=2, total=7)
+        torch.testing.assert_close(part, whole[rank::2])
+    assert not torch.allclose(whole, images)
+    with pytest.raises(ValueError, match="rank 0 of 2 holds 3 images of a global batch of 7; expected 4"):
+        BatchAugment(seed=5)(images[:3], rank=0, world=2, total=7)
+
+
+def test_ddp_ranks_draw_the_single_process_dropout_masks():
+    import torch
+    from torch import nn
+
+    from medlora.models.dropout import SharedMaskDropout, batch_share, share_dropout
+
+    model = nn.Sequential(nn.Linear(6, 6), nn.Dropout(0.3), nn.Sequential(nn.Dropout(0.0)))
+    assert share_dropout(model) == 1 and isinstance(model[1], SharedMaskDropout)
+    x, layer = torch.rand(8, 5, 6), nn.Dropout(0.3)
+    torch.manual_seed(1)
+    whole = layer(x)
+    torch.manual_seed(1)
+    assert torch.equal(model[1](x), whole)  # one process: nn.Dropout's masks
+    for rank in range(2):
+        torch.manual_seed(1)
+        with batch_share(rank, 2, 8):
+            assert torch.equal(model[1](x[rank::2]), whole[rank::2])
+    assert torch.equal(model[1].eval()(x), x)
