@@ -69,3 +69,19 @@ def test_multiclass_run_without_normal_exports_verifies_and_predicts(tmp_path, t
     for c in CLASSES:
         want = (pred[f"score.{c}"] >= meta["operating_point"]["per_output"][c]).astype(int)
         assert pred[f"call.{c}"].astype(int).tolist() == want.tolist()
+
+    # the MLflow pyfunc of the bundle (as registered): per-class scores and calls, the arg-max class
+    from types import SimpleNamespace
+
+    from medlora.export.registry import MedloraPyfunc, signature
+
+    model = MedloraPyfunc()
+    model.load_context(SimpleNamespace(artifacts={"bundle": str(again)}))
+    frame = model.predict(None, pd.DataFrame({"path": [str(p) for p in inputs]}))
+    assert frame["score"].isna().all() and frame["call"].isna().all()  # no abnormal-vs-normal score
+    same = frame.merge(pred, on="study_key", suffixes=("", "_cli"))  # the CLI's rows are sorted by study key
+    assert len(same) == 4 and same["class"].tolist() == same["class_cli"].tolist()
+    for c in CLASSES:
+        np.testing.assert_allclose(same[f"score.{c}"].astype(float), same[f"score.{c}_cli"], atol=1e-6)
+    names = [c.name for c in signature(model.predictor.bundles[0]).outputs.inputs]
+    assert names == list(frame.columns) and "class" in names
