@@ -85,3 +85,17 @@ def test_multiclass_run_without_normal_exports_verifies_and_predicts(tmp_path, t
         np.testing.assert_allclose(same[f"score.{c}"].astype(float), same[f"score.{c}_cli"], atol=1e-6)
     names = [c.name for c in signature(model.predictor.bundles[0]).outputs.inputs]
     assert names == list(frame.columns) and "class" in names
+
+
+@pytest.mark.parametrize("normal", [None, "clear"])
+def test_multiclass_labels_have_an_abnormal_class_only_with_data_normal(tmp_path, tiny_cfg, normal):
+    from medlora.export.metadata import _labels
+
+    extra = {} if normal is None else {"data.normal": normal}
+    cfg = tiny_cfg(tmp_path, tmp_path, **{"data.task": "multiclass", "data.classes": f"[{', '.join(CLASSES)}]", **extra})
+    labels = _labels(cfg)
+    assert labels["outputs"] == CLASSES and labels["normal"] == normal
+    if normal is None:  # no "any finding": the classes themselves, and no abnormal one
+        assert labels["abnormal"] is None and labels["classes"] == CLASSES
+    else:
+        assert labels["abnormal"] == "any finding" and labels["classes"] == ["clear", "any finding"]
