@@ -217,7 +217,11 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
             OperatingPoint(op_meta["policy"], threshold, float("nan"), float("nan"))
         others = [c for c in labels["classes"] if c != labels["abnormal"]]
         existing = {n: local / n for n in PLOT_FILES if (local / n).is_file()}
-        plots = write_plots(studies, op, (" / ".join(others), labels["abnormal"]), tmp / "plots", existing)
+        shown = studies
+        if bundle.task == "multilabel":  # as evaluated: "any finding" is unknown with no finding present and one unknown
+            targets = studies[[f"label.{n}" for n in bundle.outputs]]
+            shown, existing = studies[targets.eq(1).any(axis=1) | targets.notna().all(axis=1)], {}
+        plots = write_plots(shown, op, (" / ".join(others), labels["abnormal"]), tmp / "plots", existing)
 
     data_card = _data_card(local, config)
     if data_card is not None:
