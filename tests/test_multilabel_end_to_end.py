@@ -55,3 +55,17 @@ def test_multilabel_run_logs_per_finding_metrics(tmp_path, tiny_cfg):
         want = (studies[f"score.{f}"] >= meta["operating_point"]["per_output"][f]).astype(int)
         assert studies[f"call.{f}"].astype(int).tolist() == want.tolist()
     np.testing.assert_allclose(studies["score"], studies[[f"score.{f}" for f in FINDINGS]].max(axis=1))
+
+    # the review page: a row per finding, macro AUROC, "any finding" at its operating point, ROC small multiples
+    page = (tmp_path / "out" / "bundle" / "report.html").read_text()
+    for f in FINDINGS:
+        assert f"<tr><th>{f}</th>" in page
+    assert "Macro AUROC" in page and "<h2>Any finding vs no finding</h2>" in page
+    assert (tmp_path / "out" / "bundle" / "plots" / "roc_findings.png").is_file() and "ROC per finding" in page
+    bundle_studies = pd.read_csv(tmp_path / "out" / "bundle" / "predictions.csv")
+    assert {f"call.{f}" for f in FINDINGS} <= set(bundle_studies.columns) and "class" not in bundle_studies.columns
+    # the bundle's "any finding" plots leave out the studies the evaluation left out (no finding present, one unknown)
+    test_rows = bundle_studies[bundle_studies["split"] == "test"]
+    targets = test_rows[[f"label.{f}" for f in FINDINGS]]
+    known = targets.eq(1).any(axis=1) | targets.notna().all(axis=1)
+    assert known.sum() == doc["counts"]["n"]

@@ -58,3 +58,13 @@ def test_oneclass_on_lora_adapted_features(finished_run, tmp_path, tiny_cfg):
                                                                          "data.split.file": str(cfg.data.split.file)})
     summary = run(cfg1, tmp_path / "out")
     assert summary.metrics["test_auroc"] > 0.8
+
+
+def test_oneclass_refuses_a_multilabel_task_before_any_work(tmp_path, tiny_cfg):
+    """One-class mode scores one normal-vs-abnormal distance: a multi-label config is refused at load
+    time, naming both keys, rather than failing after features were extracted."""
+    from medlora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pipeline oneclass .* needs data\.task binary, not multilabel"):
+        tiny_cfg(tmp_path / "none", tmp_path, pipeline="oneclass",
+                 **{"data.task": "multilabel", "data.findings": "[nodule, effusion]"})

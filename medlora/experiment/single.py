@@ -74,12 +74,11 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
             items = {item["sample_id"]: item for item in manifest_items(data.manifest, data.root)}
             thresholds = {f.name: f.threshold for f in result.multi.findings} if result.multi else None
             modalities = data.manifest["modality"].fillna("unknown").astype(str).value_counts().to_dict()
-            if op is not None:
-                meta = run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint, result.evaluation.calibration,
-                                    {str(k): int(v) for k, v in modalities.items()}, thresholds)
-                run_export(out, model, meta, uri, items=items)
-            else:
-                log.warning("no export: a multi-class run without data.normal has no single operating point to export")
+            # a multi-class run without data.normal has no operating point: its bundle calls the arg-max class
+            calibration = result.evaluation.calibration if result.evaluation is not None else {"method": "none"}
+            meta = run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint, calibration,
+                                {str(k): int(v) for k, v in modalities.items()}, thresholds)
+            run_export(out, model, meta, uri, items=items)
             resume.forget(out)
         dist.barrier()  # the other ranks end with rank 0, after its export
     return RunSummary(mlrun.info.run_id if mlrun else "", experiment, uri, out, result.metrics, str(built.params))

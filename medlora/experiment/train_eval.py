@@ -125,13 +125,21 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
         test_studies.frame().to_csv(out / "test_studies.csv", index=False)
         # multiclass/multilabel: the "any finding" evaluation at the top (what reports read), per finding under "multi"
         doc = {**(to_json(evaluation) if evaluation is not None else {}),
-               **({"multi": multi_to_json(multi)} if multi is not None else {})}
+               **({"multi": {**multi_to_json(multi), "settings": multi_settings(cfg)}} if multi is not None else {})}
         (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=float))
         for name in ("predictions.csv", "test_studies.csv", "metrics.json"):
             track.log_artifact(out / name)
     log.info("val_auroc=%.3f test_auroc=%.3f (%.1f s training)", result.best_val_auroc,
              metrics.get("test_auroc", metrics.get("test_auroc_macro", float("nan"))), result.train_seconds)
     return done
+
+
+def multi_settings(cfg: Config) -> dict[str, Any]:
+    """How the per-finding numbers were computed (interval level, resamples, operating-point policy):
+    what a report needs to label them, also when there is no "any finding" evaluation."""
+    ev = cfg.evaluate
+    return {"policy": ev.operating_point, "n_bootstrap": ev.bootstrap, "ci": ev.ci, "seed": cfg.train.seed,
+            "min_per_class": ev.min_per_class}
 
 
 def train_findings(loader: Any) -> np.ndarray:

@@ -7,9 +7,12 @@ Layout (every file listed in ``MANIFEST.sha256``)::
     base/base.safetensors       only for a randomly initialised base (source "init"); see below
     medlora.json                base, preprocessing, labels, operating point, provenance, versions
     model_card.md  data_card.md metrics.json
-    predictions.csv             study level: split, study_key, patient_key, label, score, call
+    predictions.csv             study level: split, study_key, patient_key, label, score, call (multi-label/
+                                multi-class: also score.<o>, label.<o>, call.<o> per output; multi-class:
+                                true_class and class, the arg-max call; without data.normal no label/score/call)
     predictions_samples.csv     per image: split, sample_id, study_key, patient_key, label, score, call
-    plots/                      roc, pr, reliability, score_histograms (test studies)
+    plots/                      roc, pr, reliability, score_histograms (test studies; of "any finding" for a
+                                multi-label/multi-class model), roc_findings (one ROC panel per finding/class)
     saliency/                   saliency overlays (attention rollout / Grad-CAM) of test TP/FN/FP/TN examples
     report.html                 one self-contained page for clinical review
     MANIFEST.sha256
@@ -44,12 +47,13 @@ from ..models.backbone import sha256_file
 from ..tracking import mlflow_run as track
 from .adapter import METADATA_FILE, copy_weights, git_commit, library_versions, require_weights
 from .card import model_card, too_small
-from .html import render_report
+from .html import Figure, render_report
 from .loading import BUNDLE_BASE_FILE, Bundle, load_model
 from .manifest import write_manifest
 from .phi import known_identifiers, require_no_phi
 from .review import (
     KINDS,
+    output_studies,
     pick_examples,
     sample_items,
     sample_predictions,
@@ -156,6 +160,22 @@ def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.Data
     return figs, note
 
 
+def _findings_grid(studies: pd.DataFrame, bundle: Bundle, folder: Path) -> Figure | None:
+    """ROC small multiples of a multi-label/multi-class bundle's test studies (``plots/roc_findings.png``)."""
+    from ..evaluate.roc_grid import plot_roc_grid
+
+    test = studies[studies["split"] == "test"]
+    if not bundle.outputs or test.empty:
+        return None
+    names = bundle.outputs
+    targets = test[[f"label.{n}" for n in names]].astype("Float64").to_numpy(dtype=float, na_value=float("nan"))
+    path = plot_roc_grid(names, targets, test[[f"score.{n}" for n in names]].to_numpy(dtype=float),
+                         folder / "roc_findings.png", bundle.output_thresholds)
+    word = "finding" if bundle.task == "multilabel" else "class (one vs rest)"
+    return Figure(path, f"ROC of the test studies per {word}; title: AUROC and positive (+) / negative (−) counts; "
+                        "black dot: the validation-chosen threshold; a panel without a curve says why")
+
+
 def check_test_size(metrics: dict[str, Any], labels: dict[str, Any], run_id: str, strict: bool) -> None:
     """Warn when the test set is below ``evaluate.min_per_class`` studies per class; refuse with ``strict``."""
     small = too_small(metrics, labels)
@@ -181,26 +201,39 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
     shutil.copyfile(local / "metrics.json", tmp / "metrics.json")
 
-    op_meta = meta["operating_point"]
+    op_meta, labels = meta["operating_point"], meta["labels"]
+    bundle = Bundle(tmp, meta)
     samples = pd.read_csv(local / "predictions.csv")
-    studies = study_predictions(samples, op_meta["threshold"], op_meta.get("aggregate", "max"),
-                                Bundle(tmp, meta).study_scores)
+    how, threshold = op_meta.get("aggregate", "max"), op_meta.get("threshold")
+    studies = study_predictions(samples, threshold, how, bundle.study_scores)
+    if bundle.outputs:  # multi-label / multi-class: every output's study score, target and call
+        studies = studies.merge(output_studies(samples, bundle.outputs, how, bundle.output_thresholds,
+                                               bundle.task == "multiclass"), on=["split", "study_key"], how="left")
     studies.to_csv(tmp / "predictions.csv", index=False)
-    sample_predictions(samples, op_meta["threshold"]).to_csv(tmp / "predictions_samples.csv", index=False)
-    op = OperatingPoint(**metrics["operating_point"]) if "operating_point" in metrics else \
-        OperatingPoint(op_meta["policy"], op_meta["threshold"], float("nan"), float("nan"))
-    labels = meta["labels"]
-    others = [c for c in labels["classes"] if c != labels["abnormal"]]
-    existing = {n: local / n for n in PLOT_FILES if (local / n).is_file()}
-    plots = write_plots(studies, op, (" / ".join(others), labels["abnormal"]), tmp / "plots", existing)
+    sample_predictions(samples, threshold, bundle.outputs).to_csv(tmp / "predictions_samples.csv", index=False)
+    plots, grid = [], _findings_grid(studies, bundle, tmp / "plots")
+    if bundle.binary_call:
+        op = OperatingPoint(**metrics["operating_point"]) if "operating_point" in metrics else \
+            OperatingPoint(op_meta["policy"], threshold, float("nan"), float("nan"))
+        others = [c for c in labels["classes"] if c != labels["abnormal"]]
+        existing = {n: local / n for n in PLOT_FILES if (local / n).is_file()}
+        shown = studies
+        if bundle.task == "multilabel":  # as evaluated: "any finding" is unknown with no finding present and one unknown
+            targets = studies[[f"label.{n}" for n in bundle.outputs]]
+            shown, existing = studies[targets.eq(1).any(axis=1) | targets.notna().all(axis=1)], {}
+        plots = write_plots(shown, op, (" / ".join(others), labels["abnormal"]), tmp / "plots", existing)
 
     data_card = _data_card(local, config)
     if data_card is not None:
         (tmp / "data_card.md").write_text(data_card)
     card = model_card(meta, metrics, data_card is not None)
     (tmp / "model_card.md").write_text(card)
-    saliency, note = _saliency(tmp, Bundle(tmp, meta), studies, samples, config, data_root, items)
-    (tmp / "report.html").write_text(render_report(meta, metrics, plots, saliency, note, card, data_card))
+    if bundle.binary_call:
+        saliency, note = _saliency(tmp, bundle, studies, samples, config, data_root, items)
+    else:
+        saliency, note = [], ("No examples: a multi-class model without data.normal makes no abnormal-vs-normal call, "
+                              "so there are no true/false positives or negatives to show.")
+    (tmp / "report.html").write_text(render_report(meta, metrics, plots, saliency, note, card, data_card, grid))
 
     sources = list(phi_sources)
     root = Path(data_root or (config.get("data") or {}).get("root") or "")

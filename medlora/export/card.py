@@ -73,7 +73,12 @@ def min_per_class(metrics: dict[str, Any]) -> int:
 
 
 def too_small(metrics: dict[str, Any], labels: dict[str, Any]) -> str | None:
-    """Why the test set is too small to say anything, or ``None`` when each class has enough studies."""
+    """Why the test set is too small to say anything, or ``None`` when each class has enough studies
+    (of "any finding" vs the rest; a multi-class model without ``data.normal``: of every class)."""
+    if labels.get("task", "binary") != "binary" and labels.get("abnormal") is None:
+        from .findings_report import too_small_findings
+
+        return too_small_findings(metrics)
     c, need = metrics.get("counts", {}), min_per_class(metrics)
     pos, neg = int(c.get("n_positive", 0)), int(c.get("n_negative", 0))
     if min(pos, neg) >= need:
@@ -132,7 +137,14 @@ def is_calibrated(meta: dict[str, Any]) -> bool:
 
 def score_words(meta: dict[str, Any]) -> str:
     """What a study's number is: a probability only when a calibration map was fitted."""
-    cal, abnormal = meta.get("calibration") or {}, meta["labels"]["abnormal"]
+    cal, abnormal, labels = meta.get("calibration") or {}, meta["labels"]["abnormal"], meta["labels"]
+    if labels.get("task", "binary") != "binary":
+        each = "one sigmoid per finding" if labels["task"] == "multilabel" else "the softmax over the classes"
+        summary = (f"; `{abnormal}` is scored by " + ("the highest finding score" if labels["task"] == "multilabel"
+                                                      else f"1 - P(`{labels.get('normal')}`)")
+                   if abnormal is not None else "; there is no abnormal-vs-normal score")
+        return (f"a score in [0, 1] per {'finding' if labels['task'] == 'multilabel' else 'class'} ({each}, not "
+                f"calibrated: ranking scores, not probabilities){summary}")
     if is_calibrated(meta):
         return (f"the probability of `{abnormal}` per study ({cal['method']} scaling of the study score, fitted on "
                 "validation studies only)")
@@ -154,8 +166,27 @@ def calibration_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def task(labels: dict[str, Any]) -> str:
-    """``abnormal vs normal`` (the other classes joined)."""
+    """``abnormal vs normal`` (the other classes joined); a multi-label or multi-class model names its
+    task and outputs."""
+    kind = labels.get("task", "binary")
+    if kind != "binary":
+        outputs = labels.get("outputs") or []
+        word = "findings" if kind == "multilabel" else "classes"
+        return f"{kind}, {len(outputs)} {word} ({', '.join(outputs)})"
     return f"{labels['abnormal']} vs {' / '.join(c for c in labels['classes'] if c != labels['abnormal'])}"
+
+
+def call_words(meta: dict[str, Any]) -> str:
+    """How a study is called: at the abnormal / any-finding threshold, or by its arg-max class."""
+    labels, op = meta["labels"], meta["operating_point"]
+    how = (f"(operating point `{op['policy']}`, chosen on validation studies only)")
+    if labels.get("abnormal") is None:
+        return ("a study is called the class with the highest score (arg-max); each class also has its own "
+                f"one-vs-rest threshold {how}. There is no abnormal-vs-normal call: `data.normal` names no class.")
+    line = f"a study is called `{labels['abnormal']}` when its score ≥ {op['threshold']:.4f} {how}"
+    if labels.get("task", "binary") != "binary":
+        line += "; each finding is also called at its own threshold (listed under Quantitative analyses)"
+    return line + "."
 
 
 def modality_line(ds: dict[str, Any]) -> str:
@@ -186,8 +217,9 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any], data_card_present:
     """The Markdown model card of a bundle."""
     base, labels, op = meta["base"], meta["labels"], meta["operating_point"]
     pre, lora, ds = meta["preprocess"], meta.get("lora") or {}, meta.get("dataset", {})
-    counts, settings = metrics.get("counts", {}), metrics.get("settings", {})
+    settings = {**metrics.get("settings", {}), **(metrics.get("multi") or {}).get("settings", {})}
     table = "\n".join(f"| {r.name} | {r.value} | {r.counts} | {r.interval} ({r.method}) |" for r in metric_rows(metrics, labels))
+    quantitative = _quantitative(metrics, labels, table)
     warnings = "\n".join(f"- {w}" for w in metrics.get("warnings", [])) or "- none recorded by the evaluation"
     small = too_small(metrics, labels)
     banner = f"\n> **{small}**\n" if small else ""
@@ -205,7 +237,7 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any], data_card_present:
 - Architecture: timm `{base['timm_name']}` (kwargs `{base.get('timm_kwargs', {})}`) {adapted}.
 - Base weights: source `{base['source']}`, sha256 `{base['sha256']}`, state sha256 `{base['state_sha256']}`.
 {pretrained_line(base)}- Output: {score_words(meta)}. Image scores are aggregated per study by `{op.get('aggregate', 'max')}`;
-  a study is called `{labels['abnormal']}` when its score ≥ {op['threshold']:.4f} (operating point `{op['policy']}`, chosen on validation studies only).
+  {call_words(meta)}
 - Provenance: MLflow run `{meta.get('mlflow_run_id')}`, medlora commit `{meta.get('git_commit')}`, dataset fingerprint `{ds.get('fingerprint')}`.
 - Software: {versions}.
 
@@ -230,8 +262,7 @@ Wilson score intervals for the four rates (from the counts shown), DeLong for AU
 label-stratified bootstrap ({settings.get('n_bootstrap')} resamples) for the rest.
 
 ## Evaluation data
-The held-out test split of dataset `{ds.get('name')}`: {counts.get('n')} studies ({counts.get('n_positive')} {labels['abnormal']},
-{counts.get('n_negative')} other) from {counts.get('n_clusters')} patients. Splits are by patient; no patient is in two splits.
+The held-out test split of dataset `{ds.get('name')}`: {_test_counts(metrics, labels)}. Splits are by patient; no patient is in two splits.
 {modality_line(ds)}{('See the data card.' if data_card_present else 'No data card was available for this dataset.')}
 
 ## Training data
@@ -240,9 +271,7 @@ the epoch, the operating point and any recalibration. Preprocessing: window `{wi
 mean {pre.get('mean')}, std {pre.get('std')}.
 
 ## Quantitative analyses
-| metric | test value | counts | interval (method) |
-|---|---|---|---|
-{table}
+{quantitative}
 
 Calibration:
 {calibration}
@@ -262,3 +291,28 @@ extra work-up; review both kinds of examples in report.html.
 - Re-evaluate locally before any use on new data; check that `medlora predict` refuses a different base.
 - {NOT_A_DEVICE}
 """
+
+
+def _test_counts(metrics: dict[str, Any], labels: dict[str, Any]) -> str:
+    counts = metrics.get("counts", {})
+    if labels.get("abnormal") is not None:
+        return (f"{counts.get('n')} studies ({counts.get('n_positive')} {labels['abnormal']},\n"
+                f"{counts.get('n_negative')} other) from {counts.get('n_clusters')} patients")
+    findings = (metrics.get("multi") or {}).get("findings", [])
+    per_class = ", ".join(f"{f['n_positive']} {f['name']}" for f in findings)
+    return f"{findings[0]['n'] if findings else 'n/a'} studies ({per_class})"
+
+
+def _quantitative(metrics: dict[str, Any], labels: dict[str, Any], table: str) -> str:
+    """The card's numbers: the binary (or "any finding") table, and per finding for multi-output models."""
+    binary = f"| metric | test value | counts | interval (method) |\n|---|---|---|---|\n{table}\n"
+    if labels.get("task", "binary") == "binary":
+        return binary
+    from .findings_report import findings_markdown
+
+    word = "finding" if labels["task"] == "multilabel" else "class (one vs rest)"
+    per = f"Per {word}, each at its own validation-chosen threshold:\n\n{findings_markdown(metrics, word)}\n"
+    if labels.get("abnormal") is None:
+        return (per + "\nNo abnormal-vs-normal evaluation: `data.normal` names no class, so there is no "
+                "\"any finding\" score or operating point.\n")
+    return per + f"\n\"{labels['abnormal']}\" vs {' / '.join(c for c in labels['classes'] if c != labels['abnormal'])}:\n\n{binary}"

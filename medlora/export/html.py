@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
+from ..evaluate.roc_grid import grid_shape
 from .card import NOT_A_DEVICE, calibration_lines, count, metric_rows, score_words, task, too_small
+from .findings_report import confusion_table, findings_table, has_any_finding, is_multi, summary_table
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -35,6 +37,9 @@ figure img{width:100%;border:1px solid #ddd}figcaption{font-size:.9em;color:#444
 .pair{display:flex;gap:.4em}.pair div{flex:1;text-align:center;font-size:.85em;color:#555}.pair img{width:100%}
 .example table{font-size:.9em;width:100%}.card{border-left:4px solid #ddd;padding-left:1em}
 code{background:#f4f4f4;padding:0 .2em;border-radius:3px;word-break:break-all}
+.findings{width:100%;font-size:.92em}.findings td.nan{color:#8a1016}.findings td.note{font-size:.85em;color:#555}
+.findings .k{color:#555;font-size:.9em}.confusion td.diag{background:#eef6ee;font-weight:600}
+figure.wide{margin:0;width:100%}
 """
 
 
@@ -129,30 +134,94 @@ def _confusion(metrics: dict[str, Any], labels: dict[str, Any]) -> str:
             f"<td class=\"num\">{count(m.get('tn'))} (true negatives)</td></tr></tbody></table>")
 
 
-def render_report(meta: dict[str, Any], metrics: dict[str, Any], plots: list[Figure], saliency: list[Figure],
-                  saliency_note: str, model_card: str, data_card: str | None) -> str:
-    """The whole report page as a string."""
+def _details(meta: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The Model section's rows."""
     base, labels, op = meta["base"], meta["labels"], meta["operating_point"]
     counts = metrics.get("counts", {})
-    others = " / ".join(c for c in labels["classes"] if c != labels["abnormal"])
-    details = [
+    aggregate = f"study score = {op.get('aggregate', 'max')} over its images"
+    if has_any_finding(labels):
+        others = " / ".join(c for c in labels["classes"] if c != labels["abnormal"])
+        point = (f"{op['policy']}: study called {labels['abnormal']} when score ≥ {op['threshold']:.4f} "
+                 f"({aggregate}; chosen on validation studies)")
+        test = (f"{counts.get('n')} studies from {counts.get('n_clusters')} patients: "
+                f"{counts.get('n_positive')} {labels['abnormal']}, {counts.get('n_negative')} {others}")
+    else:
+        point = (f"none: no class is named normal (data.normal), so a study is called the class with the highest "
+                 f"score ({aggregate}); each class also has a one-vs-rest threshold ({op['policy']}, chosen on "
+                 "validation studies)")
+        findings = (metrics.get("multi") or {}).get("findings", [])
+        test = (f"{findings[0]['n'] if findings else 'n/a'} studies: "
+                + ", ".join(f"{f['n_positive']} {f['name']}" for f in findings))
+    return [
         ("task", task(labels)),
         ("base model", f"timm {base['timm_name']} {base.get('timm_kwargs', {})}, source {base['source']}"),
         ("method", str(meta.get("summary") or meta.get("method", "lora"))),
         ("base sha256", base["sha256"]),
         ("output", score_words(meta).replace("`", "")),
-        ("operating point", f"{op['policy']}: study called {labels['abnormal']} when score ≥ {op['threshold']:.4f} "
-                            f"(study score = {op.get('aggregate', 'max')} over its images; chosen on validation studies)"),
+        ("operating point", point),
         ("MLflow run", str(meta.get("mlflow_run_id"))),
         ("dataset", f"{meta.get('dataset', {}).get('name')} (fingerprint {meta.get('dataset', {}).get('fingerprint')})"),
-        ("test set", f"{counts.get('n')} studies from {counts.get('n_clusters')} patients: "
-                     f"{counts.get('n_positive')} {labels['abnormal']}, {counts.get('n_negative')} {others}"),
+        ("test set", test),
     ]
+
+
+def _binary_performance(metrics: dict[str, Any], labels: dict[str, Any], level: int = 2) -> str:
+    """The binary (or "any finding") metric table and the calls at its operating point."""
+    sub = f"h{level + 1}"
+    return (f"{_metric_table(metrics, labels)}<{sub}>Calls at the operating point</{sub}>{_confusion(metrics, labels)}")
+
+
+def _multi_performance(meta: dict[str, Any], metrics: dict[str, Any], figure: Figure | None) -> str:
+    """Per finding (class), the summaries, the confusion matrix, the ROC small multiples, and "any finding"."""
+    labels = meta["labels"]
+    word = "finding" if labels["task"] == "multilabel" else "class"
+    parts = [f"<h2>Test performance per {word}</h2>",
+             f"<p>Each {word} is scored {'on its own' if word == 'finding' else 'one vs rest'} and called at its own "
+             "threshold, chosen on validation studies only. Unknown labels are left out of that finding's numbers. "
+             "NaN: the metric is undefined for this test set (the note says why).</p>",
+             findings_table(metrics, word), "<h3>Summary</h3>", summary_table(metrics)]
+    confusion = confusion_table(metrics, list(labels.get("outputs") or []))
+    if confusion:
+        parts += ["<h3>Confusion matrix of the arg-max call (test studies)</h3>", confusion]
+    if figure is not None:
+        _, cols = grid_shape(len(labels.get("outputs") or []) or 1)  # about 330 px a panel: text as large as a 5-inch plot's
+        parts += [f"<h3>ROC per {word} (test studies)</h3>",
+                  f'<figure class="wide" style="max-width:{330 * cols}px">{_img(figure.path, figure.caption)}'
+                  f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>"]
+    if has_any_finding(labels):
+        parts += [f"<h2>{html.escape(labels['abnormal'].capitalize())} vs {html.escape(labels['classes'][0])}</h2>",
+                  f"<p>A study's \"{html.escape(labels['abnormal'])}\" score is "
+                  + ("its highest finding score" if labels["task"] == "multilabel"
+                     else f"1 - P({html.escape(str(labels.get('normal')))})")
+                  + "; it is evaluated as a binary task at its own validation-chosen operating point.</p>",
+                  _binary_performance(metrics, labels)]
+    else:
+        parts += ['<h2>No abnormal-vs-normal operating point</h2><p id="no-any-finding">This multi-class model was '
+                  "trained without <code>data.normal</code>: no class is named normal, so there is no \"any finding\" "
+                  "score, no abnormal-vs-normal operating point, and no sensitivity or specificity of such a call. "
+                  "Studies are called by their highest-scoring class (the confusion matrix above); the per-class "
+                  "one-vs-rest results are the model's whole evaluation.</p>"]
+    return "".join(parts)
+
+
+def render_report(meta: dict[str, Any], metrics: dict[str, Any], plots: list[Figure], saliency: list[Figure],
+                  saliency_note: str, model_card: str, data_card: str | None,
+                  findings_figure: Figure | None = None) -> str:
+    """The whole report page as a string; ``findings_figure``: the ROC small multiples of a
+    multi-label or multi-class model (:func:`medlora.evaluate.roc_grid.plot_roc_grid`)."""
+    labels = meta["labels"]
+    details = _details(meta, metrics)
     small = too_small(metrics, labels)
     banner = f'<p class="danger" id="too-small">{html.escape(small)}</p>' if small else ""
-    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", [])) or "<li>none</li>"
+    notes = list(dict.fromkeys([*metrics.get("warnings", []), *(metrics.get("multi") or {}).get("warnings", [])]))
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in notes) or "<li>none</li>"
     calibration = "".join(f"<li>{html.escape(line[2:].replace('`', ''))}</li>" for line in calibration_lines(metrics))
     dcard = render_data_card(data_card) if data_card else "<p>No data card was available.</p>"
+    performance = (_multi_performance(meta, metrics, findings_figure) if is_multi(labels)
+                   else f"<h2>Test performance</h2>{_binary_performance(metrics, labels)}")
+    curves = "Curves and calibration (test studies)" if not is_multi(labels) else \
+        f"Curves and calibration of {labels['abnormal']} (test studies)" if has_any_finding(labels) else ""
+    curves_html = f"<h2>{html.escape(curves)}</h2>{_figures(plots)}" if curves else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>medlora review: {html.escape(str(meta.get('dataset', {}).get('name')))}</title><style>{STYLE}</style></head>
@@ -161,11 +230,10 @@ def render_report(meta: dict[str, Any], metrics: dict[str, Any], plots: list[Fig
 <h1>Model review: {html.escape(task(labels))}</h1>
 <p class="warn">{html.escape(NOT_A_DEVICE)}</p>
 <h2>Model</h2>{_rows(details)}
-<h2>Test performance</h2>{_metric_table(metrics, labels)}
-<h3>Calls at the operating point</h3>{_confusion(metrics, labels)}
+{performance}
 <h3>Calibration</h3><ul>{calibration}</ul>
 <h3>Evaluation notes</h3><ul>{warnings}</ul>
-<h2>Curves and calibration (test studies)</h2>{_figures(plots)}
+{curves_html}
 <h2>Examples with attention maps</h2>
 <p>{html.escape(saliency_note)}</p>{_examples(saliency)}
 <h2>Model card</h2><div class="card">{render_markdown(model_card)}</div>

@@ -57,7 +57,15 @@ class Bundle:
 
     @property
     def threshold(self) -> float:
-        return float(self.meta["operating_point"]["threshold"])
+        """The abnormal / "any finding" threshold; NaN for a bundle without one (:attr:`binary_call`)."""
+        value = self.meta["operating_point"].get("threshold")
+        return float("nan") if value is None else float(value)
+
+    @property
+    def binary_call(self) -> bool:
+        """False for a multi-class bundle without ``data.normal``: no abnormal-vs-normal score or call,
+        studies are called by their arg-max class."""
+        return self.meta["operating_point"].get("threshold") is not None
 
     @property
     def aggregate(self) -> str:

@@ -25,12 +25,15 @@ def _labels(cfg: Config) -> dict[str, Any]:
     data = cfg.data
     if data.task == "binary":
         return {"classes": list(data.classes), "abnormal": data.abnormal, "abnormal_index": data.classes.index(data.abnormal)}
+    if data.task == "multiclass" and data.normal is None:  # no "any finding": per-class scores and the arg-max call
+        return {"task": data.task, "outputs": data.outputs, "normal": None, "classes": list(data.classes),
+                "abnormal": None, "abnormal_index": None}
     # the exported operating point is that of "any finding": reports read it as a binary task
     return {"task": data.task, "outputs": data.outputs, "normal": data.normal,
             "classes": [data.normal or "no finding", "any finding"], "abnormal": "any finding", "abnormal_index": None}
 
 
-def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dataset_fingerprint: str,
+def run_metadata(cfg: Config, built: Any, operating_point: Any | None, run_id: str, dataset_fingerprint: str,
                  calibration: dict[str, Any] | None = None, modalities: dict[str, int] | None = None,
                  thresholds: dict[str, float] | None = None) -> dict[str, Any]:
     """The ``medlora.json`` dict of a run.
@@ -44,6 +47,10 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
     ``base.pretrain`` (its base card, pretraining MLflow run, data and settings). A full fine-tune is
     stated as a new model, not an adapter (``adapter: false``, ``summary``), so that cards and reports
     can say so. ``modalities`` counts the run's samples per modality.
+
+    A multi-class run without ``data.normal`` has no "any finding" score and so no
+    ``operating_point``: its ``threshold`` is null, ``call`` says studies are called by the arg-max
+    class, and ``labels.abnormal`` is null.
     """
     method = cfg.model.method
     art = artifact_of(method)
@@ -60,8 +67,10 @@ def run_metadata(cfg: Config, built: Any, operating_point: Any, run_id: str, dat
         "preprocess": {**built.data_config,
                        **cfg.preprocess.model_dump(mode="json", exclude=TRAINING_ONLY_PREPROCESS)},
         "labels": _labels(cfg),
-        "operating_point": {"policy": operating_point.policy, "threshold": float(operating_point.threshold),
+        "operating_point": {"policy": cfg.evaluate.operating_point if operating_point is None else operating_point.policy,
+                            "threshold": None if operating_point is None else float(operating_point.threshold),
                             "aggregate": cfg.preprocess.view.aggregate,
+                            **({"call": "argmax"} if operating_point is None else {}),
                             **({"per_output": dict(thresholds)} if thresholds else {})},
         "calibration": Calibrator.from_dict(calibration).to_dict(),
         "mlflow_run_id": run_id,

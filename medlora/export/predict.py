@@ -8,7 +8,9 @@ before anything is written. Each file goes through the bundle's exact preprocess
 recalibration map when it has one (``calibration`` in ``medlora.json``), and called at its frozen
 operating point (``score >= threshold``). A multi-label or multi-class bundle adds a
 ``score.<finding>`` and ``call.<finding>`` column per output, called at that output's own threshold;
-its ``score``/``call`` are "any finding" (such bundles carry no recalibration map).
+its ``score``/``call`` are "any finding" (such bundles carry no recalibration map). A multi-class
+bundle also gives ``class``, the arg-max class of the study's class scores; one without
+``data.normal`` has no "any finding" and so no ``score``/``call`` columns at all.
 
 Bundles that need the same base share one base model in memory, loaded and checked once: LoRA
 adapters are loaded side by side with peft's ``load_adapter`` and switched with ``set_adapter``;
@@ -254,7 +256,7 @@ class Predictor:
             rows = inputs_by_key[key]
             scores, per_output = self.score_outputs(i, [x for _, _, x in rows])
             frame = pd.DataFrame({"sample_id": [r[0] for r in rows], "study_key": [r[1] for r in rows],
-                                  f"score{col}": scores,
+                                  **({f"score{col}": scores} if bundle.binary_call else {}),
                                   **{f"score.{n}{col}": per_output[:, k] for k, n in enumerate(bundle.outputs)}})
             samples = frame if samples.empty else samples.merge(frame, on=["sample_id", "study_key"], how="outer")
         for name, (reason, _) in errors.items():
@@ -268,7 +270,8 @@ class Predictor:
         one ``score.<finding>`` per output of a multi-class or multi-label bundle at its own threshold."""
         out = []
         for bundle, col in zip(self.bundles, self.columns, strict=True):
-            out.append((bundle, col, f"score{col}", bundle.threshold))
+            if bundle.binary_call:  # a multi-class bundle without data.normal has no abnormal-vs-normal score
+                out.append((bundle, col, f"score{col}", bundle.threshold))
             out += [(bundle, col, f"score.{n}{col}", t) for n, t in bundle.output_thresholds.items()]
         return out
 
@@ -294,13 +297,25 @@ class Predictor:
             studies[name] = score
             studies["call" + name.removeprefix("score")] = pd.array(
                 [pd.NA if np.isnan(s) or np.isnan(threshold) else int(s >= threshold) for s in score], dtype="Int64")
+        for bundle, col in zip(self.bundles, self.columns, strict=True):
+            if bundle.task == "multiclass":
+                studies[f"class{col}"] = argmax_class(studies, bundle.outputs, col)
         studies["error"] = [_study_error(n, failed.get(k, []))
                             for k, n in zip(studies["study_key"], studies["n_images"], strict=True)]
         unknown = pd.DataFrame({"study_key": [""] * len(failed.get("", [])), "n_images": 0, "error": failed.get("", [])})
         for _, _, name, _ in self._score_columns():
             unknown[name] = np.nan
             unknown["call" + name.removeprefix("score")] = pd.array([pd.NA] * len(unknown), dtype="Int64")
+        for name in (c for c in studies.columns if c.startswith("class")):
+            unknown[name] = None
         return pd.concat([studies, unknown[studies.columns]], ignore_index=True) if len(unknown) else studies
+
+
+def argmax_class(studies: pd.DataFrame, outputs: list[str], col: str = "") -> list[str | None]:
+    """A multi-class bundle's call per study: the class with the highest study score
+    (``score.<class>``, aggregated class by class); ``None`` where the study has no score."""
+    scores = studies[[f"score.{n}{col}" for n in outputs]].to_numpy(dtype=float)
+    return [None if np.isnan(row).any() else outputs[int(np.argmax(row))] for row in scores]
 
 
 def _head_switch(model: nn.Module, state: dict[str, torch.Tensor], bundle: Bundle) -> Callable[[], None]:

@@ -12,7 +12,9 @@ hub cache where the model is loaded. A full fine-tune carries its whole model an
 ``path`` column (a DICOM file or a folder holding one study) and/or an ``image`` column (an
 already-preprocessed ``C×H×W`` array, as :func:`medlora.transforms.pipeline.build_transforms`
 makes) and returns one row per study: ``input`` (row number), ``study_key``, ``n_images``,
-``score``, ``call``, ``error``. A study that cannot be read gets no score and no call (``call`` is
+``score``, ``call``, ``error``; a multi-label or multi-class bundle adds ``score.<output>`` and
+``call.<output>`` per output, a multi-class one ``class`` (the arg-max call; without ``data.normal``
+``score`` and ``call`` stay null, as there is no abnormal-vs-normal score). A study that cannot be read gets no score and no call (``call`` is
 null) and its reason in ``error``; a failure never reads as a negative finding. Study keys are HMACs
 under the site secret of the machine that loads the model (``MEDLORA_SECRET_FILE``, else the user's
 key file), so the secret is never stored with the model. ``register_run`` refuses a run whose keys
@@ -61,13 +63,13 @@ class MedloraPyfunc(PythonModel):
 
         rows: list[dict[str, Any]] = []
         bundle = self.predictor.bundles[0]
+        columns = output_columns(bundle)
+        values = [c for c in columns if c not in KEY_COLUMNS]
         for i, rec in enumerate(model_input.to_dict("records")):
             image, path = rec.get("image"), rec.get("path")
             if image is not None and not (isinstance(image, float) and np.isnan(image)):
                 x = torch.as_tensor(np.asarray(image, dtype=np.float32)).unsqueeze(0)
-                score = float(bundle.study_scores(self.predictor.score_tensors(0, x))[0])
-                rows.append({"input": i, "study_key": "", "n_images": 1, "score": score,
-                             "call": int(score >= bundle.threshold), "error": ""})
+                rows.append({"input": i, "study_key": "", "n_images": 1, "error": "", **_image_scores(self.predictor, x)})
                 continue
             if not path or (isinstance(path, float) and np.isnan(path)):
                 rows.append(_no_call(i, "row has neither a path nor an image"))
@@ -75,13 +77,41 @@ class MedloraPyfunc(PythonModel):
             res = self.predictor.predict_files([Path(str(path))])
             if res.studies.empty:
                 rows.append(_no_call(i, "no readable image"))
-            for s in res.studies.itertuples():
-                scored = not pd.isna(s.call)
-                rows.append({"input": i, "study_key": s.study_key, "n_images": int(s.n_images),
-                             "score": float(s.score) if scored else None, "call": int(s.call) if scored else None,
-                             "error": s.error})
-        frame = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
-        return frame.astype({"call": object, "score": object}).where(frame.notna(), None)
+            for s in res.studies.to_dict("records"):
+                row = {"input": i, "study_key": s["study_key"], "n_images": int(s["n_images"]), "error": s["error"]}
+                for name in values:  # a missing or empty value: no score, no call
+                    value = s.get(name)
+                    row[name] = None if value is None or pd.isna(value) else \
+                        value if name == "class" else int(value) if name.startswith("call") else float(value)
+                rows.append(row)
+        frame = pd.DataFrame(rows, columns=columns)
+        return frame.astype({c: object for c in values}).where(frame.notna(), None)
+
+
+KEY_COLUMNS = ["input", "study_key", "n_images", "error"]
+
+
+def output_columns(bundle: Any) -> list[str]:
+    """The pyfunc's output columns for ``bundle``: :data:`OUTPUT_COLUMNS`, then per output of a
+    multi-label/multi-class bundle ``score.<name>``/``call.<name>``, then ``class`` (multi-class arg-max)."""
+    per_output = [c for n in bundle.outputs for c in (f"score.{n}", f"call.{n}")]
+    return OUTPUT_COLUMNS + per_output + (["class"] if bundle.task == "multiclass" else [])
+
+
+def _image_scores(predictor: Any, x: Any) -> dict[str, Any]:
+    """The output values of one preprocessed image (a study of one image)."""
+    bundle = predictor.bundles[0]
+    score, per = predictor.score_outputs(0, x)
+    out: dict[str, Any] = {"score": None, "call": None}
+    if bundle.binary_call:  # a multi-class bundle without data.normal has no abnormal-vs-normal score
+        out["score"] = float(bundle.study_scores(score)[0])
+        out["call"] = int(out["score"] >= bundle.threshold)
+    for k, (name, t) in enumerate(bundle.output_thresholds.items()):
+        out[f"score.{name}"] = float(per[0, k])
+        out[f"call.{name}"] = None if np.isnan(t) else int(per[0, k] >= t)
+    if bundle.task == "multiclass":
+        out["class"] = bundle.outputs[int(np.argmax(per[0]))]
+    return out
 
 
 def _no_call(row: int, error: str) -> dict[str, Any]:
@@ -89,16 +119,20 @@ def _no_call(row: int, error: str) -> dict[str, Any]:
     return {"input": row, "study_key": "", "n_images": 0, "score": None, "call": None, "error": error}
 
 
-def signature():
-    """Input: optional ``path`` (string) and ``image`` (C×H×W array); output: the study rows."""
+def signature(bundle: Any = None):
+    """Input: optional ``path`` (string) and ``image`` (C×H×W array); output: the study rows
+    (:func:`output_columns` of ``bundle``; without one, those of a binary bundle)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Schema
 
     inputs = Schema([ColSpec("string", "path", required=False),
                      ColSpec(Array(Array(Array("double"))), "image", required=False)])
+    extra = [] if bundle is None else output_columns(bundle)[len(OUTPUT_COLUMNS):]
     outputs = Schema([ColSpec("long", "input"), ColSpec("string", "study_key"), ColSpec("long", "n_images"),
                       ColSpec("double", "score", required=False), ColSpec("long", "call", required=False),
-                      ColSpec("string", "error")])
+                      ColSpec("string", "error")]
+                     + [ColSpec("string" if c == "class" else "long" if c.startswith("call") else "double", c,
+                                required=False) for c in extra])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -137,7 +171,7 @@ def register_bundle(bundle_dir: Path, name: str, run_id: str | None = None, trac
         mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="medlora_model", python_model=MedloraPyfunc(), artifacts=artifacts, signature=signature(),
+                name="medlora_model", python_model=MedloraPyfunc(), artifacts=artifacts, signature=signature(bundle),
                 registered_model_name=name, pip_requirements=pip_requirements(),
                 metadata={"medlora_base": {k: base[k] for k in ("timm_name", "source", "sha256", "state_sha256")},
                           "medlora_method": bundle.method, "medlora_weights": bundle.meta.get("weights")},

@@ -244,3 +244,10 @@ def test_predict_applies_the_bundles_recalibration_before_its_threshold(bundle_d
     np.testing.assert_allclose(got["score"], cal.apply(raw["score"].to_numpy()), atol=1e-6)
     assert not np.allclose(got["score"], raw["score"])
     assert (got["call"] == raw["call"]).all()  # a monotone map with its threshold mapped alike: the same calls
+
+
+def test_a_multiclass_study_is_called_its_argmax_class_and_none_without_a_score():
+    from medlora.export.predict import argmax_class
+
+    studies = pd.DataFrame({"score.a_x": [0.2, 0.5, np.nan], "score.b_x": [0.7, 0.1, np.nan], "score.c_x": [0.1, 0.4, np.nan]})
+    assert argmax_class(studies, ["a", "b", "c"], "_x") == ["b", "a", None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from medlora.export.card import metric_rows, model_card
@@ -169,3 +170,142 @@ def test_a_recalibrated_run_carries_its_map_to_the_bundle_and_says_probability(p
     bundle = pd.read_csv(out / "bundle" / "predictions.csv").query("split == 'test'").set_index("study_key")
     run = pd.read_csv(out / "test_studies.csv").set_index("study_key")  # the scores the run evaluated
     np.testing.assert_allclose(bundle.loc[run.index, "score"], run["score"], atol=1e-9)
+
+
+# ---- multi-label and multi-class reports --------------------------------------------------------------
+
+FINDINGS = ("nodule", "effusion", "cardiomegaly", "mass")
+GRADES = ("grade0", "grade1", "grade2")
+
+
+def _multi(task: str, normal: int | None = None, n: int = 60) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    """``(meta, metrics, targets, scores)`` of a multi-output evaluation on synthetic studies, shaped as
+    ``medlora run`` writes them (``mass`` has no positive test study; ``nodule`` has unknown targets)."""
+    from medlora.config import EvaluateConfig
+    from medlora.evaluate.findings import StudyMatrix, evaluate_findings
+    from medlora.evaluate.findings import to_json as multi_json
+    from medlora.evaluate.report import to_json
+
+    rng = np.random.default_rng(0)
+    if task == "multilabel":
+        names = FINDINGS
+        targets = rng.integers(0, 2, (n, 4)).astype(float)
+        targets[:, 3], targets[:5, 0] = 0, np.nan
+        scores = np.clip(np.nan_to_num(targets) * 0.4 + rng.random((n, 4)) * 0.6, 0, 1)
+    else:
+        names = GRADES
+        targets = np.eye(3)[rng.integers(0, 3, n)]
+        scores = targets * 0.5 + rng.random((n, 3))
+        scores /= scores.sum(axis=1, keepdims=True)
+    keys = np.array([f"s{i}" for i in range(n)])
+    m = StudyMatrix(keys, keys, scores, targets)
+    result = evaluate_findings(m, m, names, EvaluateConfig(bootstrap=100), task, normal, ordinal=task == "multiclass")
+    settings = {"policy": "youden", "n_bootstrap": 100, "ci": 0.95, "seed": 0, "min_per_class": 10}
+    metrics = {**(to_json(result.any_finding) if result.any_finding else {}),
+               "multi": {**multi_json(result), "settings": settings}}
+    meta = _meta()
+    per_output = {f.name: f.threshold for f in result.findings}
+    if result.any_finding is None:
+        meta["labels"] = {"task": task, "outputs": list(names), "normal": None, "classes": list(names),
+                          "abnormal": None, "abnormal_index": None}
+        meta["operating_point"] = {"policy": "youden", "threshold": None, "aggregate": "max", "call": "argmax"}
+    else:
+        meta["labels"] = {"task": task, "outputs": list(names), "normal": None if normal is None else names[normal],
+                          "classes": ["no finding" if normal is None else names[normal], "any finding"],
+                          "abnormal": "any finding", "abnormal_index": None}
+        meta["operating_point"]["threshold"] = result.any_finding.operating_point.threshold
+    meta["operating_point"]["per_output"] = per_output
+    return meta, metrics, targets, scores
+
+
+def _multi_page(meta: dict, metrics: dict, targets: np.ndarray, scores: np.ndarray, tmp_path) -> str:
+    from medlora.evaluate.roc_grid import plot_roc_grid
+    from medlora.export.html import Figure
+
+    grid = plot_roc_grid(meta["labels"]["outputs"], targets, scores, tmp_path / "roc_findings.png",
+                         meta["operating_point"]["per_output"])
+    return render_report(meta, metrics, [], [], "no examples", model_card(meta, metrics, True), DATA_CARD,
+                         Figure(grid, "ROC per finding"))
+
+
+def _row(page: str, name: str) -> str:
+    return page.split(f"<tr><th>{name}</th>", 1)[1].split("</tr>", 1)[0]
+
+
+def test_a_multilabel_report_has_a_row_per_finding_with_labelled_intervals_and_counts(tmp_path):
+    from medlora.evaluate.intervals import wilson_interval
+
+    meta, metrics, targets, scores = _multi("multilabel")
+    page = _multi_page(meta, metrics, targets, scores, tmp_path)
+    assert "<h1>Model review: multilabel, 4 findings (nodule, effusion, cardiomegaly, mass)</h1>" in page
+    table = page.split('<table class="findings">', 1)[1].split("</table>", 1)[0]
+    assert "[95% DeLong]" in table and "[95% Wilson]" in table and "[95% bootstrap, patient-clustered (100 resamples)]" in table
+    for f in metrics["multi"]["findings"][:3]:  # each defined finding: counts, AUROC with DeLong, rates with k/n and Wilson
+        row = _row(page, f["name"])
+        n_pos, n_neg = f["n_positive"], f["n"] - f["n_positive"]
+        tp = round(f["metrics"]["sensitivity"] * n_pos)
+        low, high = f["intervals"]["auroc_delong"]
+        wl, wh = wilson_interval(tp, n_pos, 0.95)
+        assert f"{n_pos} / {n_neg}" in row and f"{f['metrics']['auroc']:.3f}" in row and f"[{low:.3f}, {high:.3f}]" in row
+        assert f"{tp}/{n_pos}" in row and f"[{wl:.3f}, {wh:.3f}]" in row
+    known = targets[~np.isnan(targets[:, 0]), 0]  # nodule: 5 unknown targets left out of its counts
+    assert known.size == 55 and f"{int(known.sum())} / {int(known.size - known.sum())}</td>" in _row(page, "nodule")
+    mass = _row(page, "mass")  # no positive: NaN with the reason, not hidden
+    assert mass.count(">NaN") == 4 and "no operating point" in mass and "test holds 0 positives of 60 known" in mass
+    macro = metrics["multi"]["summary"]["auroc_macro"]
+    low, high = metrics["multi"]["intervals"]["auroc_macro"]
+    assert f"{macro:.3f}" in page and f"[{low:.3f}, {high:.3f}] (95% bootstrap" in page and "Micro AUROC" in page
+    assert "3 of 4" in page  # findings with a defined AUROC
+    assert "<h2>Any finding vs no finding</h2>" in page and "(true positives)" in page  # the binary section
+    assert '<figure class="wide" style="max-width:1320px"><img alt="ROC per finding" src="data:image/png;base64,' in page
+    assert "Confusion matrix of the arg-max call" not in page
+
+
+def test_a_multiclass_report_without_normal_says_why_there_is_no_operating_point(tmp_path):
+    meta, metrics, targets, scores = _multi("multiclass")
+    page = _multi_page(meta, metrics, targets, scores, tmp_path)
+    assert '<p id="no-any-finding">This multi-class model was trained without <code>data.normal</code>' in page
+    assert "(true positives)" not in page and "Curves and calibration" not in page
+    summary = metrics["multi"]["summary"]
+    assert f"{summary['balanced_accuracy']:.3f}" in page and "Quadratic-weighted kappa" in page
+    assert f"{summary['kappa_quadratic']:.3f}" in page
+    confusion = page.split('<table class="confusion">', 1)[1].split("</table>", 1)[0]
+    matrix = metrics["multi"]["confusion"]
+    assert "<th>called grade2</th>" in confusion
+    assert f'<tr><th>truly grade1</th><td class="num">{matrix[1][0]}</td><td class="num diag">{matrix[1][1]}</td>' in confusion
+    assert "none: no class is named normal" in page  # the operating-point row of the model details
+    assert 'id="too-small"' not in page  # about 20 studies of each class
+
+
+def test_a_small_multiclass_test_set_names_its_small_classes():
+    meta, metrics, _, _ = _multi("multiclass", n=24)
+    small = [f"{f['name']} ({f['n_positive']})" for f in metrics["multi"]["findings"] if f["n_positive"] < 10]
+    page = render_report(meta, metrics, [], [], "", "# card", None)
+    assert small and f"of class {', '.join(small)}" in page.split('id="too-small">', 1)[1].split("</p>", 1)[0]
+
+
+@pytest.mark.parametrize("task,normal", [("multilabel", None), ("multiclass", None), ("multiclass", 0)])
+def test_the_model_card_lists_every_finding_auroc(task, normal):
+    meta, metrics, _, _ = _multi(task, normal)
+    card = model_card(meta, metrics, True)
+    for f in metrics["multi"]["findings"]:
+        auroc = "NaN" if f["metrics"]["auroc"] is None else f"{f['metrics']['auroc']:.3f}"
+        assert re.search(rf"^\| {f['name']} \| {f['n_positive']} / {f['n'] - f['n_positive']} \| {auroc} ", card, re.M)
+    assert "| Macro AUROC |" in card
+    assert ("No abnormal-vs-normal evaluation" in card) == (task == "multiclass" and normal is None)
+    assert ("| AUROC (area under the ROC curve) |" in card) == (meta["labels"]["abnormal"] is not None)
+
+
+def test_the_roc_grid_has_one_panel_per_finding_even_without_positives(tmp_path):
+    from matplotlib.image import imread
+
+    from medlora.evaluate.roc_grid import DPI, PANEL_INCHES, grid_shape, plot_roc_grid
+
+    _, _, targets, scores = _multi("multilabel")
+    names = list(FINDINGS) + ["extra"]
+    t, s = np.c_[targets, targets[:, 1]], np.c_[scores, scores[:, 1]]
+    png = imread(plot_roc_grid(names, t, s, tmp_path / "g.png", {"nodule": 0.5, "mass": float("nan")}))
+    assert grid_shape(5) == (2, 4) and grid_shape(2) == (1, 2)
+    assert png.shape[:2] == (round(2 * PANEL_INCHES * DPI), round(4 * PANEL_INCHES * DPI))
+    with pytest.raises(ValueError, match=r"must both be \(studies, 5\)"):
+        plot_roc_grid(names, t[:, :4], s[:, :4], tmp_path / "bad.png")
