@@ -1,7 +1,10 @@
 """Patient-level, label-stratified, seeded splits that are persisted and reused.
 
 A patient is never in two splits. Patients are stratified by their label (a patient is
-abnormal if any of their studies is). The split is written to a CSV of pseudonymous patient
+abnormal if any of their studies is; multi-class: the patient's highest class index). A
+multi-label manifest (a ``findings`` column, :mod:`.findings`) is stratified over every finding
+and "no finding present" at once by iterative stratification (:mod:`.stratify`): each finding
+with at least three positive patients has positives in train, validation and test. The split is written to a CSV of pseudonymous patient
 keys; a later run of the same dataset with the same fractions and seed reuses it, and patients
 that were not there before are added without moving anyone who was.
 """
@@ -16,31 +19,46 @@ import pandas as pd
 
 from ..config import SplitConfig
 from ..errors import InputError, LeakageError
+from .findings import decode_column
 from .labels import normalise_path_key
+from .stratify import iterative_stratification, split_counts
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
 def _draw(patients: pd.Series, cfg: SplitConfig) -> dict[str, str]:
-    """Assign patients (index = key, value = label) to splits, stratified by label."""
+    """Assign patients (index = key, value = label) to splits, stratified by label (binary, multi-class)."""
     rng = np.random.default_rng(cfg.seed)
     out: dict[str, str] = {}
     fractions = np.array([cfg.train, cfg.val, cfg.test])
     for _, group in patients.groupby(patients):
         keys = sorted(group.index)
         rng.shuffle(keys)
-        n = len(keys)
-        counts = np.floor(fractions * n).astype(int)
-        for i in np.argsort(-(fractions * n - counts))[: n - counts.sum()]:
-            counts[i] += 1  # largest remainders first
-        for i in (1, 2):  # every split sees each class whenever the class has >= 3 patients
-            if counts[i] == 0 and counts[0] > 1:
-                counts[i], counts[0] = 1, counts[0] - 1
-        bounds = np.cumsum(counts)
+        bounds = np.cumsum(split_counts(len(keys), fractions))
         for i, key in enumerate(keys):
             out[key] = SPLITS[int(np.searchsorted(bounds, i, side="right"))]
     return out
+
+
+def _draw_findings(findings: pd.DataFrame, cfg: SplitConfig) -> dict[str, str]:
+    """Assign patients (rows of :func:`patient_findings`) to splits by iterative stratification over
+    their positive findings and "no finding present" (:func:`~medlora.io.stratify.iterative_stratification`)."""
+    findings = findings.sort_index()
+    positive = findings.to_numpy() == 1.0  # unknown (NaN) is not a positive
+    strata = np.column_stack([positive, ~positive.any(axis=1)])
+    fractions = np.array([cfg.train, cfg.val, cfg.test])
+    drawn = iterative_stratification(strata, fractions, np.random.default_rng(cfg.seed))
+    return {key: SPLITS[int(i)] for key, i in zip(findings.index, drawn, strict=True)}
+
+
+def patient_findings(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient (sorted keys), one column per finding of a multi-label manifest's ``findings``
+    codes: 1 when any of the patient's studies has it, 0 when every known value is 0, NaN when unknown."""
+    codes = manifest["findings"].astype(str)
+    n = codes.iloc[0].count(",") + 1 if len(codes) else 0
+    matrix = pd.DataFrame(decode_column(codes, n), index=manifest["patient_key"].to_numpy())
+    return matrix.groupby(level=0).max().sort_index()  # max skips NaN; all-NaN stays NaN
 
 
 def _params(cfg: SplitConfig) -> str:
@@ -61,7 +79,9 @@ def assign_splits(manifest: pd.DataFrame, cfg: SplitConfig, file: Path) -> pd.Da
     new = patients[~patients.index.isin(stored)]
     assignment = {k: stored[k] for k in known.index}
     if len(new):
-        assignment.update(_draw(new, cfg))
+        multilabel = "findings" in manifest.columns
+        assignment.update(_draw_findings(patient_findings(manifest).loc[new.index], cfg) if multilabel
+                          else _draw(new, cfg))
         if stored:
             log.info("split %s: %d new patients assigned, %d kept", file, len(new), len(known))
     file.parent.mkdir(parents=True, exist_ok=True)

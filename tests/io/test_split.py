@@ -4,7 +4,7 @@ import pytest
 
 from medlora.config import SplitConfig
 from medlora.errors import LeakageError
-from medlora.io.split import assign_splits, audit_leakage
+from medlora.io.split import assign_splits, audit_leakage, patient_findings
 
 
 def _manifest(n_patients=50, images=3, seed=0):
@@ -56,3 +56,84 @@ def test_leakage_audit_catches_a_planted_duplicate(tmp_path, column):
     m.loc[test_idx, column] = train_row[column]
     with pytest.raises(LeakageError, match=f"{column}={train_row[column]} in test\\+train"):
         audit_leakage(m)
+
+
+# The binary draw as it was before multi-label stratification existed (labels of p00..p29 below, seeds 0 and 5):
+# the same fractions and seed must keep giving the same split, so persisted experiments stay comparable.
+BINARY_LABELS = "000100100001100000001101100000"
+BINARY_SPLITS = {0: "trtetrtetrtrvavatrvatrtrtrtetrtrtrvatetevatrtrtrtrvatrtrtrva",
+                 5: "tetrtrvatrvatetetrtrtetrtrtrvatrtrvatevatrtrtrtrvatrtrvatrtr"}
+
+
+@pytest.mark.parametrize("seed", sorted(BINARY_SPLITS))
+def test_binary_draw_is_unchanged(tmp_path, seed):
+    m = pd.DataFrame({"sample_id": [f"s{i}" for i in range(30)], "patient_key": [f"p{i:02d}" for i in range(30)],
+                      "label": [int(c) for c in BINARY_LABELS]})
+    out = assign_splits(m, SplitConfig(seed=seed), tmp_path / "split.csv")
+    assert "".join(s[:2] for s in out.sort_values("patient_key")["split"]) == BINARY_SPLITS[seed]
+
+
+FINDINGS = ("nodule", "effusion", "mass")
+
+
+def _multilabel(n_patients=40, seed=0, rare=3):
+    """Patients with one or two studies; ``mass`` is rare (``rare`` patients, all with effusion too),
+    nodule is sometimes unknown (blank), which is never a positive."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        values = [int(rng.random() < 0.3), int(rng.random() < 0.25), 0]
+        if p < rare:
+            values[1:] = [1, 1]
+        for s in range(1 + p % 2):
+            codes = [str(v) for v in values]
+            if s == 1 and values[0] == 0 and p % 3 == 0:
+                codes[0] = ""  # unknown nodule on the second study
+            rows.append({"sample_id": f"s{p}-{s}", "patient_key": f"p{p:02d}", "study_key": f"st{p}-{s}",
+                         "findings": ",".join(codes), "label": int(any(v == 1 for v in values))})
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _positive_splits(m):
+    decoded = np.array([[c == "1" for c in code.split(",")] for code in m["findings"]])
+    return {f: set(m.loc[decoded[:, j], "split"]) for j, f in enumerate(FINDINGS)}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_multilabel_split_puts_every_finding_in_every_split(tmp_path, seed):
+    m = assign_splits(_multilabel(seed=seed), SplitConfig(seed=seed), tmp_path / "split.csv")
+    assert m.groupby("patient_key")["split"].nunique().max() == 1
+    assert all(splits == {"train", "val", "test"} for splits in _positive_splits(m).values())
+    normal = m[m["label"] == 0].drop_duplicates("patient_key")  # "no finding" is stratified too
+    assert set(normal["split"]) == {"train", "val", "test"}
+    sizes = m.drop_duplicates("patient_key")["split"].value_counts()
+    assert sizes["train"] > sizes["val"] and sizes["train"] > sizes["test"]
+    again = assign_splits(_multilabel(seed=seed), SplitConfig(seed=seed), tmp_path / "other.csv")
+    pd.testing.assert_series_equal(m["split"], again["split"])  # seeded
+
+
+def test_stratifying_by_any_finding_alone_misses_the_rare_finding(tmp_path):
+    """Why multi-label patients are stratified per finding: the binary draw leaves the rare finding out of a split."""
+    missed = 0
+    for seed in range(8):
+        m = _multilabel(seed=seed).drop(columns="findings")
+        split = assign_splits(m, SplitConfig(seed=seed), tmp_path / f"b{seed}.csv")
+        rare = split[split["patient_key"].isin([f"p{i:02d}" for i in range(3)])]
+        missed += set(rare["split"]) != {"train", "val", "test"}
+    assert missed > 0
+
+
+def test_patient_findings_counts_unknown_as_not_positive():
+    m = pd.DataFrame({"patient_key": ["a", "a", "b", "b", "c"], "findings": ["1,0,", "0,,", ",0,0", ",,0", "0,1,1"]})
+    f = patient_findings(m)
+    assert list(f.index) == ["a", "b", "c"]
+    np.testing.assert_array_equal(f.to_numpy(), [[1, 0, np.nan], [np.nan, 0, 0], [0, 1, 1]])
+
+
+def test_multilabel_split_file_is_reused(tmp_path):
+    f = tmp_path / "split.csv"
+    first = assign_splits(_multilabel(), SplitConfig(seed=2), f)
+    grown = assign_splits(pd.concat([_multilabel(), _multilabel(50).query("patient_key >= 'p40'")]),
+                          SplitConfig(seed=2), f)
+    merged = first.merge(grown, on="sample_id", suffixes=("_a", "_b"))
+    assert (merged["split_a"] == merged["split_b"]).all() and grown["split"].notna().all()
