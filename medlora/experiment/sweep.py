@@ -15,6 +15,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from ..train.fewshot import (
 )
 from ..train.workbench import Workbench
 from .session import experiment_name, open_run, run_name, run_tags
-from .train_eval import ExperimentResult, train_and_evaluate
+from .train_eval import ExperimentResult, study_subgroups, train_and_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,11 @@ class SweepSummary(RunSummary):
 def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, str], out: Path,
               dataset: Any | None = None, run_id: str | None = None) -> ExperimentResult:
     """Train and evaluate one point as a nested MLflow run of the active parent (or in the child
-    run ``run_id`` a Ray worker has claimed, :mod:`.ray_executor`)."""
+    run ``run_id`` a Ray worker has claimed, :mod:`.ray_executor`), with the per-subgroup metrics of
+    ``evaluate.subgroups`` as a single run logs them."""
     import mlflow
 
-    support = draw_support(bench.train_frame, point.shots, point.seed)
+    support = draw_support(bench.train_frame, point.shots, point.seed, names=cfg.data.findings)
     params = {"shots": point.shots, "seed": point.seed, "support_patients": len(support.patient_keys),
               "support_samples": len(support.positions), "support_hash": support.key_hash}
     with open_run(cfg, bench.data, point.method, role="child", nested=True, params=params, dataset=dataset,
@@ -92,12 +94,19 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, 
             model = probe_head(model)
         torch.manual_seed(point.seed)
         return train_and_evaluate(model.to(bench.device), loaders, cfg, bench.device, trainable, out=out,
-                                  augment=point.method != "linear_probe")
+                                  augment=point.method != "linear_probe", subgroups=study_subgroups(bench.data, cfg))
 
 
-def summarise(client: Any, parent: Any, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def summarise(client: Any, parent: Any, out: Path, outputs: Sequence[str] | None = None,
+              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(children, summary, DeLong) of a parent's FINISHED children; writes and logs the summary files
-    and logs the summary as parent metrics (``<metric>_mean.<method>.<shots>shot``)."""
+    and logs the summary as parent metrics (``<metric>_mean.<method>.<shots>shot``).
+
+    Binary sweeps summarise ``test_auroc`` and the operating-point metrics; multi-class/multi-label
+    sweeps (:func:`~medlora.tracking.compare.summary_metric_names`) the macro AUROC and each
+    finding's (``outputs``: the findings or classes, for their order), with a learning curve of the
+    macro AUROC and small multiples per finding (``learning_curves_findings.png``).
+    """
     children = cmp.children_frame(cmp.child_runs(client, parent))
     if children.empty:
         return children, pd.DataFrame(), pd.DataFrame()
@@ -106,19 +115,26 @@ def summarise(client: Any, parent: Any, out: Path) -> tuple[pd.DataFrame, pd.Dat
         for row in children.itertuples():
             path = client.download_artifacts(row.run_id, "test_studies.csv", tmp)
             studies[(row.method, row.shots, row.seed)] = pd.read_csv(path, dtype={"study_key": str, "patient_key": str})
-    summary = cmp.summary_table(children)
+    summary = cmp.summary_table(children, cmp.summary_metric_names(children, outputs))
+    multi = cmp.headline_metric(summary) == cmp.MACRO
     delong = cmp.paired_delong(studies, reference="lora")
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv", index=False)
     delong.to_csv(out / "delong.csv", index=False)
     children.to_csv(out / "children.csv", index=False)
-    text = ["# Few-shot sweep summary", "", "mean ± sd over seeds; one FINISHED child run per (method, shots, seed)", "",
-            cmp.markdown_table(cmp.format_summary(summary)), "",
-            "## DeLong paired tests on the same test studies (clustered by patient)", "",
+    note = ("test AUROC per finding (test_auroc.<finding>) and their mean (test_auroc_macro); " if multi else "")
+    text = ["# Few-shot sweep summary", "", note + "mean ± sd over seeds; one FINISHED child run per (method, shots, seed)",
+            "", cmp.markdown_table(cmp.format_summary(summary)), "",
+            "## DeLong paired tests on the same test studies (clustered by patient)"
+            + (" of the any-finding score" if multi else ""), "",
             cmp.markdown_table(cmp.format_delong(delong)) if not delong.empty else "(no pairs to compare)"]
     (out / "summary.md").write_text("\n".join(text) + "\n")
     cmp.plot_learning_curve(summary, out / "learning_curve.png")
-    for name in ("summary.csv", "summary.md", "delong.csv", "children.csv", "learning_curve.png"):
+    files = ["summary.csv", "summary.md", "delong.csv", "children.csv", "learning_curve.png"]
+    if multi:
+        cmp.plot_finding_curves(summary, out / "learning_curves_findings.png")
+        files.append("learning_curves_findings.png")
+    for name in files:
         track.log_artifact(out / name)
     track.log_metrics(cmp.summary_metrics(summary))
     return children, summary, delong
@@ -134,7 +150,8 @@ def run_sweep(cfg: Config, data: PreparedData, out: Path) -> SweepSummary:
         raise MedloraError("the fewshot pipeline needs a 'fewshot:' section in the config")
     t0 = time.perf_counter()
     out = Path(out)
-    check_shots(data.split("train"), cfg.fewshot)
+    check_shots(data.split("train"), cfg.fewshot, cfg.data.findings)
+    study_subgroups(data, cfg)  # an evaluate.subgroups field no study has fails here, before any training
     configure_threads(cfg.train.threads)
     uri = track.configure(cfg.tracking)
     experiment = experiment_name(cfg, data)
@@ -173,7 +190,7 @@ def run_sweep(cfg: Config, data: PreparedData, out: Path) -> SweepSummary:
             except MedloraError as err:  # this point cannot be measured (e.g. one class); the others can
                 log.error("child %s failed: %s", point.name, err)
                 failed.append(point.name)
-        children, summary, _ = summarise(client, client.get_run(mlparent.info.run_id), out)
+        children, summary, _ = summarise(client, client.get_run(mlparent.info.run_id), out, cfg.data.outputs)
         track.log_metrics({"children_finished": len(children), "children_failed": len(failed)})
     table = cmp.markdown_table(cmp.format_summary(summary)) if not summary.empty else "(no finished child runs)"
     log.info("sweep finished in %.1f s: %d trained, %d skipped", time.perf_counter() - t0, ran, len(finished))

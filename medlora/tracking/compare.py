@@ -4,14 +4,15 @@ A sweep is one parent run (tag ``medlora.role=sweep``) with one nested child run
 (method, shots, seed) (tag ``medlora.role=child``; params ``method``, ``shots``, ``seed``). Exactly one
 FINISHED child counts per point: the latest one, if a point was ever rerun. Runs are read with
 :class:`mlflow.MlflowClient`, so everything here works on any tracking store (SQLite, a file
-store or an ``http://`` server).
+store or an ``http://`` server). A multi-class or multi-label sweep is summarised per finding
+(``test_auroc.<finding>``) and by the macro AUROC (``test_auroc_macro``) instead of the binary metrics.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import MedloraError
+from ..evaluate.metrics import _safe_name
 from ..registry import METHODS
 from . import tags as T
 
 log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("test_auroc", "test_auprc", "test_sensitivity", "test_specificity", "val_auroc", "train_seconds")
+MACRO = "test_auroc_macro"  # what a multi-class/multi-label child logs instead of test_auroc (mean over findings)
 METHOD_ORDER = METHODS
 
 
@@ -73,8 +76,33 @@ def children_frame(runs: Iterable[Any], finished_only: bool = True) -> pd.DataFr
     return frame.iloc[sorted(range(len(frame)), key=keys.__getitem__)].reset_index(drop=True)
 
 
-def summary_table(children: pd.DataFrame, metrics: Iterable[str] = SUMMARY_METRICS) -> pd.DataFrame:
-    """Mean and sd over seeds per (method, shots): columns ``method, shots, n_seeds, <m>_mean, <m>_sd``."""
+def summary_metric_names(children: pd.DataFrame, outputs: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The metrics a sweep summary shows: :data:`SUMMARY_METRICS` for binary children; for children of a
+    multi-class/multi-label sweep (they log ``test_auroc_macro``) the macro AUROC, each finding's
+    ``test_auroc.<finding>`` (in the order of ``outputs`` when given), ``val_auroc`` and ``train_seconds``."""
+    if MACRO not in children.columns:
+        return SUMMARY_METRICS
+    found = [c.split(".", 1)[1] for c in children.columns if c.startswith("test_auroc.")]
+    if outputs is not None:
+        keys = [_safe_name(o) for o in outputs]
+        found = [k for k in keys if k in found] + sorted(set(found) - set(keys))
+    return (MACRO, *(f"test_auroc.{f}" for f in found), "val_auroc", "train_seconds")
+
+
+def finding_metrics(summary: pd.DataFrame) -> list[str]:
+    """The per-finding AUROC metrics of a :func:`summary_table` (``test_auroc.<finding>``), in its column order."""
+    return [c[: -len("_mean")] for c in summary.columns if c.startswith("test_auroc.") and c.endswith("_mean")]
+
+
+def headline_metric(summary: pd.DataFrame) -> str:
+    """``test_auroc`` for a binary sweep's summary, ``test_auroc_macro`` for a multi-class/multi-label one."""
+    return MACRO if f"{MACRO}_mean" in summary.columns else "test_auroc"
+
+
+def summary_table(children: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.DataFrame:
+    """Mean and sd over seeds per (method, shots): columns ``method, shots, n_seeds, <m>_mean, <m>_sd``
+    (``metrics`` default: :func:`summary_metric_names`)."""
+    metrics = summary_metric_names(children) if metrics is None else tuple(metrics)
     rows = []
     for (method, shots), g in children.groupby(["method", "shots"], sort=False):
         row: dict[str, Any] = {"method": method, "shots": shots, "n_seeds": len(g)}
@@ -86,18 +114,20 @@ def summary_table(children: pd.DataFrame, metrics: Iterable[str] = SUMMARY_METRI
     return pd.DataFrame(rows)
 
 
-def summary_metrics(summary: pd.DataFrame, metrics: Iterable[str] = ("test_auroc", "val_auroc")) -> dict[str, float]:
+def summary_metrics(summary: pd.DataFrame, metrics: Iterable[str] | None = None) -> dict[str, float]:
     """Parent-run metrics from a :func:`summary_table`: ``<m>_mean.<method>.<shots>shot`` per row and
     ``best_<m>_mean.<method>`` (the best shot count's mean), so the experiment table compares sweeps
-    without opening them."""
+    without opening them. ``metrics`` default: the :func:`headline_metric` (``test_auroc``, or
+    ``test_auroc_macro`` for multi-class/multi-label) and ``val_auroc``."""
+    metrics = (headline_metric(summary), "val_auroc") if metrics is None else tuple(metrics)
     out: dict[str, float] = {}
-    for row in summary.itertuples(index=False):
+    for row in summary.to_dict("records"):
         for m in metrics:
-            value = getattr(row, f"{m}_mean", float("nan"))
+            value = row.get(f"{m}_mean", float("nan"))
             if not math.isfinite(value):
                 continue
-            out[f"{m}_mean.{row.method}.{row.shots}shot"] = value
-            best = f"best_{m}_mean.{row.method}"
+            out[f"{m}_mean.{row['method']}.{row['shots']}shot"] = value
+            best = f"best_{m}_mean.{row['method']}"
             out[best] = max(out.get(best, -math.inf), value)
     return out
 
@@ -116,8 +146,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def format_summary(summary: pd.DataFrame, metrics: Iterable[str] = SUMMARY_METRICS) -> pd.DataFrame:
-    """``summary_table`` with ``mean ± sd`` cells (seconds with one decimal, the rest with three)."""
+def format_summary(summary: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.DataFrame:
+    """``summary_table`` with ``mean ± sd`` cells (seconds with one decimal, the rest with three);
+    ``metrics`` default: every metric the summary holds, in its order."""
+    if metrics is None:
+        metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
     out = summary[["method", "shots", "n_seeds"]].copy()
     for m in metrics:
         if f"{m}_mean" in summary:
@@ -171,25 +204,60 @@ def format_delong(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def plot_learning_curve(summary: pd.DataFrame, path: Path, metric: str = "test_auroc") -> Path:
-    """Mean ``metric`` against shots, one line per method, error bars = sd over seeds (PNG)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    shots = sorted({str(s) for s in summary["shots"]}, key=shots_order)
-    fig = Figure(figsize=(5.5, 4.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+def _curves(ax: Any, summary: pd.DataFrame, metric: str, shots: list[str]) -> None:
+    """One line per method: mean ``metric`` against shots, error bars = sd over seeds."""
     for method, g in summary.groupby("method", sort=False):
         g = g.set_index(g["shots"].astype(str)).reindex(shots)
         ax.errorbar(range(len(shots)), g[f"{metric}_mean"], yerr=g[f"{metric}_sd"].fillna(0.0), marker="o",
                     capsize=3, label=str(method))
     ax.set_xticks(range(len(shots)), [f"{s}" for s in shots])
+    ax.grid(alpha=0.3)
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_learning_curve(summary: pd.DataFrame, path: Path, metric: str | None = None) -> Path:
+    """Mean ``metric`` (default :func:`headline_metric`) against shots, one line per method, error
+    bars = sd over seeds (PNG)."""
+    metric = metric or headline_metric(summary)
+    shots = sorted({str(s) for s in summary["shots"]}, key=shots_order)
+    fig = _figure(5.5, 4.0)
+    ax = fig.add_subplot()
+    _curves(ax, summary, metric, shots)
+    ax.set_ylim(top=1.02)
     ax.set_xlabel("patients per class in the training set (shots)")
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_ylim(top=1.02)
-    ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_finding_curves(summary: pd.DataFrame, path: Path, columns: int = 3) -> Path:
+    """Small multiples of a multi-class/multi-label sweep: the macro AUROC's learning curve, then one
+    panel per finding (:func:`finding_metrics`), on shared axes, one line per method (PNG)."""
+    metrics = [MACRO, *finding_metrics(summary)]
+    shots = sorted({str(s) for s in summary["shots"]}, key=shots_order)
+    rows = math.ceil(len(metrics) / columns)
+    fig = _figure(3.2 * min(columns, len(metrics)), 2.8 * rows)
+    axes = fig.subplots(rows, min(columns, len(metrics)), sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, metric in zip(axes, metrics, strict=False):
+        _curves(ax, summary, metric, shots)
+        ax.set_title("macro AUROC" if metric == MACRO else metric.split(".", 1)[1])
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    axes[0].set_ylim(top=1.02)  # shared: after every panel's data, so the lowest curve stays in view
+    axes[0].legend(fontsize="small")
+    fig.supxlabel("training patients per class or finding (shots)")
+    fig.supylabel("test AUROC")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

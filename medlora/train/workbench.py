@@ -34,7 +34,7 @@ class Workbench:
     def __init__(self, cfg: Config, data: PreparedData, out: Path) -> None:
         self.cfg, self.data = cfg, data
         self.device = resolve_device(cfg.train.device)
-        self.num_classes = len(cfg.data.classes)
+        self.num_classes = len(cfg.data.outputs)  # one output per class, or per finding (multilabel)
         self.base, self.base_info = create_base(cfg.model, self.num_classes, init_dir=Path(out) / "base",
                                                 seed=cfg.train.seed)
         self.base.requires_grad_(False)

@@ -5,10 +5,15 @@ import pandas as pd
 import pytest
 
 from medlora.tracking.compare import (
+    SUMMARY_METRICS,
+    finding_metrics,
     format_summary,
     markdown_table,
     paired_delong,
+    plot_finding_curves,
     plot_learning_curve,
+    summary_metric_names,
+    summary_metrics,
     summary_table,
 )
 
@@ -71,3 +76,37 @@ def test_compare_prints_the_summary_table_by_experiment_and_by_run_id(finished_s
     assert expected in capsys.readouterr().out
     assert main(["compare", "no-such-experiment", "--tracking-uri", cfg.tracking.uri]) == 2
     assert "neither an experiment name nor a run id" in capsys.readouterr().err
+
+
+def multilabel_children() -> pd.DataFrame:
+    rows = []
+    for method, base in (("lora", 0.8), ("linear_probe", 0.7)):
+        for shots in ("1", "4"):
+            for seed in (0, 1):
+                aucs = {"nodule": base - 0.1, "mass": base + 0.1 + 0.02 * seed}
+                rows.append({"method": method, "shots": shots, "seed": seed, "val_auroc": 0.7, "train_seconds": 1.0,
+                             **{f"test_auroc.{k}": v for k, v in aucs.items()},
+                             "test_auroc_macro": sum(aucs.values()) / 2, "test_any_auroc": 0.9})
+    return pd.DataFrame(rows)
+
+
+def test_multilabel_summary_is_per_finding_and_macro(tmp_path):
+    multi = multilabel_children()
+    assert summary_metric_names(multi, ["mass", "nodule"]) == (
+        "test_auroc_macro", "test_auroc.mass", "test_auroc.nodule", "val_auroc", "train_seconds")
+    assert summary_metric_names(children()) == SUMMARY_METRICS  # binary children: unchanged
+    s = summary_table(multi, summary_metric_names(multi, ["mass", "nodule"]))
+    row = s[(s.method == "lora") & (s.shots == "4")].iloc[0]
+    assert row["test_auroc.mass_mean"] == pytest.approx(0.91) and row["test_auroc.mass_sd"] == pytest.approx(0.01414, abs=1e-4)
+    assert row["test_auroc_macro_mean"] == pytest.approx(0.805)
+    md = markdown_table(format_summary(s))
+    assert md.splitlines()[0] == ("| method | shots | n_seeds | test_auroc_macro | test_auroc.mass | test_auroc.nodule "
+                                  "| val_auroc | train_seconds |")
+    assert "| lora | 4 | 2 | 0.805 ± 0.007 | 0.910 ± 0.014 | 0.700 ± 0.000 |" in md
+    metrics = summary_metrics(s)
+    assert metrics["test_auroc_macro_mean.linear_probe.1shot"] == pytest.approx(0.705)
+    assert metrics["best_test_auroc_macro_mean.lora"] == pytest.approx(0.805)
+    assert "val_auroc_mean.lora.4shot" in metrics and not any(k.startswith("test_auroc_mean") for k in metrics)
+    assert finding_metrics(s) == ["test_auroc.mass", "test_auroc.nodule"]
+    for path in (plot_learning_curve(s, tmp_path / "macro.png"), plot_finding_curves(s, tmp_path / "findings.png")):
+        assert path.read_bytes()[:4] == b"\x89PNG"

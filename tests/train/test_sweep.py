@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 # the flattened config plus the short keys, as on single runs
 CHILD_PARAMS = {"method", "shots", "seed", "backbone", "train.lr", "train.epochs", "model.lora.r", "model.backbone",
@@ -132,3 +133,58 @@ def test_upper_block_lora_children_share_one_pass_over_the_frozen_blocks(phantom
         [MlflowClient(cfg.tracking.uri).get_experiment_by_name("phantoms_prefix").experiment_id],
         "tags.`medlora.role` = 'child'")
     assert len(children) == 2 and all(0.0 <= r.data.metrics["test_auroc"] <= 1.0 for r in children)
+
+
+FINDINGS = ("nodule", "effusion", "cardiomegaly")
+
+
+def test_multilabel_sweep_summarises_per_finding_and_macro_with_subgroups(finished_run, tmp_path, sweep_config):
+    """A multi-label sweep: support sets per finding, children with per-finding, macro and per-subgroup
+    metrics, a summary per finding and macro, macro parent metrics and per-finding learning curves."""
+    from mlflow import MlflowClient
+
+    from medlora.config import SynthConfig
+    from medlora.experiment.sweep import run_sweep
+    from medlora.io.synth import write_phantoms
+    from medlora.transforms.samples import prepare_samples
+
+    root = tmp_path / "data"
+    write_phantoms(root, SynthConfig(patients=40, images_per_patient=1, size=32, seed=3, findings=list(FINDINGS)))
+    cfg, _ = sweep_config(root, tmp_path, **{
+        "data.name": "phantoms_multilabel_sweep", "tracking.uri": finished_run[1].tracking.uri,
+        "data.task": "multilabel", "data.findings": f"[{', '.join(FINDINGS)}]", "fewshot.methods": "[lora, linear_probe]",
+        "evaluate.subgroups": "[sex]"})
+    result = run_sweep(cfg, prepare_samples(cfg.data, cfg.preprocess), tmp_path / "out")
+    assert result.ran == 8 and not result.failed
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.data.name)
+    children = client.search_runs([exp.experiment_id], "tags.`medlora.role` = 'child'")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`medlora.role` = 'sweep'")
+    for r in children:
+        m = r.data.metrics
+        assert {f"test_auroc.{f}" for f in FINDINGS} | {"test_auroc_macro"} <= set(m)
+        # evaluate.subgroups as a single multi-label run logs them: the any-finding metrics per sex
+        assert m["test_any_subgroup_sex_F_n"] + m["test_any_subgroup_sex_M_n"] == m["test_n.nodule"] > 0
+        assert "test_any_subgroup_sex_F_specificity" in m
+        patients = int(r.data.params["support_patients"])
+        shots = int(r.data.params["shots"])
+        assert shots + 1 <= patients <= 4 * shots  # >= k per finding (shared patients) and k with no finding
+    hashes = pd.DataFrame([{**r.data.params} for r in children]).groupby(["shots", "seed"])["support_hash"].nunique()
+    assert (hashes == 1).all()
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv", dtype={"shots": str})
+    assert len(summary) == 4 and set(summary["n_seeds"]) == {2}
+    assert [c for c in summary.columns if c.endswith("_mean")] == [
+        "test_auroc_macro_mean", *(f"test_auroc.{f}_mean" for f in FINDINGS), "val_auroc_mean", "train_seconds_mean"]
+    lora_1 = [r.data.metrics["test_auroc_macro"] for r in children
+              if (r.data.params["method"], r.data.params["shots"]) == ("lora", "1")]
+    pm = parent.data.metrics
+    assert pm["test_auroc_macro_mean.lora.1shot"] == pytest.approx(sum(lora_1) / 2)
+    assert pm["best_test_auroc_macro_mean.lora"] == max(pm["test_auroc_macro_mean.lora.1shot"],
+                                                         pm["test_auroc_macro_mean.lora.2shot"])
+    assert not any(k.startswith("test_auroc_mean.") for k in pm)
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| method | shots | n_seeds | test_auroc_macro | test_auroc.nodule | test_auroc.effusion |" in md
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"learning_curve.png", "learning_curves_findings.png", "summary.md"} <= artifacts
+    for name in ("learning_curve.png", "learning_curves_findings.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
