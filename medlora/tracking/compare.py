@@ -10,6 +10,7 @@ store or an ``http://`` server). A multi-class or multi-label sweep is summarise
 
 from __future__ import annotations
 
+import ast
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -284,6 +285,18 @@ def _resolve_parents(client: Any, target: str) -> list[Any]:
     return [run]
 
 
+def outputs_of(run: Any) -> list[str] | None:
+    """The findings (multilabel) or classes of a run, in config order, from its logged config params;
+    ``None`` when they are not there (a summary then orders findings by name)."""
+    params = run.data.params
+    value = params.get("data.findings" if params.get("data.task") == "multilabel" else "data.classes")
+    try:
+        names = ast.literal_eval(value) if value else None
+    except (ValueError, SyntaxError):  # a param cut at MLflow's length limit
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 def compare(target: str, tracking_uri: str | None = None) -> str:
     """The summary table of every sweep in experiment ``target`` (newest first), or of parent run ``target``."""
     from mlflow import MlflowClient
@@ -297,5 +310,6 @@ def compare(target: str, tracking_uri: str | None = None) -> str:
         if children.empty:
             blocks.append(head)
             continue
-        blocks.append(head + "\n" + markdown_table(format_summary(summary_table(children))))
+        names = summary_metric_names(children, outputs_of(parent))
+        blocks.append(head + "\n" + markdown_table(format_summary(summary_table(children, names))))
     return "\n\n".join(blocks)

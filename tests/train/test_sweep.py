@@ -188,3 +188,6 @@ def test_multilabel_sweep_summarises_per_finding_and_macro_with_subgroups(finish
     assert {"learning_curve.png", "learning_curves_findings.png", "summary.md"} <= artifacts
     for name in ("learning_curve.png", "learning_curves_findings.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from medlora.tracking.compare import compare, format_summary, markdown_table
+
+    assert markdown_table(format_summary(summary)) in compare(cfg.data.name, cfg.tracking.uri)  # findings in config order
