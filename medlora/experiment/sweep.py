@@ -77,7 +77,7 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, 
     ``evaluate.subgroups`` as a single run logs them."""
     import mlflow
 
-    support = draw_support(bench.train_frame, point.shots, point.seed, names=cfg.data.findings)
+    support = draw_support(bench.train_frame, point.shots, point.seed, names=cfg.data.outputs)
     params = {"shots": point.shots, "seed": point.seed, "support_patients": len(support.patient_keys),
               "support_samples": len(support.positions), "support_hash": support.key_hash}
     with open_run(cfg, bench.data, point.method, role="child", nested=True, params=params, dataset=dataset,
@@ -150,7 +150,7 @@ def run_sweep(cfg: Config, data: PreparedData, out: Path) -> SweepSummary:
         raise MedloraError("the fewshot pipeline needs a 'fewshot:' section in the config")
     t0 = time.perf_counter()
     out = Path(out)
-    check_shots(data.split("train"), cfg.fewshot, cfg.data.findings)
+    check_shots(data.split("train"), cfg.fewshot, cfg.data.outputs)
     study_subgroups(data, cfg)  # an evaluate.subgroups field no study has fails here, before any training
     configure_threads(cfg.train.threads)
     uri = track.configure(cfg.tracking)

@@ -4,9 +4,9 @@ A k-shot support set holds k *patients* per class drawn from the training split,
 samples (a patient's label is its most abnormal study's, as in :mod:`medlora.io.split`). A
 multi-label split gets at least k patients positive for each finding and k with no finding
 (patients often carry several findings, so a common finding may get more than k), chosen greedily
-from the rarest finding up. Draws are
-seeded and nested: for one seed, the 5-shot set contains the 1-shot set, so a learning curve
-measures more data rather than other data. ``"all"`` is the whole training split. Validation and
+from the rarest finding up; an unknown finding is not a positive. Draws are seeded and nested: for
+one seed, the 5-shot set contains the 1-shot set, so a learning curve measures more data rather
+than other data. ``"all"`` is the whole training split. Validation and
 test splits never change.
 
 Every point of a sweep is identified by a hash of everything that changes its result (method,
@@ -88,7 +88,13 @@ def _strata_counts(train: pd.DataFrame, names: Sequence[str] | None) -> pd.Serie
     if "findings" in train.columns:
         return finding_strata(train, names).sum().astype(int)
     counts = patient_labels(train).value_counts().sort_index()
-    return counts.set_axis([f"label {v}" for v in counts.index])
+    return counts.set_axis([_class_name(v, names) for v in counts.index])
+
+
+def _class_name(label: Any, names: Sequence[str] | None) -> str:
+    """``label 1``, or ``label 1 (abnormal)`` with the class names (``data.classes``)."""
+    named = names is not None and 0 <= int(label) < len(names)
+    return f"label {label}" + (f" ({names[int(label)]})" if named else "")
 
 
 def _greedy_findings(strata: pd.DataFrame, shots: int, seed: int) -> list[str]:
@@ -118,7 +124,7 @@ def draw_support(train: pd.DataFrame, shots: Shots, seed: int, names: Sequence[s
 
     Multi-label (a ``findings`` column): at least ``shots`` patients positive for each finding plus
     ``shots`` with no finding, when the split has such patients (:func:`_greedy_findings`). ``names``
-    (the findings) only name a finding in errors. Raises :class:`ConfigError` naming the class or
+    (``data.outputs``: the findings, or the classes) only name a finding or class in errors. Raises :class:`ConfigError` naming the class or
     finding when it has fewer than ``shots`` patients.
     """
     train = train.reset_index(drop=True)
@@ -136,7 +142,7 @@ def draw_support(train: pd.DataFrame, shots: Shots, seed: int, names: Sequence[s
             order = rng.permutation(len(patients))  # a full permutation: smaller k is a prefix (nested)
             if len(patients) < int(shots):
                 raise ConfigError(f"fewshot.shots={shots} needs {shots} training patients per class; "
-                                  f"label {label} has {len(patients)}")
+                                  f"{_class_name(label, names)} has {len(patients)}")
             chosen += list(patients[order[: int(shots)]])
     positions = np.flatnonzero(train["patient_key"].isin(chosen).to_numpy())
     return SupportSet(shots, seed, positions, tuple(sorted(chosen)))
@@ -144,7 +150,7 @@ def draw_support(train: pd.DataFrame, shots: Shots, seed: int, names: Sequence[s
 
 def check_shots(train: pd.DataFrame, fewshot: FewShotConfig, names: Sequence[str] | None = None) -> None:
     """Fail before any training when a shot count exceeds the patients of a class, or of a finding
-    (or of "no finding") of a multi-label split; ``names`` are the findings, as in ``data.findings``."""
+    (or of "no finding") of a multi-label split; ``names`` (``data.outputs``) name them."""
     counts = _strata_counts(train, names)
     for k in fewshot.shots:
         if k != "all" and int(k) > counts.min():

@@ -166,8 +166,10 @@ def test_check_shots_names_the_finding_lacking_patients():
     fewshot = base_config(shots=[2, 5]).fewshot
     with pytest.raises(ConfigError, match="only 4 patients positive for mass; use at most 4"):
         check_shots(multilabel_manifest(), fewshot, FINDINGS)
-    with pytest.raises(ConfigError, match="only 5 patients of label 1"):
+    with pytest.raises(ConfigError, match="only 5 patients of label 1; use"):
         check_shots(manifest(), base_config(shots=[6]).fewshot)
+    with pytest.raises(ConfigError, match=r"only 5 patients of label 1 \(abnormal\); use at most 5"):
+        check_shots(manifest(), base_config(shots=[6]).fewshot, ["normal", "abnormal"])
     check_shots(multilabel_manifest(), base_config(shots=[1, 4, "all"]).fewshot, FINDINGS)
     with pytest.raises(ConfigError, match="mass has 4"):
         draw_support(multilabel_manifest(), 5, seed=0, names=FINDINGS)
@@ -178,3 +180,5 @@ def test_multiclass_support_has_k_patients_per_class():
                        manifest(0, 6).assign(label=1, patient_key=lambda f: "b" + f["patient_key"])])
     s = draw_support(train, 3, seed=0)
     assert train.iloc[s.positions].groupby("label")["patient_key"].nunique().to_dict() == {0: 3, 1: 3, 2: 3}
+    with pytest.raises(ConfigError, match=r"label 0 \(grade0\) has 4"):
+        draw_support(train, 5, seed=0, names=["grade0", "grade1", "grade2"])
