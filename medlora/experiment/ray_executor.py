@@ -37,6 +37,7 @@ from ..tracking.store import unreachable_message
 from ..train.fewshot import SweepPoint, draw_support
 from ..train.workbench import Workbench
 from .session import run_name
+from .train_eval import study_subgroups
 
 log = logging.getLogger(__name__)
 _SHARED: dict[str, Any] = {}  # per worker process: the deserialised shared setup, by object id
@@ -188,7 +189,7 @@ def run_on_ray(cfg: Config, data: PreparedData, out: Path, todo: list[tuple[Swee
 
     try:
         jobs = [PointJob(p, pcfg, phash, uuid.uuid4().hex, out / "children" / p.name) for p, pcfg, phash in todo]
-        bench = Workbench(cfg, data, out)
+        bench = Workbench(cfg, data, out, subgroups=study_subgroups(data, cfg))
         warm(bench, jobs)
         box = [ray.put(Shared(bench, mlflow_dataset(data, cfg.data.name), uri, parent_id, tags))]
         task = ray.remote(train_point).options(num_cpus=rc.cpus_per_point, num_gpus=rc.gpus_per_point,

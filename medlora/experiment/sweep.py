@@ -74,7 +74,8 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, 
               dataset: Any | None = None, run_id: str | None = None) -> ExperimentResult:
     """Train and evaluate one point as a nested MLflow run of the active parent (or in the child
     run ``run_id`` a Ray worker has claimed, :mod:`.ray_executor`), with the per-subgroup metrics of
-    ``evaluate.subgroups`` as a single run logs them."""
+    ``evaluate.subgroups`` as a single run logs them (the workbench's study table, from
+    :func:`~medlora.experiment.train_eval.study_subgroups`)."""
     import mlflow
 
     support = draw_support(bench.train_frame, point.shots, point.seed, names=cfg.data.outputs)
@@ -94,7 +95,7 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, 
             model = probe_head(model)
         torch.manual_seed(point.seed)
         return train_and_evaluate(model.to(bench.device), loaders, cfg, bench.device, trainable, out=out,
-                                  augment=point.method != "linear_probe", subgroups=study_subgroups(bench.data, cfg))
+                                  augment=point.method != "linear_probe", subgroups=bench.subgroups)
 
 
 def summarise(client: Any, parent: Any, out: Path, outputs: Sequence[str] | None = None,
@@ -151,7 +152,7 @@ def run_sweep(cfg: Config, data: PreparedData, out: Path) -> SweepSummary:
     t0 = time.perf_counter()
     out = Path(out)
     check_shots(data.split("train"), cfg.fewshot, cfg.data.outputs)
-    study_subgroups(data, cfg)  # an evaluate.subgroups field no study has fails here, before any training
+    subgroups = study_subgroups(data, cfg)  # a field no study has fails here, before any training
     configure_threads(cfg.train.threads)
     uri = track.configure(cfg.tracking)
     experiment = experiment_name(cfg, data)
@@ -178,7 +179,7 @@ def run_sweep(cfg: Config, data: PreparedData, out: Path) -> SweepSummary:
             ran, failed = run_on_ray(cfg, data, out, todo, uri, mlparent.info.run_id, {**base_tags, **owner})
             todo = []
         for point, pcfg, phash in tqdm(todo, desc="sweep", disable=not sys.stderr.isatty()):
-            bench = bench or Workbench(cfg, data, out)
+            bench = bench or Workbench(cfg, data, out, subgroups=subgroups)
             dataset = dataset or mlflow_dataset(data, cfg.data.name)  # built once, logged by every child
             log.info("child %s", point.name)
             try:

@@ -12,6 +12,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Subset
@@ -29,10 +30,11 @@ from .loaders import make_datasets, make_loader
 
 
 class Workbench:
-    """What every child of a sweep shares, built once: base model, datasets, cached features."""
+    """What every child of a sweep shares, built once: base model, datasets, cached features, and the
+    study table of ``evaluate.subgroups`` (built where the labels and site key are: in the driver)."""
 
-    def __init__(self, cfg: Config, data: PreparedData, out: Path) -> None:
-        self.cfg, self.data = cfg, data
+    def __init__(self, cfg: Config, data: PreparedData, out: Path, subgroups: pd.DataFrame | None = None) -> None:
+        self.cfg, self.data, self.subgroups = cfg, data, subgroups
         self.device = resolve_device(cfg.train.device)
         self.num_classes = len(cfg.data.outputs)  # one output per class, or per finding (multilabel)
         self.base, self.base_info = create_base(cfg.model, self.num_classes, init_dir=Path(out) / "base",
