@@ -16,9 +16,45 @@ from .errors import MedloraError
 log = logging.getLogger("medlora")
 
 
+class _DropMessages(logging.Filter):
+    """Drops the records of one logger whose message starts with one of ``prefixes``.
+
+    A filter on the logger that emits them (not a level): the same logger's other records still show.
+    """
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+# log lines of other libraries that tell a medlora user nothing: {logger that emits them: message starts}
+_DROPPED_LOG_LINES: dict[str, tuple[str, ...]] = {
+    # every MONAI LoadImage(d) builds its optional GPU DICOM reader and says, each time, that it is not
+    # there; medlora reads DICOM through pydicom (MedloraDicomReader)
+    "monai.data.nvimgcodec_pydicom_plugin": ("nvImageCodec is not available",),
+    # huggingface_hub's transient retries; a download that finally fails raises medlora's WeightsError
+    "huggingface_hub.utils._http": ("Retrying in ", "Rate limited. Waiting "),
+}
+
+
 def _quiet_third_party() -> None:
-    """Warnings of other libraries that tell a medlora user nothing, filtered once for every command."""
+    """Warnings and log lines of other libraries that tell a medlora user nothing, filtered once for every
+    command (libraries are imported lazily, after this: filters sit on loggers that they then fetch by name)."""
+    import os
     import warnings
+
+    for name, prefixes in _DROPPED_LOG_LINES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(*prefixes))
+    # MLflow sets its own loggers to INFO (own handler, no propagation) when imported, after _setup_logging;
+    # its level comes from MLFLOW_LOGGING_LEVEL, which a user may still set
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if "mlflow" in sys.modules:  # imported already (in-process callers of main)
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
 
     # MONAI offers an optional GPU DICOM decoder on every import; medlora reads through pydicom
     warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*", category=UserWarning)

@@ -33,3 +33,40 @@ def test_a_failed_run_removes_the_empty_output_folder_it_created(tmp_path, capsy
     kept.mkdir()
     assert main(["run", _config(tmp_path, backbone="vit_tiny_patch16_224"), "--out", str(kept)]) == 2
     assert kept.is_dir()  # a folder that existed before is the user's: left alone
+
+
+_NOISE_SCRIPT = """
+import logging, sys
+from medlora.cli import main
+assert main(["synth", "--out", sys.argv[1], "--patients", "6", "--images", "1", "--size", "16"]) == 0
+from medlora.config import PreprocessConfig
+from medlora.transforms.pipeline import build_transforms
+build_transforms(PreprocessConfig(image_size=16), 16, [0.5] * 3, [0.5] * 3)  # MONAI LoadImaged, twice as a run does
+build_transforms(PreprocessConfig(image_size=16), 16, [0.5] * 3, [0.5] * 3)
+import mlflow
+logging.getLogger("mlflow.tracking.fluent").info("Experiment with name 'x' does not exist. Creating a new experiment.")
+logging.getLogger("mlflow.tracking.fluent").warning("an MLflow warning medlora keeps")
+from huggingface_hub.utils import _http
+_http.logger.warning("Retrying in 1s [Retry 1/5].")
+_http.logger.warning("a hub warning medlora keeps")
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").warning("another MONAI warning medlora keeps")
+"""
+
+
+def test_third_party_noise_is_filtered_once_at_the_entry_point_and_other_warnings_still_show(tmp_path):
+    """A fresh interpreter, as the ``medlora`` command is: MLflow and MONAI configure their loggers on import,
+    after ``main`` has set up logging."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", _NOISE_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr
+    assert "nvImageCodec is not available" not in err
+    assert "does not exist. Creating a new experiment" not in err  # MLflow's INFO lines
+    assert "Retrying in" not in err
+    for kept in ("a hub warning", "another MONAI warning", "an MLflow warning"):
+        assert f"{kept} medlora keeps" in err
