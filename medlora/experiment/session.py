@@ -91,7 +91,7 @@ def open_run(cfg: Config, data: Any, method: str, role: str = "run", *, name: st
     track.configure(cfg.tracking)
     all_tags = {**run_tags(cfg, data), T.ROLE: role, T.METHOD: method, **(tags or {})}
     with track.start_run(experiment_name(cfg, data), run_name=name or run_name(cfg, method), tags=all_tags,
-                         nested=nested, run_id=run_id) as run:
+                         nested=nested, run_id=run_id, task=cfg.data.task) as run:
         if log_inputs:
             track.log_config(config_to_dict(cfg))
             extra = {**short_params(cfg, method), **(params or {})}

@@ -42,16 +42,18 @@ def configure(cfg: TrackingConfig) -> str:
 
 @contextmanager
 def start_run(experiment: str, run_name: str | None = None, tags: Mapping[str, str] | None = None,
-              nested: bool = False, run_id: str | None = None) -> Iterator[Any]:
-    """Start (or resume) an MLflow run in ``experiment``; ends it FAILED/KILLED on errors."""
+              nested: bool = False, run_id: str | None = None, task: str = "binary") -> Iterator[Any]:
+    """Start (or resume) an MLflow run in ``experiment``; ends it FAILED/KILLED on errors. ``task``
+    (``data.task``) decides the headline columns of the experiment's table view (:mod:`.view`)."""
     import mlflow
 
     if run_id is None and not (nested and mlflow.active_run()):  # a nested run goes with its parent
         exp = mlflow.set_experiment(experiment)
         if T.EXPERIMENT_KIND not in exp.tags:
             mlflow.set_experiment_tag(T.EXPERIMENT_KIND, T.MODEL_TRAINING)
-        if view.VIEW_TAG not in exp.tags:
-            mlflow.set_experiment_tag(view.VIEW_TAG, view.view_state())
+        state = view.updated_state(exp.tags.get(view.VIEW_TAG), task)
+        if state is not None:
+            mlflow.set_experiment_tag(view.VIEW_TAG, state)
         log.info("MLflow runs table of %r with medlora's columns: <UI address>/%s", experiment,
                  view.table_path(exp.experiment_id))
     status = "FINISHED"
