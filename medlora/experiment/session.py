@@ -93,9 +93,11 @@ def open_run(cfg: Config, data: Any, method: str, role: str = "run", *, name: st
     with track.start_run(experiment_name(cfg, data), run_name=name or run_name(cfg, method), tags=all_tags,
                          nested=nested, run_id=run_id, task=cfg.data.task) as run:
         if log_inputs:
-            track.log_config(config_to_dict(cfg))
+            # the short keys first: a process killed while the long config is logged still leaves a run
+            # (KILLED by the next sweep) whose method/shots/seed/backbone columns are filled
             extra = {**short_params(cfg, method), **(params or {})}
             mlflow.log_params({k: str(v) for k, v in extra.items()})
+            track.log_config(config_to_dict(cfg))
             if not nested:  # children share their parent's data: the parent holds card and tables
                 track.log_data_card(getattr(data, "card", None))
                 track.log_table(data.public_report(), "ingest_report.csv")  # no paths: they stay local

@@ -117,11 +117,12 @@ def test_every_method_runs_to_a_bundle_that_predicts_and_registers(method_runs, 
 
     # register → the pyfunc predicts the same per study
     model_uri, _ = register_run(run.info.run_id, f"detector-{method}", tracking_uri=cfg.tracking.uri, bundle_dir=bundle)
+    before = os.environ["MLFLOW_TRACKING_URI"]  # set_tracking_uri overwrites the variable
     mlflow.set_tracking_uri(cfg.tracking.uri)
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     finally:
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        mlflow.set_tracking_uri(before)
     folders = sorted({str(Path(f).parent) for f in test["file"]})
     served = model.predict(pd.DataFrame({"path": folders})).set_index("study_key")
     assert (served["error"] == "").all() and sorted(served.index) == sorted(expected.index)

@@ -85,11 +85,12 @@ def test_registered_pyfunc_predicts_the_bundle_scores(registered, bundle_dir, te
 
     uri, model_uri = registered
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: uri)
+    before = os.environ["MLFLOW_TRACKING_URI"]  # set_tracking_uri overwrites the variable
     mlflow.set_tracking_uri(uri)
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     finally:
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        mlflow.set_tracking_uri(before)
     assert model.metadata.signature is not None
     folders = _test_study_folders(test_split)
     got = model.predict(pd.DataFrame({"path": folders + ["/does/not/exist"]}))

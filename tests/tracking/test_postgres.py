@@ -93,11 +93,12 @@ def test_postgres_team_server_holds_run_sweep_compare_export_register_predict(
 
     test = prepare_dataset(cfg.data).split("test")
     folders = sorted({str(Path(phantom_root / p).parent) for p in test["path"]})
+    before = os.environ["MLFLOW_TRACKING_URI"]  # set_tracking_uri overwrites the variable
     mlflow.set_tracking_uri(server.url)
     try:
         model = mlflow.pyfunc.load_model("models:/team-detector@candidate")  # downloaded through HTTP
     finally:
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        mlflow.set_tracking_uri(before)
     got = model.predict(pd.DataFrame({"path": folders})).set_index("study_key")
     expected = pd.read_csv(tmp_path / "bundle" / "predictions.csv").query("split == 'test'").set_index("study_key")
     assert sorted(got.index) == sorted(expected.index)

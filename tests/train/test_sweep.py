@@ -99,14 +99,18 @@ def test_rerun_skips_finished_children_and_marks_stale_running_ones_killed(finis
     stale = client.create_run(parent.info.experiment_id, run_name="lora-1shot-seed0", tags={
         "mlflow.parentRunId": parent.info.run_id, "medlora.role": "child", "medlora.host": socket.gethostname(),
         "medlora.pid": str(dead.pid), "medlora.config_hash": children[0].data.tags["medlora.config_hash"]})
-    client.log_param(stale.info.run_id, "method", "lora")
-    assert main(["run", str(cfg_file), "--out", str(out)]) == 0
-    client, parents, after = sweep_runs(cfg)
-    assert [p.info.run_id for p in parents] == [parent.info.run_id]
-    assert client.get_run(stale.info.run_id).info.status == "KILLED"
-    finished = [r for r in after if r.info.status == "FINISHED"]
-    assert sorted(r.info.run_id for r in finished) == sorted(r.info.run_id for r in children)
-    assert len(pd.read_csv(out / "summary.csv")) == 6 and not math.isnan(pd.read_csv(out / "summary.csv").n_seeds.sum())
+    client.log_param(stale.info.run_id, "method", "lora")  # a process killed while it logged the child's params
+    try:
+        assert main(["run", str(cfg_file), "--out", str(out)]) == 0
+        client, parents, after = sweep_runs(cfg)
+        assert [p.info.run_id for p in parents] == [parent.info.run_id]
+        assert client.get_run(stale.info.run_id).info.status == "KILLED"
+        finished = [r for r in after if r.info.status == "FINISHED"]
+        assert sorted(r.info.run_id for r in finished) == sorted(r.info.run_id for r in children)
+        assert len(pd.read_csv(out / "summary.csv")) == 6 and not math.isnan(pd.read_csv(out / "summary.csv").n_seeds.sum())
+    finally:  # the session's sweep is shared: later tests read its children as the sweep logged them
+        client.delete_run(stale.info.run_id)
+    assert sorted(r.info.run_id for r in sweep_runs(cfg)[2]) == sorted(r.info.run_id for r in children)
 
 
 def test_upper_block_lora_children_share_one_pass_over_the_frozen_blocks(phantom_root, finished_run, tmp_path,
