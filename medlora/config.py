@@ -188,7 +188,7 @@ class LoraConfigModel(_Strict):
     alpha: float = 16.0
     dropout: float = Field(0.1, ge=0, lt=1)
     targets: str | list[str] = "attn_qkv"  # a preset name or explicit module names
-    blocks: list[int] | None = None  # adapt only these transformer blocks (negative: from the end); None: all
+    blocks: list[int] | None = None  # adapt only these transformer blocks (negative: from end; Swin: over all stages)
     use_dora: bool = False
     use_rslora: bool = False
 

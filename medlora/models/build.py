@@ -12,7 +12,7 @@ from torch import nn
 from ..config import Config
 from ..errors import ConfigError
 from .backbone import BaseInfo, create_base
-from .families import check_image_size, require_targets
+from .families import check_image_size, require_targets, transformer_blocks
 from .lora import ParamCount, apply_method, count_params, resolve_targets
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,7 @@ def check_model(cfg: Config) -> BaseInfo:
     methods = {"classify": [cfg.model.method], "fewshot": list(cfg.fewshot.methods) if cfg.fewshot else []}
     if "lora" in methods.get(cfg.pipeline, []):
         lora = cfg.model.lora
-        blocks = getattr(base, "blocks", None)
-        depth = len(blocks) if isinstance(blocks, nn.Sequential | nn.ModuleList) else None
-        targets = resolve_targets(lora.targets, lora.blocks, depth)
+        targets = resolve_targets(lora.targets, lora.blocks, transformer_blocks(base))
         require_targets(base, targets, lora.targets)
     return info
 

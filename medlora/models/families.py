@@ -6,7 +6,8 @@ module names that hold across the attention families: ViT/DeiT/DINOv2 and BEiT n
 ``blocks.N.attn.qkv``/``attn.proj``, Swin ``layers.S.blocks.N.attn.qkv``, EVA ``blocks.N.attn.qkv``
 (or ``q_proj``/``k_proj``/``v_proj`` when not fused); MLPs are ``mlp.fc1``/``fc2`` (EVA's SwiGLU
 ``fc1_g``/``fc1_x``). A model without attention blocks (ConvNeXt, ResNet, …) is refused for LoRA with
-an error naming ``linear_probe`` and ``full``.
+an error naming ``linear_probe`` and ``full``. ``model.lora.blocks`` counts blocks as
+:func:`transformer_blocks` lists them: over all of Swin's stages, in order.
 
 The input size a family takes: patch-based models need a size their patch size divides (timm's
 patch embedding would silently drop the remaining border pixels); a model built for a fixed size
@@ -61,6 +62,23 @@ def family_of(model: nn.Module) -> Family:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = {cls.__name__ for cls in type(inner).__mro__}
     return next((f for f in FAMILIES if names & set(f.timm_classes)), FAMILIES[-1])
+
+
+def transformer_blocks(model: nn.Module) -> list[str]:
+    """Module names of the transformer blocks of a timm model, in the order the input passes them: what
+    ``model.lora.blocks`` indexes. ViT/DeiT/DINOv2, EVA and BEiT: ``blocks.N``. Swin: the blocks of every
+    stage, flattened (``layers.0.blocks.0``, ``layers.0.blocks.1``, ``layers.1.blocks.0``, …), so index
+    ``i`` is the ``i``-th block counted over all stages and ``-1`` the last block of the last stage.
+    Empty for models without transformer blocks (CNNs)."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential | nn.ModuleList):
+        return [f"blocks.{i}" for i in range(len(blocks))]
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, nn.Sequential | nn.ModuleList):
+        return []
+    return [f"layers.{s}.blocks.{i}" for s, layer in enumerate(layers)
+            if isinstance(getattr(layer, "blocks", None), nn.Sequential | nn.ModuleList)
+            for i in range(len(layer.blocks))]
 
 
 def _matches(name: str, targets: str | list[str]) -> bool:

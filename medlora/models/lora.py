@@ -9,6 +9,8 @@ inside the adapter. A backbone without attention blocks is refused for LoRA with
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -16,7 +18,7 @@ from torch import nn
 from ..config import LoraConfigModel
 from ..errors import ConfigError
 from .backbone import head_names, head_prefixes
-from .families import LORA_TARGET_PRESETS, require_targets
+from .families import LORA_TARGET_PRESETS, require_targets, transformer_blocks
 
 __all__ = ["LORA_TARGET_PRESETS", "ParamCount", "apply_method", "count_params", "for_inference", "lora_config",
            "resolve_targets"]
@@ -54,9 +56,11 @@ def for_inference(model: nn.Module) -> nn.Module:
     return model
 
 
-def resolve_targets(targets: str | list[str], blocks: list[int] | None = None, depth: int | None = None) -> str | list[str]:
-    """A preset name → its regex (restricted to ``blocks`` of a ``depth``-block ViT when given); a list
-    of module names passes through."""
+def resolve_targets(targets: str | list[str], blocks: list[int] | None = None,
+                    block_names: Sequence[str] | None = None) -> str | list[str]:
+    """A preset name → its regex, restricted to ``blocks`` (indexes into ``block_names``, the backbone's
+    transformer blocks in order: :func:`.families.transformer_blocks`; negative counts from the end)
+    when given; a list of module names passes through."""
     if isinstance(targets, list):
         if not targets:
             raise ConfigError("model.lora.targets is an empty list")
@@ -70,25 +74,30 @@ def resolve_targets(targets: str | list[str], blocks: list[int] | None = None, d
     regex = LORA_TARGET_PRESETS[targets]
     if blocks is None:
         return regex
-    if not depth:
-        raise ConfigError("model.lora.blocks needs a backbone with transformer blocks (timm's model.blocks)")
+    if not block_names:
+        raise ConfigError("model.lora.blocks needs a backbone with transformer blocks (timm's model.blocks, or "
+                          "Swin's model.layers[S].blocks)")
+    depth = len(block_names)
     bad = [b for b in blocks if not -depth <= b < depth]
     if bad or not blocks:
-        raise ConfigError(f"model.lora.blocks={blocks}: this backbone has blocks 0..{depth - 1} (negative counts from the end)")
-    chosen = sorted({b % depth for b in blocks})
-    return regex.replace(r"blocks\.\d+", r"blocks\.(" + "|".join(map(str, chosen)) + ")")
+        staged = " counted over all stages in order" if "." in block_names[0].removeprefix("blocks.") else ""
+        raise ConfigError(f"model.lora.blocks={blocks}: this backbone has blocks 0..{depth - 1}{staged} "
+                          "(negative counts from the end)")
+    chosen = [block_names[i] for i in sorted({b % depth for b in blocks})]
+    # a block's full name, at the start or after a dot: layers.1.blocks.0 is not layers.0.blocks.0
+    return regex.replace(r".*blocks\.\d+", r"(.*\.)?(" + "|".join(map(re.escape, chosen)) + ")")
 
 
-def lora_config(cfg: LoraConfigModel, head: str | list[str] = "head", depth: int | None = None):
+def lora_config(cfg: LoraConfigModel, head: str | list[str] = "head", block_names: Sequence[str] | None = None):
     """The peft ``LoraConfig`` for a medlora LoRA config (``head``: the classifier module(s) trained and
-    saved with the adapter; ``depth``: the backbone's number of blocks)."""
+    saved with the adapter; ``block_names``: the backbone's transformer blocks, which ``cfg.blocks`` indexes)."""
     from peft import LoraConfig
 
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=resolve_targets(cfg.targets, cfg.blocks, depth),
+        target_modules=resolve_targets(cfg.targets, cfg.blocks, block_names),
         modules_to_save=[head] if isinstance(head, str) else list(head),
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
@@ -114,8 +123,7 @@ def apply_method(model: nn.Module, method: str, lora: LoraConfigModel) -> nn.Mod
     if method == "lora":
         from peft import get_peft_model
 
-        blocks = getattr(model, "blocks", None)
-        config = lora_config(lora, list(head_names(model)), len(blocks) if isinstance(blocks, nn.Sequential | nn.ModuleList) else None)
+        config = lora_config(lora, list(head_names(model)), transformer_blocks(model))
         require_targets(model, config.target_modules if isinstance(lora.targets, str) else lora.targets, lora.targets)
         peft_model = get_peft_model(model, config)
         freeze_batchnorm(peft_model)

@@ -28,7 +28,7 @@ def _lora(blocks=None, **kw):
 
 
 def test_blocks_restrict_the_preset_to_those_blocks():
-    regex = resolve_targets("attn_qkv", [-1, 0], depth=3)
+    regex = resolve_targets("attn_qkv", [-1, 0], [f"blocks.{i}" for i in range(3)])
     assert re.fullmatch(regex, "blocks.2.attn.qkv") and re.fullmatch(regex, "blocks.0.attn.qkv")
     assert not re.fullmatch(regex, "blocks.1.attn.qkv") and not re.fullmatch(regex, "blocks.12.attn.qkv")
     adapted = {n.split(".lora_A")[0] for n, _ in _lora([-1]).named_parameters() if "lora_A" in n}
@@ -43,7 +43,7 @@ def test_blocks_out_of_range_are_named(blocks, message):
 
 def test_blocks_with_explicit_module_names_is_refused():
     with pytest.raises(ConfigError, match="already name their blocks"):
-        resolve_targets(["blocks.0.attn.qkv"], [0], depth=3)
+        resolve_targets(["blocks.0.attn.qkv"], [0], ["blocks.0"])
 
 
 def test_prefix_depth_follows_the_first_trainable_or_random_block():
@@ -85,3 +85,35 @@ def test_prefix_tokens_that_would_not_fit_in_memory_fall_back_to_images(monkeypa
     monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_PHYS_PAGES" else real(name))  # one page
     assert features.prefix_loaders(model, datasets, lambda ds, shuffle: ds, torch.device("cpu"), augment=False) is None
     assert "training on images instead" in caplog.text
+
+
+def _swin():
+    """A tiny Swin with stages of 2, 1 and 2 blocks: blocks 0..4 over all stages."""
+    torch.manual_seed(0)
+    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=2, img_size=32,
+                             depths=[2, 1, 2], num_heads=[1, 2, 4], embed_dim=16, window_size=2)
+
+
+@pytest.mark.parametrize("blocks, expected", [
+    ([0], {"layers.0.blocks.0"}),
+    ([2], {"layers.1.blocks.0"}),  # the third block overall: the second stage's only one
+    ([-1], {"layers.2.blocks.1"}),  # the last block of the last stage
+    ([-2, -3], {"layers.2.blocks.0", "layers.1.blocks.0"}),
+    ([1, -4], {"layers.0.blocks.1"}),  # the same block twice
+])
+def test_swin_blocks_count_over_all_stages_in_order(blocks, expected):
+    from medlora.models.families import transformer_blocks
+
+    assert transformer_blocks(_swin()) == ["layers.0.blocks.0", "layers.0.blocks.1", "layers.1.blocks.0",
+                                           "layers.2.blocks.0", "layers.2.blocks.1"]
+    model = apply_method(_swin(), "lora", LoraConfigModel(targets="attn_all", blocks=blocks))
+    adapted = {n.split(".lora_A")[0].removeprefix("base_model.model.") for n, _ in model.named_parameters()
+               if "lora_A" in n}
+    assert adapted == {f"{b}.attn.{m}" for b in expected for m in ("qkv", "proj")}
+    model.eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_swin_blocks_out_of_range_are_named():
+    with pytest.raises(ConfigError, match=r"blocks 0\.\.4 counted over all stages"):
+        apply_method(_swin(), "lora", LoraConfigModel(blocks=[-6]))
