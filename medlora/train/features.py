@@ -8,7 +8,10 @@ probe sees **no augmentation** (LoRA and full fine-tuning do).
 
 The feature of an image is timm's pre-logits output
 (``model.forward_head(model.forward_features(x), pre_logits=True)``), so
-``head(feature) == model(image)`` in eval mode.
+``head(feature) == model(image)`` in eval mode. A distilled DeiT has two heads, ``head`` on the
+class token and ``head_dist`` on the distillation token, whose logits timm averages (its pre-logits
+output, the tokens' mean, feeds neither): its feature is the two tokens and its probe trains both
+heads (:class:`DistilledHead`), as its linear probe on images does.
 
 The same holds for LoRA on the upper blocks only (``model.lora.blocks``) without augmentation: the
 tokens after the frozen blocks below the first adapted one are computed once
@@ -42,7 +45,7 @@ KEYS = ("sample_id", "study_key", "patient_key")
 class FeatureSet:
     """Cached pre-logits features of one dataset, aligned with its samples."""
 
-    features: torch.Tensor  # (n, d) float32, CPU
+    features: torch.Tensor  # (n, d) float32, CPU; a distilled DeiT's (n, 2, d): class and distillation token
     label: np.ndarray
     keys: dict[str, list[str]]
     seconds: float = 0.0
@@ -52,9 +55,31 @@ class FeatureSet:
         return len(self.label)
 
 
+def distilled(model: nn.Module) -> bool:
+    """Whether ``model`` is timm's distilled DeiT (``head`` and ``head_dist``, logits averaged)."""
+    from timm.models.deit import VisionTransformerDistilled
+
+    return isinstance(model, VisionTransformerDistilled)
+
+
 def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The timm model's input to its classifier head."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+    """The timm model's input to its classifier head; for a distilled DeiT, the inputs of its two heads
+    (class and distillation token, ``(n, 2, d)``)."""
+    tokens = model.forward_features(x)
+    if distilled(model):
+        return tokens[:, :2]  # what its forward_head hands head and head_dist (dropout aside: eval mode)
+    return model.forward_head(tokens, pre_logits=True)
+
+
+class DistilledHead(nn.Module):
+    """A distilled DeiT's two heads on its :func:`pre_logits` features, averaged as timm does at inference."""
+
+    def __init__(self, head: nn.Module, head_dist: nn.Module) -> None:
+        super().__init__()
+        self.head, self.head_dist = head, head_dist
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (self.head(features[:, 0]) + self.head_dist(features[:, 1])) / 2
 
 
 @torch.inference_mode()
@@ -106,8 +131,9 @@ class FeatureDataset(Dataset):
 
 
 def probe_head(model: nn.Module) -> nn.Module:
-    """The model's classifier head (the module a linear probe trains), trainable."""
-    head = model.get_submodule(head_name(model))
+    """The model's classifier head (the module a linear probe trains) on its :func:`pre_logits` features,
+    trainable: both heads of a distilled DeiT (:class:`DistilledHead`)."""
+    head = DistilledHead(model.head, model.head_dist) if distilled(model) else model.get_submodule(head_name(model))
     for p in head.parameters():
         p.requires_grad = True
     return head

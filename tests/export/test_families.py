@@ -110,6 +110,28 @@ def test_family_trains_exports_and_reloads_with_plain_timm_and_peft(tmp_path, fa
     assert frozen_prefix_depth(upper) == (1 if prefix else 0)
 
 
+@pytest.mark.parametrize("method", ["lora", "linear_probe", "full"])
+def test_distilled_deit_trains_both_heads_and_its_export_reproduces_the_averaged_logits(tmp_path, method):
+    """DeiT's distillation head (``head_dist``, averaged with ``head`` by timm) trains and travels with the
+    export in every method: a head left at its random initialisation would halve the trained one."""
+    from medlora.export.loading import load_model, open_bundle
+    from medlora.models.build import build_model
+
+    backbone, kwargs, size, _, _ = FAMILIES["deit"]
+    cfg = _cfg(tmp_path, backbone, kwargs, size, method=method)
+    built = build_model(cfg, tmp_path / "run")
+    heads = {n: p.detach().clone() for n, p in built.model.named_parameters() if ".head" in f".{n}"}
+    x = _train_one_step(built.model, size)
+    moved = {n.replace("base_model.model.", "").replace("modules_to_save.default.", "")
+             for n, p in built.model.named_parameters() if n in heads and not torch.equal(heads[n], p)}
+    assert moved == {f"{h}.{w}" for h in ("head", "head_dist") for w in ("weight", "bias")}, moved
+    built.model.eval()
+    with torch.no_grad():
+        expected = built.model(x)
+        _export(built.model, cfg, built, tmp_path / "run")
+        torch.testing.assert_close(load_model(open_bundle(tmp_path / "run"))(x), expected, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", list(CNNS))
 def test_models_without_attention_refuse_lora_and_work_as_linear_probe(tmp_path, family):
     from medlora.export.loading import load_model, open_bundle
