@@ -67,8 +67,12 @@ class PreparedData:
 
 
 def fingerprint(manifest: pd.DataFrame) -> str:
-    """sha256 over the sorted (sample, patient, study, label, findings, split) rows."""
-    cols = [c for c in ("sample_id", "patient_key", "study_key", "label", "findings", "split") if c in manifest.columns]
+    """sha256 over the sorted (sample, patient, study, label, findings, split, pixel hash) rows.
+
+    The pixel hash makes new pixels under the same identifiers (a re-export, another reconstruction)
+    another dataset: sweeps and the pretraining cache then train again instead of reusing results."""
+    cols = [c for c in ("sample_id", "patient_key", "study_key", "label", "findings", "split", "pixel_hash")
+            if c in manifest.columns]
     blob = manifest[cols].sort_values(cols).to_csv(index=False).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

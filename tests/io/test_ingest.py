@@ -65,3 +65,22 @@ def test_labels_errors_name_the_file_and_row(tmp_path):
         read_labels(f, "StudyInstanceUID", "label", ["normal", "abnormal"])
     with pytest.raises(InputError, match="has no column 'PatientID'"):
         read_labels(f, "PatientID", "label", ["normal", "abnormal"])
+
+
+def test_dataset_fingerprint_changes_with_the_pixels_under_the_same_identifiers(tmp_path):
+    """A re-export with other pixels but the same UIDs and labels is another dataset (sweeps and the
+    pretraining cache must not reuse results of the old one)."""
+    from medlora.config import SynthConfig
+    from medlora.io.prepare import fingerprint
+    from medlora.io.synth import write_phantoms
+
+    prints = {}
+    for difficulty in ("easy", "subtle", "easy"):
+        root = tmp_path / f"{difficulty}-{len(prints)}"
+        write_phantoms(root, SynthConfig(patients=6, images_per_patient=1, size=32, difficulty=difficulty))
+        m = run_ingest(DataConfig(root=root)).manifest
+        prints.setdefault(difficulty, set()).add(fingerprint(m))
+        keys = tuple(sorted(m["study_key"]))
+        prints.setdefault("keys", set()).add(keys)
+    assert len(prints["keys"]) == 1  # the same identifiers every time
+    assert len(prints["easy"]) == 1 and prints["easy"] != prints["subtle"]
