@@ -27,7 +27,7 @@ class _Strict(BaseModel):
 
 
 class SynthConfig(_Strict):
-    """Synthetic phantom dataset written when ``data.root`` does not exist yet."""
+    """Synthetic phantoms written to ``data.root`` when it does not hold them yet with these settings."""
 
     patients: int = Field(60, ge=6)
     images_per_patient: int = Field(3, ge=1)

@@ -92,7 +92,7 @@ def default_report_dir(cfg: DataConfig) -> Path:
 
 
 def prepare_dataset(cfg: DataConfig, out: Path | None = None) -> PreparedData:
-    """Validate the data card, synthesise the phantoms if configured and missing, ingest, split by patient, audit.
+    """Validate the data card, synthesise the phantoms if configured (and missing or written with other settings), ingest, split by patient, audit.
 
     The split is drawn (stratified, seeded, persisted) unless ``split.column`` names a labels-CSV column
     holding an official split, which is then used as given. ``manifest.csv`` (with its split) and
@@ -102,10 +102,10 @@ def prepare_dataset(cfg: DataConfig, out: Path | None = None) -> PreparedData:
     if cfg.split.column and cfg.label_key != "path":
         raise ConfigError(f"data.split.column={cfg.split.column!r} needs data.label_key: path (got {cfg.label_key!r})")
     root = Path(cfg.root)
-    if cfg.synth is not None and not (root / "labels.csv").exists():
-        from .synth import write_phantoms
+    if cfg.synth is not None:
+        from .synth import ensure_phantoms
 
-        write_phantoms(root, cfg.synth)
+        ensure_phantoms(root, cfg.synth)
     report_dir = Path(out) if out is not None else default_report_dir(cfg)
     ingest: IngestResult = run_ingest(cfg, report_dir)
     split_file = default_split_file(cfg)
