@@ -15,3 +15,26 @@ def test_rates_print_their_wilson_interval_and_counts() -> None:
     assert "test_sensitivity=1.000 [0.566, 1.000] Wilson (5/5)" in text
     assert "test_specificity=0.300 [0.108, 0.603] Wilson (3/10)" in text
     assert "test_auroc=0.600 [0.240, 0.880]" in text and "[1.000, 1.000]" not in text
+
+
+def test_several_findings_print_macro_each_finding_and_any_finding() -> None:
+    metrics = {"val_auroc": 0.86, "test_auroc_macro": 0.855, "test_auroc_macro_ci_low": 0.815,
+               "test_auroc_macro_ci_high": 0.893, "test_auroc_micro": 0.898,
+               "test_auroc.nodule": 0.693, "test_auroc_ci_low.nodule": 0.571, "test_auroc_ci_high.nodule": 0.806,
+               "test_auroc.effusion": float("nan"), "test_auprc.nodule": 0.4,
+               "test_any_auroc": 0.982, "test_any_sensitivity": 0.955, "test_any_sensitivity_wilson_ci_low": 0.849,
+               "test_any_sensitivity_wilson_ci_high": 0.987, "test_any_tp": 42.0, "test_any_fn": 2.0,
+               "test_any_tn": 16.0, "test_any_fp": 0.0, "test_any_specificity": 1.0}
+    text = RunSummary("r", "e", "sqlite:///x.db", Path("/nowhere"), metrics).describe()
+    assert "test_auroc_macro=0.855 [0.815, 0.893]" in text and "test_auroc_micro=0.898" in text
+    assert "effusion=n/a" in text and "nodule=0.693 [0.571, 0.806]" in text  # no positives: n/a, never 'nan'
+    assert "test_any_sensitivity=0.955 [0.849, 0.987] Wilson (42/44)" in text and "(16/16)" in text
+    assert "test_auroc=n/a" not in text and "test_sensitivity=n/a" not in text
+
+
+def test_multiclass_without_normal_prints_balanced_accuracy_and_no_any_finding() -> None:
+    metrics = {"val_auroc": 0.9, "test_auroc_macro": 0.91, "test_auroc.a": 0.9, "test_auroc.b": 0.92,
+               "test_balanced_accuracy": 0.81, "test_kappa_quadratic": 0.7}
+    text = RunSummary("r", "e", "sqlite:///x.db", Path("/nowhere"), metrics).describe()
+    assert "test_balanced_accuracy=0.810" in text and "test_kappa_quadratic=0.700" in text
+    assert "any finding" not in text and "a=0.900" in text and "b=0.920" in text
