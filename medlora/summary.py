@@ -32,7 +32,7 @@ class RunSummary:
         # of a rate collapses to one point with few studies
         kind = "_wilson" if f"{name}_wilson_ci_low{suffix}" in self.metrics else ""
         low, high = self.metrics.get(f"{name}{kind}_ci_low{suffix}"), self.metrics.get(f"{name}{kind}_ci_high{suffix}")
-        ci = f" [{low:.3f}, {high:.3f}]{' Wilson' if kind else ''}" if low is not None and high is not None else ""
+        ci = f" [{low:.3f}, {high:.3f}] {'Wilson' if kind else 'bootstrap'}" if low is not None and high is not None else ""
         return f"{label}={value:.3f}{ci}{self._counts(name, prefix) if not suffix else ''}"
 
     def _result_lines(self) -> list[str]:

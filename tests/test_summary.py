@@ -14,7 +14,7 @@ def test_rates_print_their_wilson_interval_and_counts() -> None:
     text = RunSummary("r", "e", "sqlite:///x.db", Path("/nowhere"), metrics).describe()
     assert "test_sensitivity=1.000 [0.566, 1.000] Wilson (5/5)" in text
     assert "test_specificity=0.300 [0.108, 0.603] Wilson (3/10)" in text
-    assert "test_auroc=0.600 [0.240, 0.880]" in text and "[1.000, 1.000]" not in text
+    assert "test_auroc=0.600 [0.240, 0.880] bootstrap" in text and "[1.000, 1.000]" not in text
 
 
 def test_several_findings_print_macro_each_finding_and_any_finding() -> None:
