@@ -61,7 +61,8 @@ class RunSummary:
             f"run {self.run_id} in experiment {self.experiment!r} ({self.tracking_uri})",
             self.params,
             *self._result_lines(),
-            f"adapter: {self.out / 'adapter'}   metadata: {self.out / 'medlora.json'}",
+            "   ".join(f"{name}: {self.out / file}" for name, file in (("adapter", "adapter"), ("metadata", "medlora.json"))
+                       if (self.out / file).exists()),
             f"review bundle: {self.out / 'bundle'} (open {self.out / 'bundle' / 'report.html'})"
             if (self.out / "bundle").is_dir() else "",
             f"open the MLflow UI: mlflow ui --backend-store-uri {self.tracking_uri}",

@@ -38,3 +38,12 @@ def test_multiclass_without_normal_prints_balanced_accuracy_and_no_any_finding()
     text = RunSummary("r", "e", "sqlite:///x.db", Path("/nowhere"), metrics).describe()
     assert "test_balanced_accuracy=0.810" in text and "test_kappa_quadratic=0.700" in text
     assert "any finding" not in text and "a=0.900" in text and "b=0.920" in text
+
+
+def test_only_files_the_run_wrote_are_named(tmp_path) -> None:
+    text = RunSummary("r", "e", "sqlite:///x.db", tmp_path, {"test_auroc": 0.9}).describe()
+    assert "adapter:" not in text and "metadata:" not in text  # a one-class run writes neither
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "medlora.json").write_text("{}")
+    text = RunSummary("r", "e", "sqlite:///x.db", tmp_path, {"test_auroc": 0.9}).describe()
+    assert f"adapter: {tmp_path / 'adapter'}   metadata: {tmp_path / 'medlora.json'}" in text
