@@ -431,8 +431,9 @@ class Config(_Strict):
     def _task_fits(self) -> Config:
         if self.train.pos_weight and self.data.task != "multilabel":
             raise ValueError(f"train.pos_weight applies to data.task multilabel, not {self.data.task}")
-        if self.data.task != "binary" and self.pipeline == "oneclass":
-            raise ValueError(f"pipeline oneclass scores normal against abnormal: it needs data.task binary, not {self.data.task}")
+        if self.pipeline == "oneclass" and self.data.task == "multiclass" and self.data.normal is None:
+            raise ValueError("pipeline oneclass scores 'any finding' against normal: data.task multiclass needs "
+                             "data.normal (the class of normal studies)")
         if self.data.task != "binary" and self.evaluate.calibration != "none":
             raise ValueError(f"evaluate.calibration={self.evaluate.calibration!r} recalibrates the one score of data.task "
                              f"binary; a {self.data.task} run's per-finding scores are not recalibrated (use 'none')")

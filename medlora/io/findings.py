@@ -141,3 +141,24 @@ def split_findings_label(manifest: pd.DataFrame, cfg: DataConfig) -> pd.DataFram
     codes = manifest["label"].astype(str)
     matrix = decode_column(codes, len(cfg.findings or []))
     return manifest.assign(findings=codes.to_numpy(), label=(np.nan_to_num(matrix) == 1).any(axis=1).astype(int))
+
+
+def normal_vs_abnormal(frame: pd.DataFrame, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per manifest row: (known normal, abnormal), the two sides of an "any finding" vs normal task.
+
+    binary: ``label`` is the index of ``data.abnormal`` or not; multiclass: the class is ``data.normal``
+    or another one; multilabel: any finding present is abnormal, every finding known absent is normal,
+    and a row with no finding present but one unknown is neither (it is left out, never a normal).
+    """
+    label = frame["label"].to_numpy(dtype=int)
+    if cfg.task == "binary":
+        abnormal = label == cfg.classes.index(cfg.abnormal)
+        return ~abnormal, abnormal
+    if cfg.task == "multiclass":
+        if cfg.normal is None:
+            raise InputError("an 'any finding vs normal' task of data.task multiclass needs data.normal")
+        normal = label == cfg.classes.index(cfg.normal)
+        return normal, ~normal
+    values = decode_column(frame["findings"], len(cfg.outputs))
+    abnormal = (values == 1.0).any(axis=1)
+    return (values == 0.0).all(axis=1), abnormal
