@@ -18,6 +18,7 @@ the reason; the evaluation goes on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,13 @@ class StudyMatrix:
     scores: np.ndarray
     targets: np.ndarray
 
+    def frame(self, names: Sequence[str]) -> pd.DataFrame:
+        """One row per study: ``study_key, patient_key, score.<name>, label.<name>`` (label NaN = unknown)."""
+        cols = {"study_key": self.study_key, "patient_key": self.patient_key}
+        for k, name in enumerate(names):
+            cols[f"score.{name}"], cols[f"label.{name}"] = self.scores[:, k], self.targets[:, k]
+        return pd.DataFrame(cols)
+
 
 @dataclass
 class FindingResult:
@@ -66,6 +74,14 @@ class MultiResult:
     any_finding: EvaluationResult | None = None
     confusion: list[list[int]] | None = None
     warnings: list[str] = field(default_factory=list)
+
+
+def finding_studies(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """From a :meth:`StudyMatrix.frame` table: ``study_key, patient_key, label, score`` of one finding,
+    studies whose finding is unknown left out."""
+    known = frame[f"label.{name}"].notna()
+    return pd.DataFrame({"study_key": frame["study_key"][known], "patient_key": frame["patient_key"][known],
+                         "label": frame[f"label.{name}"][known].astype(int), "score": frame[f"score.{name}"][known]})
 
 
 def study_matrix(frame: pd.DataFrame, names: tuple[str, ...], how: str = "max") -> StudyMatrix:

@@ -75,7 +75,8 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
     only rank 0 writes files and logs.
 
     With ``out``, ``predictions.csv`` (per sample), ``test_studies.csv`` (per test study: the scores a
-    paired DeLong test compares) and ``metrics.json`` are written there and logged as artifacts.
+    paired DeLong test compares; several findings: ``test_findings.csv`` too, per study and finding) and
+    ``metrics.json`` are written there and logged as artifacts.
 
     ``head`` (:func:`~medlora.train.head.head_for`; default from ``cfg`` without positive weights)
     decides the task: multiclass and multilabel runs are evaluated per finding
@@ -102,9 +103,10 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
     dist = dist or Dist()
     val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal, head))
     test = dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal, head))
-    multi = None
+    multi = test_matrix = None
     if head.multi:
-        multi = evaluate_findings(study_matrix(val.frame(), names, how), study_matrix(test.frame(), names, how),
+        test_matrix = study_matrix(test.frame(), names, how)
+        multi = evaluate_findings(study_matrix(val.frame(), names, how), test_matrix,
                                   names, cfg.evaluate, cfg.data.task, head.normal, cfg.data.ordinal, cfg.train.seed,
                                   subgroups=test_subgroups(test.frame(), subgroups))
         evaluation, test_studies = multi.any_finding, study_scores(test.frame(), how)
@@ -127,7 +129,11 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
         doc = {**(to_json(evaluation) if evaluation is not None else {}),
                **({"multi": {**multi_to_json(multi), "settings": multi_settings(cfg)}} if multi is not None else {})}
         (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=float))
-        for name in ("predictions.csv", "test_studies.csv", "metrics.json"):
+        files = ["predictions.csv", "test_studies.csv", "metrics.json"]
+        if test_matrix is not None:  # per finding, for the sweep's paired DeLong tests
+            test_matrix.frame(names).to_csv(out / "test_findings.csv", index=False)
+            files.append("test_findings.csv")
+        for name in files:
             track.log_artifact(out / name)
     log.info("val_auroc=%.3f test_auroc=%.3f (%.1f s training)", result.best_val_auroc,
              metrics.get("test_auroc", metrics.get("test_auroc_macro", float("nan"))), result.train_seconds)

@@ -193,11 +193,26 @@ def paired_delong(studies: Mapping[tuple[str, str, int], pd.DataFrame], referenc
     return frame
 
 
+def paired_delong_findings(tables: Mapping[tuple[str, str, int], pd.DataFrame], findings: Sequence[str],
+                           reference: str = "lora") -> pd.DataFrame:
+    """:func:`paired_delong` per finding: ``tables`` hold each child's ``test_findings.csv``; each
+    finding's test leaves out the studies where it is unknown. A ``finding`` column leads."""
+    from ..evaluate.findings import finding_studies
+
+    frames = []
+    for name in findings:
+        studies = {point: finding_studies(table, name) for point, table in tables.items()}
+        frame = paired_delong(studies, reference)
+        if not frame.empty:
+            frames.append(frame.assign(finding=name)[["finding", *frame.columns]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def format_delong(frame: pd.DataFrame) -> pd.DataFrame:
     """Rounded DeLong rows for the Markdown summary."""
     if frame.empty:
         return frame
-    out = frame[["method_a", "method_b", "shots", "seed", "n_studies"]].copy()
+    out = frame[[c for c in ("finding", "method_a", "method_b", "shots", "seed", "n_studies") if c in frame]].copy()
     out["auroc_a"], out["auroc_b"] = frame["auroc_a"].map("{:.3f}".format), frame["auroc_b"].map("{:.3f}".format)
     out["diff [95% CI]"] = [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
                             zip(frame["diff"], frame["diff_ci_low"], frame["diff_ci_high"], strict=True)]

@@ -189,7 +189,16 @@ def test_multilabel_sweep_summarises_per_finding_and_macro_with_subgroups(finish
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "| method | shots | n_seeds | test_auroc_macro | test_auroc.nodule | test_auroc.effusion |" in md
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"learning_curve.png", "learning_curves_findings.png", "summary.md"} <= artifacts
+    assert {"learning_curve.png", "learning_curves_findings.png", "summary.md", "delong_findings.csv"} <= artifacts
+    # paired DeLong per finding: lora against linear_probe for every finding, shot count and seed, on the
+    # studies whose finding is known; lora's AUROC there is the child's own test_auroc.<finding>
+    per_finding = pd.read_csv(tmp_path / "out" / "delong_findings.csv", dtype={"shots": str})
+    assert len(per_finding) == len(FINDINGS) * 2 * 2 and set(per_finding["method_b"]) == {"linear_probe"}
+    lora = {(r.data.params["shots"], int(r.data.params["seed"])): r.data.metrics for r in children
+            if r.data.params["method"] == "lora"}
+    for row in per_finding.itertuples():
+        assert row.auroc_a == pytest.approx(lora[(row.shots, row.seed)][f"test_auroc.{row.finding}"])
+    assert "## DeLong paired tests per finding" in md
     for name in ("learning_curve.png", "learning_curves_findings.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from medlora.tracking.compare import compare, format_summary, markdown_table
