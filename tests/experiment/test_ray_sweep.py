@@ -144,14 +144,14 @@ def test_ray_sweep_on_a_tracking_server_matches_local_and_reruns_a_killed_worker
     from mlflow import MlflowClient
 
     from medlora.experiment.sweep import run_sweep
-    from medlora.io.prepare import prepare_dataset
+    from medlora.transforms.samples import prepare_samples
 
     server = mlflow_server_on(f"sqlite:///{tmp_path / 'server.db'}")
     summaries = {}
     for executor in ("local", "ray"):
         cfg, _ = sweep_config(phantom_root, tmp_path, **{"tracking.uri": server.url, "fewshot.executor": executor,
                                                          "tracking.experiment": f"sweep-{executor}"})
-        data = prepare_dataset(cfg.data, cfg.preprocess)
+        data = prepare_samples(cfg.data, cfg.preprocess)
         client, done, killed = MlflowClient(server.url), threading.Event(), {}
         killer = threading.Thread(target=_kill_first_running_worker, args=(client, f"sweep-{executor}", done, killed))
         if executor == "ray":
@@ -182,5 +182,5 @@ def test_ray_sweep_on_a_tracking_server_matches_local_and_reruns_a_killed_worker
 
     cfg, _ = sweep_config(phantom_root, tmp_path, **{"tracking.uri": server.url, "fewshot.executor": "ray",
                                                      "tracking.experiment": "sweep-ray"})
-    again = run_sweep(cfg, prepare_dataset(cfg.data, cfg.preprocess), tmp_path / "ray")
+    again = run_sweep(cfg, prepare_samples(cfg.data, cfg.preprocess), tmp_path / "ray")
     assert (again.ran, again.skipped, again.run_id) == (0, 12, ray_.run_id)  # resumed: nothing trained twice
