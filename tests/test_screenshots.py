@@ -12,14 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,42 +22,6 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (Debian 'chromium')")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def mlflow_ui(store: str, log: Path) -> Iterator[str]:
-    """``mlflow server`` over ``store`` on a free local port, stopped (and waited for) on exit."""
-    port = _free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                                 "--workers", "1", "--backend-store-uri", store], stdout=out, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mlflow server did not start: " + log.read_text()[-2000:])
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def render(url: str, shot: Path, profile: Path, size: str = "1600,1000", budget_ms: int = 15000) -> str:
@@ -92,7 +51,8 @@ def shots(tmp_path_factory) -> Path:
     return folder
 
 
-def test_mlflow_table_compare_view_and_report_render(finished_run, finished_sweep, shots, tmp_path):
+def test_mlflow_table_compare_view_and_report_render(finished_run, finished_sweep, shots, tmp_path,
+                                                     mlflow_server_on):
     from mlflow import MlflowClient
 
     from medlora.tracking.view import table_path
@@ -110,13 +70,13 @@ def test_mlflow_table_compare_view_and_report_render(finished_run, finished_swee
     assert len(children) == 3
     compared = [single, *children]
 
-    with mlflow_ui(store, tmp_path / "server.log") as url:
-        table = render(f"{url}/{table_path(sweep_exp)}", shots / "mlflow_experiment_table.png", tmp_path / "p1",
-                       size="2800,1000")
-        runs = urllib.parse.quote(json.dumps([r.info.run_id for r in compared]))
-        exps = urllib.parse.quote(json.dumps([single_exp, sweep_exp]))
-        compare = render(f"{url}/#/compare-runs?runs={runs}&experiments={exps}", shots / "mlflow_compare.png",
-                         tmp_path / "p2", size="1600,2400")
+    url = mlflow_server_on(store).url  # stopped by the fixture after the test
+    table = render(f"{url}/{table_path(sweep_exp)}", shots / "mlflow_experiment_table.png", tmp_path / "p1",
+                   size="2800,1000")
+    runs = urllib.parse.quote(json.dumps([r.info.run_id for r in compared]))
+    exps = urllib.parse.quote(json.dumps([single_exp, sweep_exp]))
+    compare = render(f"{url}/#/compare-runs?runs={runs}&experiments={exps}", shots / "mlflow_compare.png",
+                     tmp_path / "p2", size="1600,2400")
     report = render((out / "bundle" / "report.html").as_uri(), shots / "report.png", tmp_path / "p3",
                     size="1200,5200", budget_ms=2000)
 

@@ -1,47 +1,12 @@
 """A sweep logged to a real ``mlflow server`` (SQLite backend, local artifacts) and read back over HTTP."""
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-           "--artifacts-destination", str(tmp_path / "server-artifacts")]
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def mlflow_server(tmp_path, mlflow_server_on):
+    """The URL of an ``mlflow server`` over a SQLite store, with proxied artifacts (conftest's launcher)."""
+    return mlflow_server_on(f"sqlite:///{tmp_path / 'server.db'}").url
 
 
 @pytest.mark.slow
