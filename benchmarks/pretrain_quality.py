@@ -37,13 +37,15 @@ DATASETS: dict[str, dict[str, Any]] = {
     # the local PneumoniaMNIST has 3882 training images; 300 per split keeps the 72 trainings in the hour
     "pneumoniamnist": {"classes": ["normal", "pneumonia"], "abnormal": "pneumonia", "limit": 300},
 }
-# configs/breastmnist.yaml's ViT-Ti/4 at 28 px with 4 blocks, at half its width (96, 3 heads) so that
-# 72 trainings and two pretrainings fit in about an hour on a shared 2-core CPU
+# configs/breastmnist.yaml's ViT-Ti/4 at 28 px with 4 blocks ("--width full", 192 wide, 3 heads), or at half
+# its width ("--width half", 96 wide) so that 72 trainings and two pretrainings fit in about an hour on a
+# busy shared 2-core CPU
+WIDTHS = {"full": {"embed_dim": 192, "num_heads": 3}, "half": {"embed_dim": 96, "num_heads": 3}}
 MODEL = {"backbone": "vit_tiny_patch16_224",
-         "kwargs": {"img_size": 28, "patch_size": 4, "depth": 4, "embed_dim": 96, "num_heads": 3, "global_pool": "avg"}}
+         "kwargs": {"img_size": 28, "patch_size": 4, "depth": 4, **WIDTHS["full"], "global_pool": "avg"}}
 SETTINGS = {
     "pretrain": {"epochs": 30, "batch_size": 64, "lr": 0.0015, "warmup_epochs": 3, "mask_ratio": 0.75,
-                 "decoder_dim": 128, "decoder_depth": 1, "decoder_heads": 4},
+                 "decoder_dim": 128, "decoder_depth": 4, "decoder_heads": 4},
     "all": {"epochs": 4, "batch_size": 64, "lr": 0.003, "warmup_epochs": 1, "patience": 3},
     "10": {"epochs": 12, "batch_size": 32, "lr": 0.003, "warmup_epochs": 2, "patience": 5},
     "overrides": {"full": {"lr": 0.0003}, "linear_probe": {"lr": 0.01, "epochs": 30, "patience": 10}},
@@ -165,7 +167,7 @@ def bench_dataset(name: str, work: Path, quick: bool, seeds: list[int]) -> dict[
             raw = raw_config(name, root, work, train, quick, seeds)
             raw["model"] = {**raw["model"], **({"weights": weights} if weights else {})}
             tag = "pretrained" if weights else "random"
-            for row in sweep(raw, shots, work / "sweeps" / f"{name}-{tag}-{shots}"):
+            for row in sweep(raw, shots, work / "sweeps" / f"{root.name}-{tag}-{shots}"):
                 result["rows"].append({"base": base, **row})
             print(f"[{name}] {base} {shots} shots done", flush=True)
     return result
@@ -238,12 +240,20 @@ def main(argv: list[str] | None = None) -> int:
                         "('bench': this benchmark's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sweep seeds (default 0 1 2)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 40 images per split, 2 seeds")
+    p.add_argument("--width", choices=list(WIDTHS), default="full",
+                   help="the ViT's width: configs/breastmnist.yaml's (full, default) or half of it")
+    p.add_argument("--limit", type=int, default=None,
+                   help="images per split for every data set (0: all); default: each set's own (PneumoniaMNIST 300)")
     args = p.parse_args(argv)
+    MODEL["kwargs"] = {**MODEL["kwargs"], **WIDTHS[args.width]}
+    if args.limit is not None:
+        for info in DATASETS.values():
+            info["limit"] = args.limit or None
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
     NPZ = Path(args.npz_dir)
     if args.step_cost:
         return measure_configs(args.step_cost)
-    work = Path(args.work) / ("quick" if args.quick else "full")
+    work = Path(args.work) / ("quick" if args.quick else f"{args.width}-width")
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MEDLORA_SECRET_FILE", str(work / "site.key"))
     missing = [n for n in args.datasets if not (NPZ / f"{n}.npz").is_file()]

@@ -273,6 +273,10 @@ class TrainConfig(_Strict):
     seed: int = 0
     # multilabel: weight each finding's positives by negatives/positives of the training split (BCE pos_weight)
     pos_weight: bool = False
+    # the head trains on pre-logits features standardised by the training images' mean and spread (as
+    # MAE's linear probe), folded into the head when training ends, so the saved head is plain timm.
+    # auto: only where the features are frozen (linear probe); true: also under LoRA / full fine-tuning
+    head_norm: Literal["auto"] | bool = "auto"
 
 
 class EvaluateConfig(_Strict):

@@ -5,6 +5,8 @@ parameters require gradients. Training augmentation, when given, runs on each wh
 training device (:class:`~medlora.transforms.augment.BatchAugment`). At the end the best epoch's
 trainable weights are restored. The time spent waiting for batches and augmenting them is
 reported apart from the steps (``data_seconds``). Each epoch logs its time and an ETA for the rest.
+With ``train.head_norm`` the classifier head trains on standardised features and the standardisation
+is folded into it at the end (:mod:`medlora.models.head_norm`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from torch import nn
 from ..config import TrainConfig
 from ..device import autocast_dtype, maybe_compile
 from ..models.dropout import batch_share, share_dropout
+from ..models.head_norm import StandardizedHeads, head_linears
 from ..models.lora import for_inference
 from . import checkpoint as ckpt
 from .distributed import Dist, wrap
 from .head import Head
 from .inference import Predictions, predict
+from .standardize import feature_moments, training_batches
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,25 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def standardize_heads(model: nn.Module, train_loader, cfg: TrainConfig,
+                      device: torch.device) -> StandardizedHeads | None:
+    """Standardise the head's input by the training images' statistics (:mod:`medlora.models.head_norm`);
+    ``None`` when the model has no linear head to standardise, or (``head_norm: auto``) when more than
+    the head trains: the statistics are measured once, and features that move under training drift
+    away from them."""
+    linears = head_linears(model)
+    if not linears:
+        log.debug("train.head_norm: no linear classifier head found in %s; features left as they are",
+                  type(model).__name__)
+        return None
+    if cfg.head_norm == "auto":
+        head_params = {id(p) for layer in linears for p in layer.parameters()}
+        if any(p.requires_grad and id(p) not in head_params for p in model.parameters()):
+            return None
+    moments = feature_moments(model, linears, training_batches(train_loader, cfg.batch_size), device)
+    return StandardizedHeads(linears, moments)
+
+
 def fit(
     model: nn.Module,
     train_loader,
@@ -140,6 +163,7 @@ def fit(
     dist = dist or Dist()
     head = head or Head("binary", (), abnormal=abnormal_index)
     dtype = autocast_dtype(device)
+    standardized = standardize_heads(model, train_loader, cfg, device) if cfg.head_norm is not False else None
     share_dropout(model)  # dropout masks per image, however the batch is split over ranks
     dist.same_random_state(device)
     step_model = maybe_compile(wrap(model, dist, device), cfg.compile)
@@ -210,6 +234,8 @@ def fit(
     with torch.no_grad():
         for k, p in st.best_state.items():
             trainable[k].copy_(p)
+    if standardized is not None:
+        standardized.fold()
     return TrainResult(
         best_epoch=st.best_epoch, best_val_auroc=st.best_val_auroc, history=st.history, train_seconds=st.train_time,
         data_seconds=st.data_time, images_per_second=st.images / st.train_time if st.train_time > 0 else 0.0,

@@ -56,8 +56,10 @@ def _shuffled_run(epochs_before_stop: int | None, checkpoint, seed: int = 0):
 
     from medlora.transforms.augment import BatchAugment
 
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(3 * 8 * 8, 2))
+    from collections import OrderedDict
+
+    torch.manual_seed(seed)  # a layer named "head": train.head_norm standardises its input and resumes with it
+    model = nn.Sequential(OrderedDict(flat=nn.Flatten(), drop=nn.Dropout(0.3), head=nn.Linear(3 * 8 * 8, 2)))
     items = [{"image": b["image"][i], "label": b["label"][i]} for b in _batches(4) for i in range(4)]
     loader = DataLoader(items, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed))
     val = _batches(2, seed=1)
