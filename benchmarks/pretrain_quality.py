@@ -242,10 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 40 images per split, 2 seeds")
     p.add_argument("--width", choices=list(WIDTHS), default="full",
                    help="the ViT's width: configs/breastmnist.yaml's (full, default) or half of it")
+    p.add_argument("--decoder-depth", type=int, default=SETTINGS["pretrain"]["decoder_depth"],
+                   help="MAE decoder blocks (default %(default)s)")
     p.add_argument("--limit", type=int, default=None,
                    help="images per split for every data set (0: all); default: each set's own (PneumoniaMNIST 300)")
     args = p.parse_args(argv)
     MODEL["kwargs"] = {**MODEL["kwargs"], **WIDTHS[args.width]}
+    SETTINGS["pretrain"]["decoder_depth"] = args.decoder_depth
     if args.limit is not None:
         for info in DATASETS.values():
             info["limit"] = args.limit or None
