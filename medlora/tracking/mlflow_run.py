@@ -4,7 +4,10 @@ The tracking URI is ``tracking.uri`` when set, else ``MLFLOW_TRACKING_URI``, els
 default local store. Experiments are named after the dataset. Params are the whole resolved
 config, flattened (``train.lr``, ``model.lora.r`` ...), so runs compare column by column in the UI.
 A new experiment is tagged as model training (the UI opens on its runs table) and given medlora's
-table view (:mod:`.view`).
+table view (:mod:`.view`). On a local SQLite store a new experiment keeps its artifacts in ``mlruns/``
+beside the database file (:func:`artifact_location`), wherever the command runs from: MLflow's own
+default, ``./mlruns`` of the working directory, splits a store from its artifacts when the next
+command runs elsewhere.
 """
 
 from __future__ import annotations
@@ -40,6 +43,33 @@ def configure(cfg: TrackingConfig) -> str:
     return uri
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of the store ``uri`` keeps its artifacts: ``mlruns/`` beside a local SQLite
+    file; ``None`` (the store's own default) for any other store."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme != "sqlite" or not parts.path or parts.path in {"/", "/:memory:"}:
+        return None
+    path = Path(uri.split("sqlite:///", 1)[1]) if uri.startswith("sqlite:///") else Path(parts.path)
+    return (path.resolve().parent / "mlruns").as_uri()
+
+
+def ensure_experiment(experiment: str) -> None:
+    """Create ``experiment`` with its artifacts beside a local SQLite store, if it does not exist yet."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    where = artifact_location(mlflow.get_tracking_uri())
+    if where is None or mlflow.get_experiment_by_name(experiment) is not None:
+        return
+    try:
+        mlflow.create_experiment(experiment, artifact_location=where)
+    except MlflowException:  # created meanwhile by another process of the same sweep
+        if mlflow.get_experiment_by_name(experiment) is None:
+            raise
+
+
 @contextmanager
 def start_run(experiment: str, run_name: str | None = None, tags: Mapping[str, str] | None = None,
               nested: bool = False, run_id: str | None = None, task: str = "binary") -> Iterator[Any]:
@@ -48,6 +78,7 @@ def start_run(experiment: str, run_name: str | None = None, tags: Mapping[str, s
     import mlflow
 
     if run_id is None and not (nested and mlflow.active_run()):  # a nested run goes with its parent
+        ensure_experiment(experiment)
         exp = mlflow.set_experiment(experiment)
         if T.EXPERIMENT_KIND not in exp.tags:
             mlflow.set_experiment_tag(T.EXPERIMENT_KIND, T.MODEL_TRAINING)
