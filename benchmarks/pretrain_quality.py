@@ -45,7 +45,7 @@ MODEL = {"backbone": "vit_tiny_patch16_224",
          "kwargs": {"img_size": 28, "patch_size": 4, "depth": 4, **WIDTHS["full"], "global_pool": "avg"}}
 SETTINGS = {
     "pretrain": {"epochs": 30, "batch_size": 64, "lr": 0.0015, "warmup_epochs": 3, "mask_ratio": 0.75,
-                 "decoder_dim": 128, "decoder_depth": 4, "decoder_heads": 4},
+                 "decoder_dim": 128, "decoder_depth": 1, "decoder_heads": 4},
     "all": {"epochs": 4, "batch_size": 64, "lr": 0.003, "warmup_epochs": 1, "patience": 3},
     "10": {"epochs": 12, "batch_size": 32, "lr": 0.003, "warmup_epochs": 2, "patience": 5},
     "overrides": {"full": {"lr": 0.0003}, "linear_probe": {"lr": 0.01, "epochs": 30, "patience": 10}},
