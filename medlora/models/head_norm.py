@@ -42,10 +42,15 @@ class Standardize:
 
     def __init__(self, moments: Moments) -> None:
         self.mean, self.scale = moments.mean, moments.scale
+        self._on: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # copies per (device, dtype), made once
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
-        return ((x - self.mean.to(x)) / self.scale.to(x), *args[1:])
+        key = (x.device, x.dtype)
+        if key not in self._on:
+            self._on[key] = (self.mean.to(x), self.scale.to(x))
+        mean, scale = self._on[key]
+        return ((x - mean) / scale, *args[1:])
 
 
 def head_linears(model: nn.Module) -> list[nn.Linear]:
