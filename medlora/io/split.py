@@ -7,10 +7,15 @@ and "no finding present" at once by iterative stratification (:mod:`.stratify`):
 with at least three positive patients has positives in train, validation and test. The split is written to a CSV of pseudonymous patient
 keys; a later run of the same dataset with the same fractions and seed reuses it, and patients
 that were not there before are added without moving anyone who was.
+
+A new draw is a function of the data and ``data.split.seed`` alone, not of the site secret: patients
+are put in a stable order by a digest of their images' pixel hashes (:func:`draw_order`) before the
+seeded shuffle, so two machines with different secrets draw the same split of the same data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -27,13 +32,29 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-def _draw(patients: pd.Series, cfg: SplitConfig) -> dict[str, str]:
+def draw_order(manifest: pd.DataFrame) -> pd.Series:
+    """A sort token per patient key that does not depend on the site secret.
+
+    The token is a sha256 of the patient's sorted sample pixel hashes (what the images hold, the same on
+    every machine), with the key itself as the tie-breaker for patients whose images are identical. It is
+    used only to order patients before the seeded draw and is never written anywhere. A manifest without
+    pixel hashes orders by key (and then depends on the secret, as keys do).
+    """
+    if "pixel_hash" not in manifest.columns or manifest["pixel_hash"].isna().any():
+        keys = manifest["patient_key"].drop_duplicates()
+        return pd.Series(keys.to_numpy(), index=keys.to_numpy())
+    digests = manifest.groupby("patient_key")["pixel_hash"].agg(
+        lambda h: hashlib.sha256("\n".join(sorted(h.astype(str))).encode()).hexdigest())
+    return digests + ":" + digests.index.to_series()
+
+
+def _draw(patients: pd.Series, cfg: SplitConfig, order: pd.Series) -> dict[str, str]:
     """Assign patients (index = key, value = label) to splits, stratified by label (binary, multi-class)."""
     rng = np.random.default_rng(cfg.seed)
     out: dict[str, str] = {}
     fractions = np.array([cfg.train, cfg.val, cfg.test])
     for _, group in patients.groupby(patients):
-        keys = sorted(group.index)
+        keys = sorted(group.index, key=order.__getitem__)
         rng.shuffle(keys)
         bounds = np.cumsum(split_counts(len(keys), fractions))
         for i, key in enumerate(keys):
@@ -41,10 +62,10 @@ def _draw(patients: pd.Series, cfg: SplitConfig) -> dict[str, str]:
     return out
 
 
-def _draw_findings(findings: pd.DataFrame, cfg: SplitConfig) -> dict[str, str]:
+def _draw_findings(findings: pd.DataFrame, cfg: SplitConfig, order: pd.Series) -> dict[str, str]:
     """Assign patients (rows of :func:`patient_findings`) to splits by iterative stratification over
     their positive findings and "no finding present" (:func:`~medlora.io.stratify.iterative_stratification`)."""
-    findings = findings.sort_index()
+    findings = findings.loc[sorted(findings.index, key=order.__getitem__)]
     positive = findings.to_numpy() == 1.0  # unknown (NaN) is not a positive
     strata = np.column_stack([positive, ~positive.any(axis=1)])
     fractions = np.array([cfg.train, cfg.val, cfg.test])
@@ -80,8 +101,9 @@ def assign_splits(manifest: pd.DataFrame, cfg: SplitConfig, file: Path) -> pd.Da
     assignment = {k: stored[k] for k in known.index}
     if len(new):
         multilabel = "findings" in manifest.columns
-        assignment.update(_draw_findings(patient_findings(manifest).loc[new.index], cfg) if multilabel
-                          else _draw(new, cfg))
+        order = draw_order(manifest)
+        assignment.update(_draw_findings(patient_findings(manifest).loc[new.index], cfg, order) if multilabel
+                          else _draw(new, cfg, order))
         if stored:
             log.info("split %s: %d new patients assigned, %d kept", file, len(new), len(known))
     file.parent.mkdir(parents=True, exist_ok=True)

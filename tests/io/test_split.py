@@ -137,3 +137,28 @@ def test_multilabel_split_file_is_reused(tmp_path):
                           SplitConfig(seed=2), f)
     merged = first.merge(grown, on="sample_id", suffixes=("_a", "_b"))
     assert (merged["split_a"] == merged["split_b"]).all() and grown["split"].notna().all()
+
+
+def _rekeyed(manifest: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """The same images under other patient keys, as another site secret would make them (keys in another order)."""
+    rng = np.random.default_rng(abs(hash(prefix)) % 2**32)
+    names = {k: f"{prefix}{rng.integers(1 << 40):012x}" for k in manifest["patient_key"].unique()}
+    out = manifest.copy()
+    out["patient_key"] = out["patient_key"].map(names)
+    return out
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_split_does_not_depend_on_the_keys(tmp_path, multilabel):
+    """Two secrets give two sets of patient keys for the same data: the draw is the same for each image."""
+    m = _manifest(n_patients=40)
+    m["pixel_hash"] = [f"{i:016x}" for i in range(len(m))]
+    if multilabel:
+        rng = np.random.default_rng(1)
+        m["findings"] = [f"{a},{b}" for a, b in rng.integers(0, 2, (len(m), 2))]
+    a = assign_splits(_rekeyed(m, "a"), SplitConfig(seed=5), tmp_path / "a.csv")
+    b = assign_splits(_rekeyed(m, "b"), SplitConfig(seed=5), tmp_path / "b.csv")
+    assert (a["patient_key"] != b["patient_key"]).all()
+    assert a["split"].tolist() == b["split"].tolist()
+    c = assign_splits(_rekeyed(m, "a"), SplitConfig(seed=6), tmp_path / "c.csv")
+    assert a["split"].tolist() != c["split"].tolist()  # the seed still decides
