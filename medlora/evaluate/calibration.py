@@ -86,3 +86,56 @@ def reliability_diagram(y_true: np.ndarray, prob: np.ndarray, n_bins: int = DEFA
         bin_high=edges[1:][keep],
         n_bins=n_bins,
     )
+
+
+def _logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    p = np.clip(p, eps, 1.0 - eps)
+    return np.log(p / (1.0 - p))
+
+
+@dataclass(frozen=True)
+class CalibrationFit:
+    """Logistic recalibration of probabilities on new data (Van Calster et al. 2019, "Calibration: the
+    Achilles heel of predictive analytics", BMC Medicine 17:230).
+
+    ``intercept`` is calibration-in-the-large: ``a`` in ``logit P(y) = a + logit(p)`` (0 when the
+    average risk is right; negative when the model over-predicts). ``slope`` is ``b`` in
+    ``logit P(y) = a' + b logit(p)`` (1 when the spread is right; below 1 when predictions are too
+    extreme, the usual finding at an external site).
+    """
+
+    intercept: float
+    slope: float
+    n: int
+
+
+def _newton_logistic(x: np.ndarray, y: np.ndarray, offset: np.ndarray, steps: int = 50) -> np.ndarray:
+    """Maximum-likelihood coefficients of ``logit P(y) = offset + x @ beta`` (Newton-Raphson, tiny ridge)."""
+    beta = np.zeros(x.shape[1])
+    for _ in range(steps):
+        eta = offset + x @ beta
+        mu = 1.0 / (1.0 + np.exp(-eta))
+        w = np.maximum(mu * (1.0 - mu), 1e-12)
+        grad = x.T @ (y - mu)
+        hess = (x * w[:, None]).T @ x + 1e-9 * np.eye(x.shape[1])
+        delta = np.linalg.solve(hess, grad)
+        beta = beta + delta
+        if np.max(np.abs(delta)) < 1e-10:
+            break
+    return beta
+
+
+def calibration_intercept_slope(y_true: np.ndarray, prob: np.ndarray) -> CalibrationFit:
+    """Calibration intercept (in the large) and slope of probabilities ``prob`` against outcomes ``y_true``.
+
+    NaN for both when only one class is present (neither is defined then).
+    """
+    y, p = check_binary(y_true, prob)
+    if y.min() == y.max():
+        logger.warning("calibration intercept/slope need both classes: NaN")
+        return CalibrationFit(float("nan"), float("nan"), int(y.size))
+    z = _logit(p.astype(np.float64))
+    y = y.astype(np.float64)
+    (intercept,) = _newton_logistic(np.ones((y.size, 1)), y, z)
+    _, slope = _newton_logistic(np.column_stack([np.ones(y.size), z]), y, np.zeros(y.size))
+    return CalibrationFit(float(intercept), float(slope), int(y.size))

@@ -182,3 +182,29 @@ def delong_test(
         "z": float(z),
         "p": p,
     }
+
+
+def delong_unpaired(
+    y_1: np.ndarray,
+    scores_1: np.ndarray,
+    y_2: np.ndarray,
+    scores_2: np.ndarray,
+    clusters_1: np.ndarray | None = None,
+    clusters_2: np.ndarray | None = None,
+    ci: float = 0.95,
+) -> dict[str, float]:
+    """DeLong's test of two AUROCs measured on **independent** sets (e.g. an internal test set and an
+    external site's studies): ``diff = auc1 - auc2`` with ``se = sqrt(var1 + var2)`` (no covariance:
+    the sets share no case), a Wald interval of the difference, ``z`` and the two-sided ``p``."""
+    r1 = delong_auc(y_1, scores_1, ci=ci, clusters=clusters_1)
+    r2 = delong_auc(y_2, scores_2, ci=ci, clusters=clusters_2)
+    diff = r1.auc - r2.auc
+    se = float(np.sqrt(r1.variance + r2.variance))
+    if np.isfinite(se) and se > 1e-15:
+        z = diff / se
+        p = float(2.0 * norm.sf(abs(z)))
+    else:
+        z, p = (0.0, 1.0) if abs(diff) < 1e-12 and np.isfinite(se) else (float("nan"), float("nan"))
+    half = float(norm.ppf(0.5 + ci / 2.0)) * se
+    return {"auc1": r1.auc, "auc2": r2.auc, "diff": diff, "se_diff": se,
+            "diff_ci_low": diff - half, "diff_ci_high": diff + half, "z": float(z), "p": p}

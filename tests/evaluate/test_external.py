@@ -1,0 +1,68 @@
+"""External-validation statistics: unpaired DeLong, calibration intercept/slope, score shift, familiarity."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from medlora.errors import InputError
+from medlora.evaluate.calibration import calibration_intercept_slope
+from medlora.evaluate.delong import delong_auc, delong_unpaired
+from medlora.evaluate.familiarity import fit_feature_stats
+from medlora.evaluate.shift import score_shift
+
+
+def _scores(n, shift, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, rng.normal(size=n) + shift * y
+
+
+def test_unpaired_delong_variance_is_the_sum_of_both():
+    y1, s1 = _scores(120, 2.0, 0)
+    y2, s2 = _scores(90, 0.5, 1)
+    out = delong_unpaired(y1, s1, y2, s2)
+    a, b = delong_auc(y1, s1), delong_auc(y2, s2)
+    assert out["diff"] == pytest.approx(a.auc - b.auc)
+    assert out["se_diff"] == pytest.approx(np.sqrt(a.variance + b.variance))
+    assert out["diff_ci_low"] > 0 and out["p"] < 0.01  # clearly better on the first set
+    same = delong_unpaired(y1, s1, y1, s1)
+    assert same["diff"] == 0 and same["p"] == pytest.approx(1.0)
+
+
+def test_calibration_slope_and_intercept_recover_a_known_miscalibration():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 20000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)
+    perfect = calibration_intercept_slope(y, 1 / (1 + np.exp(-z)))
+    assert perfect.slope == pytest.approx(1.0, abs=0.05) and perfect.intercept == pytest.approx(0.0, abs=0.05)
+    too_extreme = calibration_intercept_slope(y, 1 / (1 + np.exp(-(2 * z + 1))))  # over-confident, over-predicting
+    assert too_extreme.slope == pytest.approx(0.5, abs=0.03)
+    assert too_extreme.intercept < -0.3
+    # the slope is the coefficient scikit-learn's unpenalised logistic regression finds on logit(p)
+    logit = 2 * z + 1
+    ref = LogisticRegression(C=np.inf).fit(logit[:, None], y)
+    assert too_extreme.slope == pytest.approx(float(ref.coef_[0, 0]), rel=1e-4)
+    assert np.isnan(calibration_intercept_slope(np.ones(5, int), np.full(5, 0.5)).slope)
+
+
+def test_score_shift_sees_a_moved_distribution_and_not_a_resample():
+    rng = np.random.default_rng(0)
+    a = rng.beta(2, 5, 300)
+    assert score_shift(a, rng.beta(2, 5, 300)).p_value > 0.01
+    moved = score_shift(a, rng.beta(5, 2, 300))
+    assert moved.p_value < 1e-6 and moved.external_median > moved.internal_median
+    assert moved.internal.shape == moved.external.shape == (20,)
+
+
+def test_familiarity_flags_the_unfamiliar_and_few_of_the_familiar():
+    rng = np.random.default_rng(0)
+    d = 32
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    train, val, same = (rng.normal(size=(n, d)) @ mix for n in (200, 100, 400))
+    stats = fit_feature_stats(train, val)
+    assert stats.flagged(same).mean() < 0.05
+    assert stats.flagged(rng.normal(size=(100, d)) @ mix + 3.0).mean() > 0.95
+    again = type(stats).from_arrays(stats.to_arrays())
+    np.testing.assert_allclose(again.distance(same), stats.distance(same), rtol=1e-4)
+    with pytest.raises(InputError, match="at least 20 training studies"):
+        fit_feature_stats(train[:10], val)
