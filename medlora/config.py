@@ -40,6 +40,9 @@ class SynthConfig(_Strict):
     # multi-label phantoms: each study carries each of these lesion kinds independently (probability
     # abnormal_fraction); labels.csv gets one 0/1 column per kind instead of the normal/abnormal label
     findings: list[Literal["nodule", "effusion", "cardiomegaly", "calcification"]] | None = None
+    # which hospital's scanner the phantoms imitate (medlora.io.synth.SITES): a = the demo's own; b = a
+    # second site (blurrier, noisier, offset intensities, other manufacturer, other patients)
+    site: Literal["a", "b"] = "a"
 
 
 class SplitConfig(_Strict):

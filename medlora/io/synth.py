@@ -22,6 +22,12 @@ specks along the lateral edge of a lung), and ``labels.csv`` holds one 0/1 colum
   image noise is higher, and nodule conspicuity is graded (radius 4-10%, +200 to +880 HU with a soft
   edge; :data:`SUBTLE`): the large dense ones are easy, the small faint ones look like vessels. The
   demos use it so that methods and shot counts give different, imperfect results.
+
+``site`` (:data:`SITES`) imitates where the images were made: ``a`` is the demo's own scanner; ``b`` is a
+second hospital whose scanner reconstructs thicker, smoother slices (a Gaussian blur), is noisier, reads
+a constant HU offset higher, compresses contrast around soft tissue, and names another manufacturer. Its
+phantoms are drawn from other patients (the seed is offset), so they test an adapter at a site it was
+not trained on; a prevalence of its own is ``abnormal_fraction``.
 """
 
 from __future__ import annotations
@@ -174,7 +180,27 @@ def _subtle_phantom(rng: np.random.Generator, size: int, z: float, a: _Anatomy) 
     return hu
 
 
-def _dataset(pixels_hu: np.ndarray, ids: dict[str, str], index: int, spacing: float, z_mm: float):
+# How a second site's scanner differs from the demo's (site ``a``): see the module docstring.
+SITES: dict[str, dict[str, float | str] | None] = {
+    "a": None,
+    "b": {"blur_px": 0.9, "noise_hu": 35.0, "offset_hu": 60.0, "contrast": 0.8, "slice_factor": 2.0,
+          "manufacturer": "medlora-synth site B", "seed_offset": 1000},
+}
+
+
+def _site_effects(hu: np.ndarray, rng: np.random.Generator, site: dict[str, float | str] | None) -> np.ndarray:
+    """A slice as the site's scanner would show it (unchanged for the demo's own site)."""
+    if site is None:
+        return hu
+    from scipy.ndimage import gaussian_filter
+
+    out = gaussian_filter(hu, sigma=float(site["blur_px"]))
+    out = 40.0 + (out - 40.0) * float(site["contrast"]) + float(site["offset_hu"])
+    return (out + rng.normal(0, float(site["noise_hu"]), size=out.shape)).astype(np.float32)
+
+
+def _dataset(pixels_hu: np.ndarray, ids: dict[str, str], index: int, spacing: float, z_mm: float,
+             site: dict[str, float | str] | None = None):
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
@@ -197,13 +223,13 @@ def _dataset(pixels_hu: np.ndarray, ids: dict[str, str], index: int, spacing: fl
     ds.StudyDate = ids["date"]
     ds.StudyDescription = "Synthetic chest phantom"
     ds.Modality = "CT"
-    ds.Manufacturer = "medlora-synth"
+    ds.Manufacturer = "medlora-synth" if site is None else str(site["manufacturer"])
     ds.InstanceNumber = index + 1
     ds.SeriesNumber = 1
     ds.ImagePositionPatient = [0.0, 0.0, z_mm]
     ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     ds.PixelSpacing = [spacing, spacing]
-    ds.SliceThickness = spacing
+    ds.SliceThickness = spacing if site is None else spacing * float(site["slice_factor"])
     ds.Rows, ds.Columns = pixels_hu.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -258,12 +284,14 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(cfg.seed)
+    site = SITES[cfg.site]
+    seed = cfg.seed + (int(site["seed_offset"]) if site else 0)  # another site: other patients
+    rng = np.random.default_rng(seed)
     n_abnormal = int(round(cfg.patients * cfg.abnormal_fraction))
     abnormal = np.zeros(cfg.patients, dtype=bool)
     abnormal[rng.choice(cfg.patients, n_abnormal, replace=False)] = True
     kinds = list(cfg.findings or [])
-    frng = np.random.default_rng([cfg.seed, 15])  # multi-label draws: the binary phantoms stay as they were
+    frng = np.random.default_rng([seed, 15])  # multi-label draws: the binary phantoms stay as they were
     present = frng.random((cfg.patients, len(kinds))) < cfg.abnormal_fraction
     if kinds:
         abnormal[:] = False  # the lesion kinds replace the single nodule
@@ -272,16 +300,16 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
     rows: list[dict[str, str]] = []
     images = 0
     for p in range(cfg.patients):
-        uid = lambda kind, p=p: generate_uid(entropy_srcs=["medlora-synth", str(cfg.seed), str(p), kind])  # noqa: E731
+        uid = lambda kind, p=p: generate_uid(entropy_srcs=["medlora-synth", str(seed), str(p), kind])  # noqa: E731
         ids = {
             "study": uid("study"),
             "series": uid("series"),
             "frame": uid("frame"),
             "name": f"Phantom^Patient{p:04d}",
-            "patient": f"PH{cfg.seed:02d}{p:05d}",
+            "patient": f"PH{seed:02d}{p:05d}",
             "birth": f"19{40 + p % 50:02d}0{1 + p % 9}1{p % 10}",
             "sex": "MF"[p % 2],
-            "accession": f"ACC{cfg.seed:02d}{p:06d}",
+            "accession": f"ACC{seed:02d}{p:06d}",
             "date": "20240115",
         }
         lesion = None
@@ -304,8 +332,9 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
                 _subtle_phantom(rng, size, float(i), anatomy)
             for kind, params in lesions.items():
                 _add_finding(hu, kind, params)
+            hu = _site_effects(hu, rng, site)
             ids["sop"] = uid(f"sop{i}")
-            _dataset(hu, ids, i, spacing, z_mm=i * spacing).save_as(series_dir / f"IM{i + 1:04d}.dcm", enforce_file_format=True)
+            _dataset(hu, ids, i, spacing, z_mm=i * spacing, site=site).save_as(series_dir / f"IM{i + 1:04d}.dcm", enforce_file_format=True)
             images += 1
         if kinds:
             rows.append({"StudyInstanceUID": ids["study"], **{k: str(int(h)) for k, h in zip(kinds, present[p], strict=True)}})
@@ -323,7 +352,10 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
 
 
 def _stamp(cfg: SynthConfig) -> dict:
-    return {"generator": GENERATOR_VERSION, **cfg.model_dump(mode="json")}
+    settings = cfg.model_dump(mode="json")
+    if settings.get("site") == "a":  # the demo's own site: folders written before sites existed stay valid
+        del settings["site"]
+    return {"generator": GENERATOR_VERSION, **settings}
 
 
 def ensure_phantoms(root: Path, cfg: SynthConfig) -> None:
