@@ -81,6 +81,25 @@ def evaluate_binary(
     validation or test labels hold a single class.
     """
     op = choose_operating_point(y_val, s_val, policy)
+    return evaluate_at(op, y_test, s_test, clusters_test, n_bootstrap, ci, seed, subgroups, probabilities,
+                       min_per_class)
+
+
+def evaluate_at(
+    op: OperatingPoint,
+    y_test: np.ndarray,
+    s_test: np.ndarray,
+    clusters_test: np.ndarray | None = None,
+    n_bootstrap: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    subgroups: dict[str, np.ndarray] | None = None,
+    probabilities: bool = True,
+    min_per_class: int = MIN_PER_CLASS,
+) -> EvaluationResult:
+    """Measure ``y_test``/``s_test`` at an operating point frozen elsewhere (on validation data, or the one a
+    bundle shipped with): the studies measured never move the threshold."""
+    policy = op.policy
     y, s = check_binary(y_test, s_test, what="test scores")
     metrics = binary_metrics(y, s, op.threshold, probabilities)
     notes = _operating_point_notes(op)
