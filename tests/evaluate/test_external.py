@@ -66,3 +66,22 @@ def test_familiarity_flags_the_unfamiliar_and_few_of_the_familiar():
     np.testing.assert_allclose(again.distance(same), stats.distance(same), rtol=1e-4)
     with pytest.raises(InputError, match="at least 20 training studies"):
         fit_feature_stats(train[:10], val)
+
+
+def test_internal_vs_external_verdicts():
+    from medlora.evaluate.external import SiteSet, compare_sets, threshold_for_sensitivity
+
+    y1, s1 = _scores(300, 2.5, 0)
+    y2, s2 = _scores(300, 0.7, 1)  # the model separates the classes far less well at the site
+    p1, p2 = 1 / (1 + np.exp(-s1)), 1 / (1 + np.exp(-s2))
+    rows = {c.metric: c for c in compare_sets(SiteSet(y1, p1), SiteSet(y2, p2), threshold=0.5, n_bootstrap=300)}
+    assert rows["auroc"].verdict == "lower, interval excludes 0" and rows["auroc"].diff < -0.2
+    assert rows["auroc"].method == "DeLong (unpaired)" and rows["auroc"].p < 1e-6
+    assert rows["sensitivity"].diff_ci[1] < 0
+    same = {c.metric: c for c in compare_sets(SiteSet(y1, p1), SiteSet(*_scores(300, 2.5, 2)[:1],
+                                                                        1 / (1 + np.exp(-_scores(300, 2.5, 2)[1]))),
+                                              threshold=0.5, n_bootstrap=300)}
+    assert same["auroc"].verdict in ("within the internal interval", "lower, interval includes 0",
+                                     "higher, interval includes 0")
+    t = threshold_for_sensitivity(y2, p2, 0.9)
+    assert ((p2 >= t) & (y2 == 1)).sum() / (y2 == 1).sum() >= 0.9
