@@ -85,3 +85,33 @@ def test_internal_vs_external_verdicts():
                                      "higher, interval includes 0")
     t = threshold_for_sensitivity(y2, p2, 0.9)
     assert ((p2 >= t) & (y2 == 1)).sum() / (y2 == 1).sum() >= 0.9
+
+
+def test_validation_never_moves_the_shipped_threshold_and_reports_the_rest():
+    from medlora.config import EvaluateConfig
+    from medlora.evaluate.external import SiteSet
+    from medlora.evaluate.operating_point import OperatingPoint
+    from medlora.evaluate.validation import validate_scores, validation_json, validation_metrics
+
+    rng = np.random.default_rng(0)
+    yi, si = _scores(200, 2.0, 0)
+    ys, ss = _scores(150, 0.8, 1)
+    internal = SiteSet(yi, 1 / (1 + np.exp(-si)))
+    op = OperatingPoint("youden", 0.5, 0.8, 0.8)
+    cfg = EvaluateConfig(bootstrap=200)
+    dist = rng.gamma(2, 1, 150)
+    site = SiteSet(ys, 1 / (1 + np.exp(-ss)))
+    out = validate_scores(site, op, cfg, internal, distances=dist, distance_threshold=3.0)
+    shuffled = validate_scores(SiteSet(rng.permutation(ys), site.s), op, cfg, internal, distances=dist,
+                               distance_threshold=3.0)
+    for r in (out, shuffled):
+        assert r.evaluation.operating_point.threshold == 0.5
+    metrics = validation_metrics(out)
+    assert metrics["threshold"] == 0.5 and "test_auroc" in metrics and "test_calibration_slope" in metrics
+    assert metrics["familiarity_flagged_fraction"] == pytest.approx((dist > 3.0).mean())
+    assert metrics["familiarity_flagged_n"] + metrics["familiarity_unflagged_n"] == 150
+    assert metrics["diff_auroc"] < 0 and np.isfinite(out.threshold_for_internal_sensitivity)
+    doc = validation_json(out)
+    assert doc["familiarity"]["available"] and doc["comparisons"][0]["metric"] == "auroc"
+    none = validate_scores(site, op, cfg)
+    assert not none.familiarity.available and none.comparisons == [] and none.shift is None
