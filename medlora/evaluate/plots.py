@@ -160,3 +160,33 @@ def plot_score_histograms(
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # studies are counted in whole numbers
     ax.legend()
     return _save(fig, path)
+
+
+def plot_score_shift(shift: Any, path: Path, threshold: float | None = None,
+                     names: Sequence[str] = ("internal test", "site"), title: str = "Score distributions") -> Path:
+    """The two sets' study-score densities on shared bins (:class:`~medlora.evaluate.shift.ScoreShift`),
+    with the KS statistic and p-value in the title and the shipped threshold."""
+    fig, ax = _figure()
+    centres, width = (shift.edges[:-1] + shift.edges[1:]) / 2, np.diff(shift.edges)
+    for density, name, n in ((shift.internal, names[0], shift.n_internal), (shift.external, names[1], shift.n_external)):
+        ax.bar(centres, density, width=width, alpha=0.5, label=f"{name} (n={n})")
+    if threshold is not None and np.isfinite(threshold):
+        ax.axvline(threshold, color="k", ls="--", label=f"shipped threshold {threshold:.3g}")
+    ax.set(xlabel="study score", ylabel="density", title=f"{title}\nKS D={shift.statistic:.2f}, p={shift.p_value:.2g}")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_familiarity(distances: np.ndarray, threshold: float, path: Path, reference: np.ndarray | None = None,
+                     title: str = "Familiarity (distance to the training studies)") -> Path:
+    """Histogram of the site studies' familiarity distances with the flag threshold."""
+    d = np.asarray(distances, dtype=float)
+    fig, ax = _figure()
+    edges = np.histogram_bin_edges(np.concatenate([d, reference]) if reference is not None else d, bins=30)
+    if reference is not None:
+        ax.hist(reference, bins=edges, alpha=0.5, density=True, label=f"bundle validation (n={len(reference)})")
+    ax.hist(d, bins=edges, alpha=0.5, density=True, label=f"site (n={len(d)}; {(d > threshold).mean():.0%} flagged)")
+    ax.axvline(threshold, color="k", ls="--", label=f"flag above {threshold:.3g}")
+    ax.set(xlabel="Mahalanobis distance", ylabel="density", title=title)
+    ax.legend()
+    return _save(fig, path)
