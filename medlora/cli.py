@@ -147,6 +147,25 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .experiment.validate import run_validate
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else Path("runs") / f"validate-{Path(args.bundle).name}-{cfg.data.name}"
+    summary = run_validate(Path(args.bundle), cfg, out, args.calibrate_on, args.strict)
+    m = summary.metrics
+    print(f"validated {args.bundle} on {summary.n_studies} site studies: test AUROC {m.get('test_auroc', float('nan')):.3f} "
+          f"[{m.get('test_auroc_delong_ci_low', float('nan')):.3f}, {m.get('test_auroc_delong_ci_high', float('nan')):.3f}], "
+          f"sensitivity {m.get('test_sensitivity', float('nan')):.3f}, specificity {m.get('test_specificity', float('nan')):.3f} "
+          f"at the shipped threshold {m.get('threshold', float('nan')):.4g}")
+    if "familiarity_flagged_fraction" in m:
+        print(f"unfamiliar studies (outside what the adapter was trained on): {m['familiarity_flagged_fraction']:.0%}")
+    print(f"report: {out / 'validation.html'}" + (f"; MLflow run {summary.run_id}" if summary.run_id else ""))
+    if summary.adjusted_bundle is not None:
+        print(f"site-adjusted bundle: {summary.adjusted_bundle}")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .tracking.compare import compare
 
@@ -196,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ingest":
             r.add_argument("--strict", action="store_true", help="fail if any input is skipped")
         r.set_defaults(func=func)
+    v = sub.add_parser("validate", help="validate a received bundle on this site's labelled studies, at its shipped "
+                                         "operating point (metrics, intervals, internal vs external, familiarity)")
+    v.add_argument("bundle", help="the bundle folder (medlora export)")
+    v.add_argument("config", help="the site's YAML config: its data section names the labelled studies")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    v.add_argument("--out", help="output folder (default runs/validate-<bundle>-<dataset name>)")
+    v.add_argument("--calibrate-on", metavar="FRACTION|SPLIT",
+                   help="refit threshold and calibration on this share of the site's patients (or this split of "
+                        "data.split) and evaluate on the others only; writes an adjusted bundle")
+    v.add_argument("--strict", action="store_true", help="refuse a site set below evaluate.min_per_class per class")
+    v.set_defaults(func=_cmd_validate)
     c = sub.add_parser("compare", help="print the summary table of few-shot sweeps (mean ± sd over seeds)")
     c.add_argument("target", metavar="EXPERIMENT_OR_RUN", help="experiment name (every sweep in it) or a sweep's parent run id")
     c.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default store)")

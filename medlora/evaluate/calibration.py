@@ -114,7 +114,7 @@ def _newton_logistic(x: np.ndarray, y: np.ndarray, offset: np.ndarray, steps: in
     beta = np.zeros(x.shape[1])
     for _ in range(steps):
         eta = offset + x @ beta
-        mu = 1.0 / (1.0 + np.exp(-eta))
+        mu = 1.0 / (1.0 + np.exp(-np.clip(eta, -40.0, 40.0)))
         w = np.maximum(mu * (1.0 - mu), 1e-12)
         grad = x.T @ (y - mu)
         hess = (x * w[:, None]).T @ x + 1e-9 * np.eye(x.shape[1])

@@ -27,6 +27,7 @@ from ..train.loaders import make_datasets, make_loader
 from ..transforms.pipeline import manifest_items
 from ..transforms.samples import prepare_samples
 from . import resume
+from .feature_stats import write_feature_stats
 from .session import experiment_name, open_run
 from .train_eval import run_head, study_subgroups, train_and_evaluate
 
@@ -67,6 +68,9 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
                                     out=out if dist.is_main else None, checkpoint=checkpoint, dist=dist,
                                     head=run_head(cfg, data), subgroups=study_subgroups(data, cfg))
         if dist.is_main:
+            stats = write_feature_stats(model, datasets, cfg, device, out)  # familiarity, shipped in the bundle
+            if stats is not None:
+                track.log_artifact(stats)
             op = result.evaluation.operating_point if result.evaluation is not None else None
             if op is not None:  # the binary task, or "any finding" of a multi-label/multi-class one
                 plot_roc(result.test_studies.label, result.test_studies.score, out / "roc.png", operating_point=op)

@@ -47,6 +47,7 @@ from ..models.backbone import sha256_file
 from ..tracking import mlflow_run as track
 from .adapter import METADATA_FILE, copy_weights, git_commit, library_versions, require_weights
 from .card import model_card, too_small
+from .familiarity import FEATURE_STATS_FILE
 from .html import Figure, render_report
 from .loading import BUNDLE_BASE_FILE, Bundle, load_model
 from .manifest import write_manifest
@@ -200,6 +201,8 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
                       "versions": library_versions(), "git_commit": git_commit(), "mlflow_run_id": run_id}
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
     shutil.copyfile(local / "metrics.json", tmp / "metrics.json")
+    if (local / FEATURE_STATS_FILE).is_file():  # familiarity statistics (runs before they existed have none)
+        shutil.copyfile(local / FEATURE_STATS_FILE, tmp / FEATURE_STATS_FILE)
 
     op_meta, labels = meta["operating_point"], meta["labels"]
     bundle = Bundle(tmp, meta)

@@ -78,5 +78,7 @@ def score_prepared(predictor: Predictor, data: PreparedData, cfg: Config, splits
                      **{f"score.{n}": outputs[:, k] for k, n in enumerate(bundle.outputs)}}
             frames.append(pd.DataFrame(frame))
     samples = pd.concat(frames, ignore_index=True)
+    if "findings" in data.manifest.columns:  # multi-label targets, for "any finding" and per-finding labels
+        samples = samples.merge(data.manifest[["sample_id", "findings"]], on="sample_id", how="left")
     log.info("scored %d samples of %d studies with %s", len(samples), samples["study_key"].nunique(), bundle.name)
     return SiteScores(samples, np.concatenate(feats).astype(np.float64))
