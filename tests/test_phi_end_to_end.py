@@ -1,7 +1,7 @@
 """Identifiers planted in DICOM tags AND in folder and file names never leave the machine.
 
 A tiny ``medlora run`` on studies stored as ``A1234560_DOE^JOHN0/20240101/A1234560_20240101_IMG1.dcm``;
-then the MLflow store (every byte of its database: params, tags, run names, metric names, dataset
+then ``medlora validate`` of its bundle on the same studies; then the MLflow store (every byte of its database: params, tags, run names, metric names, dataset
 inputs; and every artifact file), the review bundle and the INFO logs are searched for the identifiers.
 Only the local ``manifest.csv``/``ingest_report.csv`` may hold paths (so files can be found again).
 """
@@ -64,8 +64,10 @@ def test_planted_identifiers_reach_neither_mlflow_nor_the_bundle_nor_the_logs(tm
     cfg_file = tmp_path / "planted.yaml"
     cfg_file.write_text(yaml.safe_dump(config_to_dict(cfg)))
     out = tmp_path / "out"
+    validation = tmp_path / "validation"
     with caplog.at_level(logging.INFO):
         assert main(["run", str(cfg_file), "--out", str(out)]) == 0
+        assert main(["validate", str(out / "bundle"), str(cfg_file), "--out", str(validation)]) == 0
 
     local = (out / "manifest.csv").read_text()
     assert "A1234560_DOE^JOHN0/20240101/A1234560_20240101_IMG1.dcm" in local  # paths stay in the local manifest
@@ -77,8 +79,10 @@ def test_planted_identifiers_reach_neither_mlflow_nor_the_bundle_nor_the_logs(tm
               "INFO logs": "\n".join(r.getMessage() for r in caplog.records)}
     shared = [f for f in (tmp_path / "artifacts").rglob("*") if f.is_file()]
     bundle = [f for f in out.rglob("*") if f.is_file() and f.relative_to(out).as_posix() not in LOCAL_ONLY]
+    bundle += [f for f in validation.rglob("*") if f.is_file() and f.name not in LOCAL_ONLY]
     for f in shared + bundle:
         places[str(f.relative_to(tmp_path))] = f.read_bytes().decode("latin-1")
     assert any("manifest.csv" in k for k in places) and any("predictions.csv" in k for k in places)
+    assert any("validation.html" in k for k in places)
     leaks = [(where, raw) for where, text in places.items() for raw in planted if raw in text]
     assert leaks == []

@@ -100,4 +100,9 @@ def threshold_for_sensitivity(y: np.ndarray, s: np.ndarray, sensitivity: float) 
     Reported beside the shipped threshold, never applied: choosing it on the studies being evaluated
     would make their metrics optimistic.
     """
+    y, s = check_binary(y, s)
+    if sensitivity >= 1.0:  # every positive: the lowest positive score is the highest such threshold
+        return float(s[y == 1].min())
+    if sensitivity <= 0.0:
+        return float("nan")
     return float(choose_operating_point(y, s, f"sensitivity:{sensitivity:.6f}").threshold)

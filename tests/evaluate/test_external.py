@@ -85,6 +85,7 @@ def test_internal_vs_external_verdicts():
                                      "higher, interval includes 0")
     t = threshold_for_sensitivity(y2, p2, 0.9)
     assert ((p2 >= t) & (y2 == 1)).sum() / (y2 == 1).sum() >= 0.9
+    assert threshold_for_sensitivity(y2, p2, 1.0) == p2[y2 == 1].min()
 
 
 def test_validation_never_moves_the_shipped_threshold_and_reports_the_rest():
