@@ -126,7 +126,7 @@ def run_validate(bundle_path: Path, cfg: Config, out: Path, calibrate_on: str | 
     doc = {**validation_json(result), "notes": notes, "bundle": _bundle_summary(bundle),
            "skipped_files": int(len(data.skipped)),
            "site_adjustment": adjustment.to_json() if adjustment is not None else None}
-    write_outputs(out, evaluated, doc, result, bundle, stats, data, adjustment)
+    write_outputs(out, evaluated, doc, result, bundle, stats, data.card.name if data.card is not None else cfg.data.name)
     run_id = log_validation(cfg, data, bundle, metrics, out)
     log.info("validated %s on %d site studies: AUROC %.3f at the shipped threshold %.4g (outputs in %s)",
              bundle.name, len(evaluated), metrics.get("test_auroc", float("nan")), bundle.threshold, out)

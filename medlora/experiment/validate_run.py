@@ -22,7 +22,7 @@ from ..config import Config
 from ..evaluate.familiarity import FeatureStats
 from ..evaluate.plots import plot_familiarity, plot_reliability, plot_roc, plot_score_shift
 from ..evaluate.validation import ValidationResult
-from ..export.adjust import SiteAdjustment, bundle_sha256
+from ..export.adjust import bundle_sha256
 from ..export.html import Figure
 from ..export.loading import Bundle
 from ..export.validation_page import write_page
@@ -53,12 +53,12 @@ def _plots(out: Path, evaluated: pd.DataFrame, result: ValidationResult, bundle:
 
 
 def write_outputs(out: Path, evaluated: pd.DataFrame, doc: dict[str, Any], result: ValidationResult, bundle: Bundle,
-                  stats: FeatureStats | None, data: Any, adjustment: SiteAdjustment | None) -> None:
+                  stats: FeatureStats | None, site: str) -> None:
+    """``metrics.json``, ``predictions.csv`` (pseudonymous keys), plots and ``validation.html`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=str))
     evaluated[PREDICTION_COLUMNS].to_csv(out / "predictions.csv", index=False)
     figs = _plots(out, evaluated, result, bundle, stats)
-    site = f"{data.card.name if data.card is not None else 'site data'}"
     write_page(out / "validation.html", doc, bundle.meta["labels"], figs, site)
 
 

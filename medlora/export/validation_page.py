@@ -102,10 +102,11 @@ def render_validation(doc: dict[str, Any], labels: dict[str, Any], plots: list[F
                f"(internal median {fmt(shift['internal_median'])}, site median {fmt(shift['external_median'])}).</p>"
                if shift else "")
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>medlora validation: {html.escape(b['name'])} on {html.escape(site)}</title><style>{STYLE}</style></head><body>
+<title>medlora validation: {html.escape(b['name'])} on {html.escape(site)}</title>
+<style>{STYLE}.facts td{{word-break:break-all}}</style></head><body>
 <h1>External validation of {html.escape(b['name'])} on {html.escape(site)}</h1>
 <p class="warn">{html.escape(NOT_A_DEVICE)}</p>{banner}
-<h2>The bundle and the site</h2>{_rows(facts)}
+<h2>The bundle and the site</h2><div class="facts">{_rows(facts)}</div>
 <h2>Internal vs external</h2>{comparison}
 <h2>Site performance at the shipped operating point</h2>{_metric_table(doc, labels)}
 <h2>Calibration</h2>{calib}
