@@ -13,7 +13,15 @@ from .base import Strict
 from .data import DataConfig, LabelKey, SplitConfig, SynthConfig
 from .evaluate import EvaluateConfig
 from .fewshot import FewShotConfig, RayConfig, ray_endpoint
-from .loader import MUST_EXIST, apply_overrides, config_from_dict, config_to_dict, folder_architecture, load_config
+from .loader import (
+    MUST_EXIST,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    folder_architecture,
+    load_config,
+    read_config_file,
+)
 from .model import DEFAULT_BACKBONE, LoraConfigModel, ModelConfig
 from .oneclass import OneClassConfig
 from .preprocess import PreprocessConfig, ViewConfig, WindowConfig
@@ -26,5 +34,5 @@ __all__ = [
     "LabelKey", "LoraConfigModel", "ModelConfig", "OneClassConfig", "PreprocessConfig", "PretrainConfig",
     "RayConfig", "SplitConfig", "Strict", "SynthConfig", "TrackingConfig", "TrainConfig", "ViewConfig",
     "WindowConfig", "apply_overrides", "config_from_dict", "config_to_dict", "folder_architecture", "load_config",
-    "optimiser_section", "path_keys", "ray_endpoint", "redact_uri",
+    "optimiser_section", "path_keys", "ray_endpoint", "read_config_file", "redact_uri",
 ]

@@ -154,7 +154,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The raw mapping of a YAML config file (not validated); a missing or malformed file is a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -176,7 +177,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
     written and as resolved.
     """
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_config_file(path)
     written = {k: _get(raw, k) for k in MUST_EXIST}
     _absolute(raw, Path(base_dir) if base_dir is not None else path.resolve().parent)
     given = apply_overrides({}, overrides or [])

@@ -6,6 +6,7 @@ import pytest
 
 from medlora.config import Config
 from medlora.config.docs import COMMAND, END, START, main, render_table, replace_section, rows
+from medlora.config.schema import sections
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -17,8 +18,6 @@ def test_the_readme_config_reference_is_the_generated_table():
 
 
 def _leaf_keys(model=Config, prefix=""):
-    from medlora.config.schema import sections
-
     keys = []
     for name, info in model.model_fields.items():
         keys.append(prefix + name)
