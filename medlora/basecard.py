@@ -13,13 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
+from .frontmatter import render_front_matter, split_front_matter
 from .hashing import sha256_file
 
 CARD = "base_card.md"
-FENCE = "---"
 
 
 def render(record: dict[str, Any]) -> str:
@@ -27,7 +25,7 @@ def render(record: dict[str, Any]) -> str:
     data, pre = record.get("data", {}), record.get("pretraining", {})
     kwargs = ", ".join(f"{k}={v}" for k, v in record.get("timm_kwargs", {}).items())
     lines = [
-        FENCE, yaml.safe_dump(record, sort_keys=False).rstrip(), FENCE, "",
+        render_front_matter(record), "",
         f"# Base card: `{record['timm_name']}` pretrained by medlora on `{data.get('name')}`", "",
         f"- Architecture: timm `{record['timm_name']}` ({kwargs or 'default kwargs'}), "
         f"{record.get('encoder_params', 0) / 1e6:.2f} M encoder parameters.",
@@ -52,10 +50,11 @@ def render(record: dict[str, Any]) -> str:
 def read(card: Path) -> dict[str, Any]:
     """The front matter record of a base card (a :class:`ConfigError` naming the file if it has none)."""
     card = Path(card)
-    text = card.read_text(encoding="utf-8", errors="replace")
-    parts = text.split(FENCE + "\n", 2) if text.startswith(FENCE + "\n") else []
-    record = yaml.safe_load(parts[1].rsplit(FENCE, 1)[0]) if len(parts) == 3 else None
-    if not isinstance(record, dict) or not {"weights", "sha256", "timm_name"} <= set(record):
+    try:
+        record, _ = split_front_matter(card.read_text(encoding="utf-8", errors="replace"), str(card))
+    except ConfigError:
+        record = {}
+    if not {"weights", "sha256", "timm_name"} <= set(record):
         raise ConfigError(f"model.weights: {card} is not a medlora base card (no front matter with weights, sha256 "
                           f"and timm_name); give a .safetensors/.pth file or a {CARD} written by medlora pretrain")
     return record

@@ -21,11 +21,11 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ..config import DataConfig
 from ..errors import ConfigError
+from ..frontmatter import split_front_matter
 
 log = logging.getLogger(__name__)
 
@@ -116,24 +116,6 @@ class DataCard(_CardModel):
         return self.classes.index(self.abnormal_class)
 
 
-def split_front_matter(text: str, path: Path) -> tuple[dict[str, Any], str]:
-    """(front-matter mapping, prose) of a card's text; errors name ``path``."""
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != "---":
-        raise ConfigError(f"data card {path}: must start with a '---' line opening the YAML front matter")
-    try:
-        end = next(i for i, line in enumerate(lines[1:], start=1) if line.strip() == "---")
-    except StopIteration:
-        raise ConfigError(f"data card {path}: the front matter has no closing '---' line") from None
-    try:
-        meta = yaml.safe_load("\n".join(lines[1:end])) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"data card {path}: front matter is not valid YAML: {err}") from None
-    if not isinstance(meta, dict):
-        raise ConfigError(f"data card {path}: front matter must be a mapping of field: value")
-    return meta, "\n".join(lines[end + 1 :])
-
-
 def _format_error(err: ValidationError, path: Path) -> str:
     allowed = ", ".join(REQUIRED_FIELDS + OPTIONAL_FIELDS)
     lines = [f"invalid data card {path}:"]
@@ -160,7 +142,7 @@ def load_card(path: str | Path) -> DataCard:
     if not path.is_file():
         raise ConfigError(f"data card {path} does not exist")
     text = path.read_text(encoding="utf-8")
-    meta, _ = split_front_matter(text, path)
+    meta, _ = split_front_matter(text, f"data card {path}")
     for reserved in ("path", "text"):
         if reserved in meta:
             allowed = ", ".join(REQUIRED_FIELDS + OPTIONAL_FIELDS)

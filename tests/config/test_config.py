@@ -6,7 +6,7 @@ from medlora.config import apply_overrides, config_from_dict, load_config, path_
 from medlora.errors import ConfigError
 from medlora.tracking.mlflow_run import flatten
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_config_loads():
@@ -100,3 +100,26 @@ def test_unknown_pipeline_and_method_list_the_valid_names():
 
     with pytest.raises(ConfigError, match="available: classify, fewshot, oneclass"):
         pipeline_module("segment")
+
+
+def test_the_loader_reads_a_weights_folder_s_architecture_and_a_base_card_s_weights(tmp_path):
+    import json
+
+    from medlora.frontmatter import render_front_matter
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224"}))
+    cfg = config_from_dict({"data": {"root": "x"}, "model": {"weights": str(folder)}})
+    assert cfg.model.backbone == "vit_tiny_patch16_224"
+    given = config_from_dict({"data": {"root": "x"}, "model": {"weights": str(folder), "backbone": "resnet18"}})
+    assert given.model.backbone == "resnet18"  # a written backbone wins; the model build compares them
+    (tmp_path / "base.safetensors").write_bytes(b"weights")
+    (tmp_path / "base_card.md").write_text(render_front_matter(
+        {"weights": "base.safetensors", "sha256": "0" * 64, "timm_name": "vit_tiny_patch16_224"}) + "\n\nprose\n")
+    raw = {"data": {"root": "x"}, "model": {"weights": str(tmp_path / "base_card.md")}}
+    assert config_from_dict(raw).model.weights == tmp_path / "base.safetensors"
+    assert raw["model"]["weights"] == str(tmp_path / "base_card.md")  # the caller's mapping is left as it was
+    (tmp_path / "base.safetensors").unlink()
+    with pytest.raises(ConfigError, match="names base.safetensors, which is not beside it"):
+        config_from_dict(raw)

@@ -1,0 +1,59 @@
+"""The ``preprocess:`` section: intensity windowing, how a volume becomes 2D samples, size, augmentation."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import Strict, shown
+
+
+class WindowConfig(Strict):
+    """Intensity windowing. ``mode``: ``dicom`` (the file's VOI LUT / window, else min-max),
+    ``preset`` (named CT window), ``manual`` (center/width), ``percentile`` (lower/upper)."""
+
+    mode: Literal["dicom", "preset", "manual", "percentile"] = Field(
+        "dicom", description="`dicom` (file's VOI LUT/window, else min-max), `preset` (a named CT window), "
+        "`manual` (`center`/`width`), `percentile` (`lower`/`upper`)")
+    preset: str | None = Field(None, description="`mode: preset`: `lung`, `mediastinum`, `brain`, `bone`, ...")
+    center: float | None = Field(None, description="`mode: manual`: window center")
+    width: float | None = Field(None, description="`mode: manual`: window width (positive)")
+    lower: float = Field(0.5, description="`mode: percentile`: intensity percentile mapped to 0")
+    upper: float = Field(99.5, description="`mode: percentile`: intensity percentile mapped to 1")
+
+    @model_validator(mode="after")
+    def _complete(self) -> WindowConfig:
+        if self.mode == "preset" and not self.preset:
+            raise ValueError("preprocess.window.mode=preset needs preprocess.window.preset")
+        if self.mode == "manual" and (self.center is None or self.width is None or self.width <= 0):
+            raise ValueError("preprocess.window.mode=manual needs center and a positive width")
+        return self
+
+
+class ViewConfig(Strict):
+    """How a volume becomes 2D samples: ``slice`` (central), ``every_k``, ``slab``, ``2.5d``, ``mip``
+    across ``axis`` of the RAS volume (2 axial, 1 coronal, 0 sagittal); see :mod:`medlora.transforms.views`."""
+
+    kind: Literal["slice", "every_k", "slab", "2.5d", "mip"] = Field(
+        "slice", description="`slice` (central), `every_k`, `slab` (central `slab` slices), `2.5d` (each central "
+        "slice with its neighbours as 3 channels), `mip`")
+    k: int = Field(4, ge=1, description="`every_k`: take every k-th slice")
+    slab: int = Field(5, ge=1, description="`slab`: slices of the central slab")
+    axis: int = Field(2, ge=0, le=2, description="axis of the RAS volume: 2 axial, 1 coronal, 0 sagittal")
+    aggregate: Literal["max", "mean"] = Field("max", description="how sample scores become a study score")
+
+
+class PreprocessConfig(Strict):
+    """What happens to an image between the reader and the model."""
+
+    window: WindowConfig = Field(default_factory=WindowConfig, description="intensity windowing")
+    view: ViewConfig = Field(default_factory=ViewConfig, description="how a volume becomes 2D samples")
+    image_size: int | None = Field(
+        None, description="input size: a fixed-size model's own (`model.kwargs.img_size`), else its pretrained "
+        "config's; must be a multiple of the patch size", json_schema_extra=shown("model's"))
+    spacing: list[float] | None = Field(None, description="resample volumes to these mm (RAS order) before taking views")
+    augment: bool = Field(
+        True, description="training batches only: random left-right flip (p 0.5) and affine (p 0.5; rotation "
+        "±0.15 rad, scale ±10 %, shift ±5 %), one matrix per image, resampled per batch on the training device, "
+        "seeded by `train.seed`")
