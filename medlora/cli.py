@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default store)")
     c.set_defaults(func=_cmd_compare)
 
-    from .export.cli import add_export_commands  # export, verify, predict, register
+    from .cli_bundle import add_export_commands  # export, verify, predict, register
 
     add_export_commands(sub)
     return p

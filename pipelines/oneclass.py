@@ -38,7 +38,8 @@ from medlora.transforms.samples import prepare_samples
 def _feature_model(cfg: Config, out: Path):
     """(model, input config): the frozen base, or the base with a medlora export's adapter merged."""
     if cfg.oneclass.adapter is not None:
-        from medlora.export.loading import load_model, open_bundle
+        from medlora.bundle.bundle import open_bundle
+        from medlora.bundle.loading import load_model
 
         bundle = open_bundle(cfg.oneclass.adapter)
         _, size, mean, std = bundle.preprocess()

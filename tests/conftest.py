@@ -85,6 +85,58 @@ def tiny_cfg():
     return tiny_config
 
 
+def run_id_of(out: Path) -> str:
+    """The MLflow run id of a run's output folder ``out`` (from its ``medlora.json``)."""
+    import json
+
+    return json.loads((out / "medlora.json").read_text())["mlflow_run_id"]
+
+
+@pytest.fixture(name="run_id_of", scope="session")
+def run_id_of_fixture():
+    """:func:`run_id_of` as a fixture, for test folders that cannot import this conftest."""
+    return run_id_of
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(finished_run, tmp_path_factory) -> Path:
+    """``medlora export`` of the finished run, once per session (treat as read-only: copy to modify).
+
+    Named ``review`` (tests look for ``score_review`` columns); a bundle the pipeline wrote itself
+    (``out/bundle``) is copied rather than exported a second time.
+    """
+    import shutil
+
+    from medlora.cli import main
+
+    out, cfg, _ = finished_run
+    dst = tmp_path_factory.mktemp("bundle") / "review"
+    if (out / "bundle" / "MANIFEST.sha256").is_file():
+        return Path(shutil.copytree(out / "bundle", dst))
+    assert main(["export", run_id_of(out), "--out", str(dst), "--tracking-uri", cfg.tracking.uri]) == 0
+    return dst
+
+
+@pytest.fixture
+def bundle_copy(bundle_dir, tmp_path) -> Path:
+    """A private copy of the session bundle, free to tamper with."""
+    import shutil
+
+    return Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
+
+
+@pytest.fixture(scope="session")
+def test_split(finished_run):
+    """The run's test-split manifest rows (a DataFrame) with absolute ``file`` paths (same persisted split)."""
+    from medlora.io.prepare import prepare_dataset
+
+    _, cfg, _ = finished_run
+    data = prepare_dataset(cfg.data)
+    test = data.split("test").copy()
+    test["file"] = [data.root / p for p in test["path"]]
+    return test
+
+
 SWEEP = {"pipeline": "fewshot", "train.epochs": 1, "train.threads": 1, "evaluate.bootstrap": 50, "fewshot.shots": "[1, 2]",
          "fewshot.seeds": "[0, 1]", "fewshot.methods": "[lora, linear_probe, full]"}
 

@@ -11,16 +11,15 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medlora"
-# io < transforms < models < train < evaluate < tracking < experiment (orchestration) / export;
+# io < transforms < models < train < evaluate < tracking < bundle (the contract and its read side)
+# < review (the report a clinician reads) < experiment (orchestration: ends a run by writing its bundle);
 # modules at the package root (config, errors, device, registry, provenance, summary) serve every stage
-ORDER = ["io", "transforms", "models", "train", "evaluate", "tracking", "export", "experiment"]
+ORDER = ["io", "transforms", "models", "train", "evaluate", "tracking", "bundle", "review", "experiment"]
 ALLOWED = {
     # the training loop selects epochs by a metric: the metric functions are the one piece of evaluation it uses
     ("train", "evaluate.metrics"),
-    # orchestration ends a run by writing its export and review bundle: it sits above export, never below
-    ("experiment", "export"),
 }
-TOP = {"cli"}  # the command line shell may import anything
+TOP = {"cli", "cli_bundle"}  # the command line shell may import anything
 
 
 def stage_of(module: str) -> str | None:

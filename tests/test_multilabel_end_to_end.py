@@ -46,7 +46,7 @@ def test_multilabel_run_logs_per_finding_metrics(tmp_path, tiny_cfg):
     assert meta["calibration"] == {"method": "none"}  # evaluate.calibration is for the binary task
     assert sorted((tmp_path / "out" / "bundle" / "saliency").glob("*.png"))  # drawn for the highest-scoring finding
 
-    from medlora.export.predict import predict_bundles
+    from medlora.bundle.predict import predict_bundles
 
     result = predict_bundles([tmp_path / "out" / "bundle"], sorted(root.glob("patient000[0-3]")))
     studies = result.studies

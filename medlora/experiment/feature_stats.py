@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..bundle.familiarity import save_feature_stats
 from ..config import Config
 from ..errors import InputError
 from ..evaluate.familiarity import MIN_STUDIES, fit_feature_stats
-from ..export.familiarity import save_feature_stats
 from ..train.features import extract_features
 from ..train.loaders import make_loader
 

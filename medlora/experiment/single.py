@@ -13,11 +13,10 @@ import logging
 import tempfile
 from pathlib import Path
 
+from ..bundle.metadata import run_metadata
 from ..config import Config
 from ..device import configure_threads, resolve_device
 from ..evaluate.plots import plot_roc
-from ..export.metadata import run_metadata
-from ..export.stage import run_export
 from ..models.build import build_model
 from ..summary import RunSummary
 from ..tracking import mlflow_run as track
@@ -27,6 +26,7 @@ from ..train.loaders import make_datasets, make_loader
 from ..transforms.pipeline import manifest_items
 from ..transforms.samples import prepare_samples
 from . import resume
+from .export import run_export
 from .feature_stats import write_feature_stats
 from .session import experiment_name, open_run
 from .train_eval import run_head, study_subgroups, train_and_evaluate

@@ -19,6 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..bundle.adjust import SiteAdjustment, adjust_on_site, write_adjusted_bundle
+from ..bundle.bundle import Bundle, open_bundle
+from ..bundle.familiarity import load_feature_stats
+from ..bundle.manifest import require_verified
+from ..bundle.predict import Predictor
+from ..bundle.site_scores import SiteScores, score_prepared
 from ..config import Config
 from ..errors import BundleError, ConfigError
 from ..evaluate.external import SiteSet
@@ -26,12 +32,6 @@ from ..evaluate.familiarity import FeatureStats
 from ..evaluate.operating_point import OperatingPoint
 from ..evaluate.stage import study_scores, test_subgroups
 from ..evaluate.validation import ValidationResult, validate_scores, validation_json, validation_metrics
-from ..export.adjust import SiteAdjustment, adjust_on_site, write_adjusted_bundle
-from ..export.familiarity import load_feature_stats
-from ..export.loading import Bundle, open_bundle
-from ..export.manifest import require_verified
-from ..export.predict import Predictor
-from ..export.site_scores import SiteScores, score_prepared
 from ..io.findings import normal_vs_abnormal
 from ..io.site import CALIBRATION, EVALUATION, parse_calibrate_on, prepare_site_data
 from ..transforms.samples import with_views
@@ -155,7 +155,7 @@ def _subgroups(scores: SiteScores, data, cfg: Config, evaluated: pd.DataFrame) -
 
 
 def _bundle_summary(bundle: Bundle) -> dict:
-    from ..export.adjust import bundle_sha256
+    from ..bundle.adjust import bundle_sha256
 
     meta = bundle.meta
     return {"name": bundle.name, "sha256": bundle_sha256(bundle.path), "method": bundle.method,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..bundle.bundle import Bundle
 from ..config import DataConfig
 from ..errors import ConfigError
-from ..export.loading import Bundle
 
 
 def check_labels(bundle: Bundle, data: DataConfig) -> list[str]:

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..bundle.adjust import bundle_sha256
+from ..bundle.bundle import Bundle
 from ..config import Config
 from ..evaluate.familiarity import FeatureStats
 from ..evaluate.plots import plot_familiarity, plot_reliability, plot_roc, plot_score_shift
 from ..evaluate.validation import ValidationResult
-from ..export.adjust import bundle_sha256
-from ..export.html import Figure
-from ..export.loading import Bundle
-from ..export.validation_page import write_page
+from ..review.html import Figure
+from ..review.validation_page import write_page
 from ..tracking import mlflow_run as track
 from ..tracking import tags as T
 from .session import open_run

@@ -234,9 +234,9 @@ def test_medlora_json_and_the_model_card_cite_the_pretraining(pretrained):
     from types import SimpleNamespace
 
     from medlora import basecard
-    from medlora.export.card import model_card
-    from medlora.export.metadata import run_metadata
+    from medlora.bundle.metadata import run_metadata
     from medlora.models.backbone import BaseInfo
+    from medlora.review.card import model_card
 
     cfg, _, _, folder = pretrained
     record = basecard.read(folder / "base_card.md")

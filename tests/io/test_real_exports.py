@@ -338,7 +338,7 @@ def test_the_manifest_and_its_fingerprint_do_not_depend_on_the_view(blank_export
 
 
 def test_predict_groups_a_blank_identifier_series_like_ingest(blank_export) -> None:
-    from medlora.export.samples import DEFAULT_RULES, plan_samples
+    from medlora.bundle.samples import DEFAULT_RULES, plan_samples
     from medlora.io.dicom import read_dicom_header
 
     files = sorted((blank_export / "scan1").iterdir()) + [blank_export / "p0" / "img.dcm"]

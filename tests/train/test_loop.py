@@ -52,11 +52,11 @@ def test_without_augment_batches_reach_the_model_unchanged():
 def _shuffled_run(epochs_before_stop: int | None, checkpoint, seed: int = 0):
     """Train a small model with a shuffling loader, dropout and augmentation (all seeded); with
     ``epochs_before_stop`` the run is interrupted (Ctrl-C) after that many epochs."""
+    from collections import OrderedDict
+
     from torch.utils.data import DataLoader
 
     from medlora.transforms.augment import BatchAugment
-
-    from collections import OrderedDict
 
     torch.manual_seed(seed)  # a layer named "head": train.head_norm standardises its input and resumes with it
     model = nn.Sequential(OrderedDict(flat=nn.Flatten(), drop=nn.Dropout(0.3), head=nn.Linear(3 * 8 * 8, 2)))

@@ -2,7 +2,7 @@
 
 Read from ``metrics.json``'s ``multi`` entry (:func:`medlora.evaluate.findings.to_json`, with the
 evaluation ``settings`` beside it). Each finding's row is built with the binary report's own row
-helper (:func:`~medlora.export.card.metric_rows`), so a finding's AUROC carries the same DeLong
+helper (:func:`~medlora.review.metric_rows.metric_rows`), so a finding's AUROC carries the same DeLong
 interval, its sensitivity and specificity the same Wilson interval and ``k/n`` counts, and an
 interval from too few studies is said to be so in the same words. A finding whose metrics are
 undefined (no positives, or no operating point) keeps its row, with NaN values and the reason.
@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .card import DEFAULT_MIN_PER_CLASS, MetricRow, count, fmt, metric_rows
+from .metric_rows import DEFAULT_MIN_PER_CLASS, MetricRow, count, fmt, metric_rows
 
 SUMMARY_NAMES = {  # summary key → (human name, one-line definition)
     "auroc_macro": ("Macro AUROC", "Mean of the findings' AUROCs (findings with a defined AUROC only)."),

@@ -1,4 +1,4 @@
-"""What a run exports for each adaptation method, and ``medlora.json`` beside it.
+"""What a bundle holds: the files a run exports for each adaptation method, and ``medlora.json`` beside it.
 
 One contract for every method (:data:`ARTIFACTS`), so that export, verify, predict, register and the
 pyfunc model treat them alike:
@@ -34,12 +34,14 @@ from ..errors import BundleError
 from ..models.backbone import head_prefixes, sha256_file
 from ..provenance import git_commit, library_versions
 
-__all__ = ["ARTIFACTS", "FORMAT_VERSION", "METADATA_FILE", "MethodArtifact", "artifact_of", "copy_weights",
-           "git_commit", "library_versions", "require_weights", "save_trainable", "weights_entry", "write_export"]
+__all__ = ["ARTIFACTS", "BUNDLE_BASE_FILE", "FORMAT_VERSION", "METADATA_FILE", "MethodArtifact", "artifact_of",
+           "copy_weights", "git_commit", "library_versions", "require_weights", "save_trainable", "weights_entry",
+           "write_export"]
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: a ``weights`` entry and one artifact layout per method
 METADATA_FILE = "medlora.json"
+BUNDLE_BASE_FILE = "base/base.safetensors"  # a randomly initialised base, copied into its bundle
 
 
 @dataclass(frozen=True)

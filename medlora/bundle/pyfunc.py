@@ -1,4 +1,4 @@
-"""``medlora register``: a bundle as an MLflow pyfunc model in the Model Registry, alias ``candidate``.
+"""A bundle as an MLflow pyfunc model, registered in the Model Registry with alias ``candidate``.
 
 Every method registers the same way. The pyfunc's artifacts are the bundle folder itself (the
 method's artifact, ``medlora.json``, preprocessing, and the base weights when the bundle carries
@@ -17,14 +17,14 @@ makes) and returns one row per study: ``input`` (row number), ``study_key``, ``n
 ``score`` and ``call`` stay null, as there is no abnormal-vs-normal score). A study that cannot be read gets no score and no call (``call`` is
 null) and its reason in ``error``; a failure never reads as a negative finding. Study keys are HMACs
 under the site secret of the machine that loads the model (``MEDLORA_SECRET_FILE``, else the user's
-key file), so the secret is never stored with the model. ``register_run`` refuses a run whose keys
-were not made with a site secret (:mod:`medlora.export.keys`).
+key file), so the secret is never stored with the model. ``medlora register`` exports a run first
+(:func:`medlora.experiment.register.register_run`, which refuses a run whose keys were not made with a
+site secret) and then calls :func:`register_bundle`.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..errors import BundleError
 from ..models.backbone import LOCAL_SOURCES
-from .loading import open_bundle
+from .bundle import open_bundle
 from .manifest import require_verified
 
 log = logging.getLogger(__name__)
@@ -182,21 +182,3 @@ def register_bundle(bundle_dir: Path, name: str, run_id: str | None = None, trac
         mlflow.set_tracking_uri(previous)
     log.info("registered %s version %s as @%s", name, version, alias)
     return f"models:/{name}@{alias}", version
-
-
-def register_run(run_id: str, name: str, tracking_uri: str | None = None, bundle_dir: Path | None = None,
-                 **export_kwargs: Any) -> tuple[str, str]:
-    """Register run ``run_id`` (exported to a temporary bundle unless ``bundle_dir`` is given).
-
-    Refused, before anything is written, when the run's keys were not made with a site secret.
-    """
-    from .keys import require_site_keys
-
-    require_site_keys(run_id, tracking_uri)
-    if bundle_dir is not None:
-        return register_bundle(bundle_dir, name, run_id, tracking_uri)
-    from .bundle import export_bundle
-
-    with tempfile.TemporaryDirectory(prefix="medlora-register-") as tmp:
-        bundle = export_bundle(run_id, Path(tmp) / "bundle", tracking_uri=tracking_uri, **export_kwargs)
-        return register_bundle(bundle, name, run_id, tracking_uri)

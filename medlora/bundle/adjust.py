@@ -24,8 +24,8 @@ from ..errors import ConfigError
 from ..evaluate.operating_point import OperatingPoint, choose_operating_point
 from ..evaluate.recalibrate import Calibrator, fit_calibrator
 from ..evaluate.report import EvaluationResult, _jsonable, evaluate_at
-from .adapter import METADATA_FILE
-from .loading import Bundle
+from .bundle import Bundle
+from .layout import METADATA_FILE
 from .manifest import MANIFEST_FILE, write_manifest
 
 

@@ -15,9 +15,10 @@ from typing import Any
 
 from torch import nn
 
+from ..bundle.layout import METADATA_FILE, artifact_of, write_export
+from ..review.build import export_bundle
 from ..tracking import mlflow_run as track
 from ..tracking import tags as T
-from .adapter import METADATA_FILE, artifact_of, write_export
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ def run_export(out: Path, model: nn.Module, metadata: dict[str, Any], tracking_u
     Call it inside the run block, after the run's predictions and metrics are logged. ``items``
     (sample id → MONAI item) spares re-ingesting the data for the saliency examples.
     """
-    from .bundle import export_bundle
-
     out = Path(out)
     run_id = metadata["mlflow_run_id"]
     try:

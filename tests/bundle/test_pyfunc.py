@@ -16,11 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import run_id_of
-
 
 @pytest.fixture(scope="module")
-def registered(finished_run, bundle_dir, tmp_path_factory):
+def registered(finished_run, bundle_dir, tmp_path_factory, run_id_of):
     """The bundle registered in a copy of the run's tracking store: (tracking uri, model uri)."""
     from medlora.cli import main
 
@@ -47,13 +45,13 @@ def mark_site_keyed(uri: str, run_id: str) -> None:
 
 
 @pytest.mark.parametrize("scheme", [None, "sha256-salt"])
-def test_register_and_export_refuse_a_run_without_site_secret_keys(finished_run, bundle_dir, tmp_path, scheme,
+def test_register_and_export_refuse_a_run_without_site_secret_keys(finished_run, bundle_dir, tmp_path, scheme, run_id_of,
                                                                   capsys):
     from mlflow import MlflowClient
 
     from medlora.cli import main
     from medlora.errors import BundleError
-    from medlora.export.registry import register_run
+    from medlora.experiment.register import register_run
     from medlora.tracking import tags as T
 
     out, cfg, _ = finished_run
@@ -81,7 +79,7 @@ def test_registered_pyfunc_predicts_the_bundle_scores(registered, bundle_dir, te
     import mlflow
     import torch
 
-    from medlora.export.loading import open_bundle
+    from medlora.bundle.bundle import open_bundle
 
     uri, model_uri = registered
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: uri)

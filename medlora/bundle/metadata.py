@@ -2,7 +2,7 @@
 
 :func:`run_metadata` assembles it from the run's resolved config, the built model (base record and
 timm's input config), the frozen operating point, the MLflow run id and the dataset fingerprint.
-:func:`medlora.export.adapter.write_export` adds the versions, the git commit and the ``weights``
+:func:`medlora.bundle.layout.write_export` adds the versions, the git commit and the ``weights``
 entry (the trained artifact and its sha256) when it writes the file.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from ..basecard import record_beside
 from ..config import Config
 from ..evaluate.recalibrate import Calibrator
-from .adapter import artifact_of
+from .layout import artifact_of
 
 # preprocessing fields that are not part of the model's input contract (training-time only, or
 # resolved into ``image_size`` from the model's own data config)

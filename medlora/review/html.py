@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 
 from ..evaluate.roc_grid import grid_shape
-from .card import NOT_A_DEVICE, calibration_lines, count, metric_rows, score_words, task, too_small
+from .card import NOT_A_DEVICE, calibration_lines, score_words, task, too_small
 from .findings_report import confusion_table, findings_table, has_any_finding, is_multi, summary_table
+from .metric_rows import count, metric_rows
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;

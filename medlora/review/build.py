@@ -3,7 +3,7 @@
 Layout (every file listed in ``MANIFEST.sha256``)::
 
     adapter/ | head/ | model/   the method's trained weights (LoRA adapter in peft's layout with the head,
-                                linear-probe head, or a full fine-tune's whole model; medlora.export.adapter)
+                                linear-probe head, or a full fine-tune's whole model; medlora.bundle.layout)
     base/base.safetensors       only for a randomly initialised base (source "init"); see below
     medlora.json                base, preprocessing, labels, operating point, provenance, versions
     model_card.md  data_card.md metrics.json
@@ -21,7 +21,7 @@ Base weights: an ``init`` base exists nowhere else, is small relative to what it
 is copied in (``weights_path`` then is ``base/base.safetensors``, relative to the bundle). A ``file``
 base (a site's pretrained weights, often large and licensed separately) is referenced by its
 path and sha256 and not copied; a ``hub`` base by its timm name and state sha256. Either way
-:mod:`medlora.export.loading` refuses any base whose hashes differ.
+:mod:`medlora.bundle.loading` refuses any base whose hashes differ.
 
 The bundle is built in a hidden folder beside ``out`` and moved into place with ``os.replace``
 only after the PHI scan passed and the manifest was written: a failure leaves no bundle behind.
@@ -41,28 +41,28 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ..bundle.bundle import Bundle
+from ..bundle.familiarity import FEATURE_STATS_FILE
+from ..bundle.layout import (
+    BUNDLE_BASE_FILE,
+    METADATA_FILE,
+    copy_weights,
+    git_commit,
+    library_versions,
+    require_weights,
+)
+from ..bundle.loading import load_model
+from ..bundle.manifest import write_manifest
+from ..bundle.samples import sample_rules
 from ..errors import BundleError, MedloraError
 from ..evaluate.operating_point import OperatingPoint
 from ..models.backbone import sha256_file
 from ..tracking import mlflow_run as track
-from .adapter import METADATA_FILE, copy_weights, git_commit, library_versions, require_weights
 from .card import model_card, too_small
-from .familiarity import FEATURE_STATS_FILE
+from .figures import KINDS, pick_examples, sample_items, write_plots, write_saliency
 from .html import Figure, render_report
-from .loading import BUNDLE_BASE_FILE, Bundle, load_model
-from .manifest import write_manifest
 from .phi import known_identifiers, require_no_phi
-from .review import (
-    KINDS,
-    output_studies,
-    pick_examples,
-    sample_items,
-    sample_predictions,
-    study_predictions,
-    write_plots,
-    write_saliency,
-)
-from .samples import sample_rules
+from .predictions import output_studies, sample_predictions, study_predictions
 
 log = logging.getLogger(__name__)
 PLOT_FILES = ("roc.png", "pr.png", "reliability.png", "score_histograms.png")

@@ -11,15 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import run_id_of
-
 EXPECTED = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "base/base.safetensors",
             "medlora.json", "model_card.md", "metrics.json", "predictions.csv", "predictions_samples.csv",
             "plots/roc.png", "plots/pr.png", "plots/reliability.png", "plots/score_histograms.png", "report.html",
             "MANIFEST.sha256"}
 
 
-def test_bundle_layout_metadata_and_verify(bundle_dir, finished_run, capsys):
+def test_bundle_layout_metadata_and_verify(bundle_dir, finished_run, capsys, run_id_of):
     from medlora.cli import main
     from medlora.models.backbone import sha256_file
 
@@ -94,7 +92,7 @@ def test_phi_scanner_finds_planted_patient_name_but_nothing_in_a_real_export(bun
     import pydicom
 
     from medlora.errors import BundleError
-    from medlora.export.phi import known_identifiers, require_no_phi, scan_bundle
+    from medlora.review.phi import known_identifiers, require_no_phi, scan_bundle
 
     known = known_identifiers([phantom_root])
     assert scan_bundle(bundle_dir, known) == []
@@ -112,7 +110,7 @@ def test_phi_scanner_finds_planted_patient_name_but_nothing_in_a_real_export(bun
 @pytest.mark.parametrize("text, kind", [("study 1.2.826.0.1.3680043.8.498.12345", "DICOM-style UID"),
                                         ("date of birth: 19620314", "DICOM date next to a birth/study date word")])
 def test_phi_patterns(text, kind):
-    from medlora.export.phi import scan_text
+    from medlora.review.phi import scan_text
 
     assert [f.kind for f in scan_text(text, "x.md", set())] == [kind]
     assert scan_text("transfer syntax 1.2.840.10008.1.2.1, torch 2.14.1, auroc 0.912", "x.md",
@@ -123,11 +121,11 @@ def _no_leftovers(parent: Path) -> list[str]:
     return [p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 
 
-def test_export_refuses_a_leak_and_leaves_no_bundle(finished_run, phantom_root, tmp_path, monkeypatch):
+def test_export_refuses_a_leak_and_leaves_no_bundle(finished_run, phantom_root, tmp_path, monkeypatch, run_id_of):
     import pydicom
 
     from medlora.errors import BundleError
-    from medlora.export import bundle as bundle_mod
+    from medlora.review import build as bundle_mod
 
     out, cfg, _ = finished_run
     name = str(pydicom.dcmread(next(phantom_root.rglob("*.dcm")), stop_before_pixels=True).PatientName)
@@ -141,9 +139,10 @@ def test_export_refuses_a_leak_and_leaves_no_bundle(finished_run, phantom_root, 
     assert not target.exists() and _no_leftovers(tmp_path) == []
 
 
-def test_failed_export_leaves_no_folder_and_keeps_a_previous_one(finished_run, bundle_dir, tmp_path, monkeypatch):
+def test_failed_export_leaves_no_folder_and_keeps_a_previous_one(finished_run, bundle_dir, tmp_path, monkeypatch,
+                                                                  run_id_of):
     from medlora.errors import BundleError
-    from medlora.export import bundle as bundle_mod
+    from medlora.review import build as bundle_mod
 
     out, cfg, _ = finished_run
 
@@ -161,7 +160,7 @@ def test_failed_export_leaves_no_folder_and_keeps_a_previous_one(finished_run, b
         bundle_mod.export_bundle(run_id_of(out), previous, tracking_uri=cfg.tracking.uri)
     with pytest.raises(RuntimeError, match="injected"):
         bundle_mod.export_bundle(run_id_of(out), previous, tracking_uri=cfg.tracking.uri, overwrite=True)
-    from medlora.export.manifest import verify_bundle
+    from medlora.bundle.manifest import verify_bundle
 
     assert verify_bundle(previous).ok and _no_leftovers(tmp_path) == []
 
@@ -195,7 +194,7 @@ def test_export_cli_reports_an_unknown_run(finished_run, tmp_path, capsys):
 
 
 def test_data_card_comes_from_the_run_artifact_else_the_config(tmp_path):
-    from medlora.export.bundle import _data_card
+    from medlora.review.build import _data_card
 
     card = tmp_path / "card.md"
     card.write_text("# config card")
@@ -206,7 +205,7 @@ def test_data_card_comes_from_the_run_artifact_else_the_config(tmp_path):
 
 
 def test_the_model_card_names_the_modalities_and_says_unknown_out_loud(finished_run) -> None:
-    from medlora.export.card import modality_line
+    from medlora.review.card import modality_line
 
     out, _, _ = finished_run
     meta = json.loads((out / "medlora.json").read_text())

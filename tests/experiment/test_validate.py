@@ -47,7 +47,7 @@ def validated(finished_run, bundle_dir, site_b, tmp_path_factory):
 def test_validation_writes_a_report_and_a_run_with_a_training_runs_names(validated, bundle_dir, finished_run):
     from mlflow import MlflowClient
 
-    from medlora.export.adjust import bundle_sha256
+    from medlora.bundle.adjust import bundle_sha256
 
     out, _, _ = validated
     doc = json.loads((out / "metrics.json").read_text())
@@ -93,8 +93,8 @@ def test_shuffled_site_labels_leave_the_operating_point_bit_identical(validated,
 
 def test_calibrate_on_refits_on_a_subset_and_writes_a_child_bundle(validated, bundle_dir, site_b, finished_run,
                                                                    tmp_path):
+    from medlora.bundle.adjust import bundle_sha256
     from medlora.cli import main
-    from medlora.export.adjust import bundle_sha256
 
     cfg_file = site_config(finished_run, site_b, tmp_path)
     out = tmp_path / "out"
@@ -121,7 +121,7 @@ def test_bad_input_is_refused_before_scoring(validated, bundle_copy, site_b, fin
     meta = json.loads((bundle_copy / "medlora.json").read_text())
     meta["base"]["sha256"] = "0" * 64
     (bundle_copy / "medlora.json").write_text(json.dumps(meta))
-    from medlora.export.manifest import write_manifest
+    from medlora.bundle.manifest import write_manifest
 
     (bundle_copy / "MANIFEST.sha256").unlink()
     write_manifest(bundle_copy)
@@ -132,8 +132,8 @@ def test_bad_input_is_refused_before_scoring(validated, bundle_copy, site_b, fin
 
 
 def test_a_bundle_without_feature_statistics_says_not_available(validated, bundle_copy, site_b, finished_run, tmp_path):
+    from medlora.bundle.manifest import write_manifest
     from medlora.cli import main
-    from medlora.export.manifest import write_manifest
 
     (bundle_copy / "feature_stats.safetensors").unlink()
     (bundle_copy / "MANIFEST.sha256").unlink()

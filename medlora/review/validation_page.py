@@ -12,8 +12,9 @@ import html
 from pathlib import Path
 from typing import Any
 
-from .card import NOT_A_DEVICE, fmt, too_small
+from .card import NOT_A_DEVICE, too_small
 from .html import STYLE, Figure, _figures, _metric_table, _rows
+from .metric_rows import fmt
 
 NAMES = {"auroc": "AUROC", "sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV",
          "brier": "Brier score", "ece": "ECE"}

@@ -44,7 +44,7 @@ def test_predict_reproduces_test_scores_and_calls(predicted, bundle_dir):
 
 
 def test_bad_inputs_are_reported_and_do_not_stop_the_others(bundle_dir, tmp_path):
-    from medlora.export.predict import predict_bundles
+    from medlora.bundle.predict import predict_bundles
 
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"not a dicom file")
@@ -63,7 +63,7 @@ def test_a_study_whose_files_all_fail_gets_no_call_but_its_key(bundle_dir, test_
     import pydicom
     from pydicom.uid import generate_uid
 
-    from medlora.export.predict import predict_bundles
+    from medlora.bundle.predict import predict_bundles
 
     good = list(test_split["file"])
     ds = pydicom.dcmread(good[0])
@@ -86,7 +86,7 @@ def _rewrite_manifest(folder: Path) -> None:
     """Make an edited bundle consistent again: the weights' sha256 in medlora.json, then the manifest."""
     import json
 
-    from medlora.export.manifest import write_manifest
+    from medlora.bundle.manifest import write_manifest
     from medlora.models.backbone import sha256_file
 
     meta = json.loads((folder / "medlora.json").read_text())
@@ -104,8 +104,8 @@ def test_a_bundle_on_a_different_base_is_refused(bundle_copy, how):
     import torch
     from safetensors.torch import save_file
 
+    from medlora.bundle.predict import Predictor
     from medlora.errors import BundleError
-    from medlora.export.predict import Predictor
     from medlora.models.backbone import base_state
 
     meta_file = bundle_copy / "medlora.json"
@@ -124,8 +124,8 @@ def test_a_bundle_on_a_different_base_is_refused(bundle_copy, how):
 
 
 def test_predict_refuses_a_tampered_bundle(bundle_copy):
+    from medlora.bundle.predict import Predictor
     from medlora.errors import BundleError
-    from medlora.export.predict import Predictor
 
     (bundle_copy / "metrics.json").write_text("{}")
     with pytest.raises(BundleError, match="changed: metrics.json"):
@@ -147,7 +147,7 @@ def second_bundle(bundle_dir, tmp_path_factory) -> Path:
 
 
 def test_two_bundles_share_one_base_and_match_each_alone(bundle_dir, second_bundle, test_split, monkeypatch):
-    from medlora.export import predict as predict_mod
+    from medlora.bundle import predict as predict_mod
 
     files = list(test_split["file"])
     alone = [predict_mod.predict_bundles([b], files).studies.set_index("study_key")["score"]
@@ -164,7 +164,7 @@ def test_two_bundles_share_one_base_and_match_each_alone(bundle_dir, second_bund
 
 
 def test_merged_adapter_gives_the_same_scores(bundle_dir, second_bundle, test_split):
-    from medlora.export.predict import predict_bundles
+    from medlora.bundle.predict import predict_bundles
 
     files = list(test_split["file"])
     plain = predict_bundles([bundle_dir, second_bundle], files).samples
@@ -179,10 +179,11 @@ def test_predict_cuts_volumes_into_the_bundles_views_like_ingest(bundle_copy, tm
 
     import torch
 
+    from medlora.bundle.bundle import open_bundle
+    from medlora.bundle.loading import load_model
+    from medlora.bundle.manifest import write_manifest
+    from medlora.bundle.predict import predict_bundles
     from medlora.config import DataConfig, SynthConfig
-    from medlora.export.loading import load_model, open_bundle
-    from medlora.export.manifest import write_manifest
-    from medlora.export.predict import predict_bundles
     from medlora.io.ingest import run_ingest
     from medlora.io.synth import write_phantoms
     from medlora.transforms.pipeline import build_transforms, manifest_items
@@ -228,8 +229,8 @@ def test_study_keys_follow_the_site_secret(bundle_dir, test_split, tmp_path):
 def test_predict_applies_the_bundles_recalibration_before_its_threshold(bundle_dir, bundle_copy, test_split):
     import json
 
+    from medlora.bundle.predict import predict_bundles
     from medlora.evaluate.recalibrate import Calibrator
-    from medlora.export.predict import predict_bundles
 
     meta = json.loads((bundle_copy / "medlora.json").read_text())
     assert meta["calibration"] == {"method": "none"}  # the session's run is not recalibrated
@@ -247,7 +248,7 @@ def test_predict_applies_the_bundles_recalibration_before_its_threshold(bundle_d
 
 
 def test_a_multiclass_study_is_called_its_argmax_class_and_none_without_a_score():
-    from medlora.export.predict import argmax_class
+    from medlora.bundle.predict import argmax_class
 
     studies = pd.DataFrame({"score.a_x": [0.2, 0.5, np.nan], "score.b_x": [0.7, 0.1, np.nan], "score.c_x": [0.1, 0.4, np.nan]})
     assert argmax_class(studies, ["a", "b", "c"], "_x") == ["b", "a", None]

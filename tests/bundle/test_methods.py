@@ -68,10 +68,10 @@ def _test_files(cfg) -> pd.DataFrame:
 def test_every_method_runs_to_a_bundle_that_predicts_and_registers(method_runs, method):
     import mlflow
 
+    from medlora.bundle.manifest import verify_bundle
+    from medlora.bundle.predict import predict_bundles
     from medlora.cli import main
-    from medlora.export.manifest import verify_bundle
-    from medlora.export.predict import predict_bundles
-    from medlora.export.registry import register_run
+    from medlora.experiment.register import register_run
     from medlora.io.deid import SCHEME
     from medlora.tracking import tags as T
 
@@ -133,9 +133,9 @@ def test_every_method_runs_to_a_bundle_that_predicts_and_registers(method_runs, 
 def test_bundles_of_all_methods_on_one_base_load_it_once(method_runs, monkeypatch, tmp_path, capsys):
     """LoRA and linear probe share the base (loaded once); the full fine-tune brings its own model;
     together each column equals that bundle alone; merging is refused for all but LoRA."""
+    from medlora.bundle import predict as predict_mod
     from medlora.cli import main
     from medlora.errors import BundleError
-    from medlora.export import predict as predict_mod
 
     bundles = {m: method_runs(m)[0] / "bundle" for m in ("lora", "linear_probe", "full")}
     files = list(_test_files(method_runs("lora")[1])["file"])
@@ -164,8 +164,8 @@ def test_two_linear_probes_on_one_base_swap_heads(method_runs, tmp_path, monkeyp
 
     from safetensors.torch import load_file, save_file
 
-    from medlora.export import predict as predict_mod
-    from medlora.export.manifest import write_manifest
+    from medlora.bundle import predict as predict_mod
+    from medlora.bundle.manifest import write_manifest
     from medlora.models.backbone import sha256_file
 
     first = method_runs("linear_probe")[0] / "bundle"
@@ -193,9 +193,9 @@ def test_a_tampered_head_is_refused_even_with_a_rewritten_manifest(method_runs, 
 
     from safetensors.torch import load_file, save_file
 
+    from medlora.bundle.manifest import write_manifest
+    from medlora.bundle.predict import Predictor
     from medlora.errors import BundleError
-    from medlora.export.manifest import write_manifest
-    from medlora.export.predict import Predictor
 
     copy = Path(shutil.copytree(method_runs("lora")[0] / "bundle", tmp_path / "copy"))
     path = copy / "adapter" / "adapter_model.safetensors"
@@ -212,7 +212,7 @@ def test_a_failed_export_marks_the_run_failed_with_the_reason(tmp_path):
     from torch import nn
 
     from medlora.errors import BundleError
-    from medlora.export.stage import run_export
+    from medlora.experiment.export import run_export
     from medlora.tracking import mlflow_run as track
     from medlora.tracking import tags as T
 
@@ -236,8 +236,8 @@ def test_a_non_lora_export_of_an_older_medlora_is_refused_with_the_reason(method
     """Before one contract per method, non-LoRA runs saved only adapter/model.safetensors: say so."""
     import shutil
 
+    from medlora.bundle.bundle import open_bundle
     from medlora.errors import BundleError
-    from medlora.export.loading import open_bundle
 
     old = Path(shutil.copytree(method_runs(method)[0] / "bundle", tmp_path / "old"))
     meta = json.loads((old / "medlora.json").read_text())
@@ -256,7 +256,7 @@ def test_medlora_run_whose_export_fails_ends_failed_not_finished(phantom_root, t
     from medlora.cli import main
     from medlora.config import config_to_dict
     from medlora.errors import BundleError
-    from medlora.export import bundle as bundle_mod
+    from medlora.review import build as bundle_mod
     from medlora.tracking import tags as T
 
     def refuse(*args, **kwargs):

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from ..evaluate.familiarity import FeatureStats
-from .loading import Bundle
+from .bundle import Bundle
 
 log = logging.getLogger(__name__)
 FEATURE_STATS_FILE = "feature_stats.safetensors"

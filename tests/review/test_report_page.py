@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from medlora.export.card import metric_rows, model_card
-from medlora.export.html import render_report
+from medlora.review.card import metric_rows, model_card
+from medlora.review.html import render_report
 
 DATA_CARD = """---
 name: phantoms
@@ -108,7 +108,7 @@ def test_a_card_says_probability_only_when_calibrated():
 
 
 def test_saliency_examples_show_the_image_beside_the_overlay_with_key_score_and_call(tmp_path):
-    from medlora.export.html import Figure
+    from medlora.review.html import Figure
 
     png = tmp_path / "x.png"
     import numpy as np
@@ -137,7 +137,7 @@ def test_export_warns_about_a_small_test_set_and_refuses_it_with_strict(finished
     run_id = json.loads((out / "medlora.json").read_text())["mlflow_run_id"]
     target = tmp_path / "b"
     args = ["export", run_id, "--out", str(target), "--tracking-uri", cfg.tracking.uri] + (["--strict"] if strict else [])
-    with caplog.at_level(logging.WARNING, logger="medlora.export.bundle"):
+    with caplog.at_level(logging.WARNING, logger="medlora.review.build"):
         rc = main(args)
     if strict:
         assert rc == 2 and not target.exists()
@@ -220,7 +220,7 @@ def _multi(task: str, normal: int | None = None, n: int = 60) -> tuple[dict, dic
 
 def _multi_page(meta: dict, metrics: dict, targets: np.ndarray, scores: np.ndarray, tmp_path) -> str:
     from medlora.evaluate.roc_grid import plot_roc_grid
-    from medlora.export.html import Figure
+    from medlora.review.html import Figure
 
     grid = plot_roc_grid(meta["labels"]["outputs"], targets, scores, tmp_path / "roc_findings.png",
                          meta["operating_point"]["per_output"])

@@ -43,14 +43,13 @@ from tqdm.auto import tqdm
 
 from ..errors import BundleError, InputError, MedloraError
 from ..evaluate.aggregate import aggregate_scores
+from .bundle import Bundle, open_bundle
 from .loading import (
-    Bundle,
     attach_adapters,
     head_state,
     load_base,
     load_full,
     merged_model,
-    open_bundle,
     put_head,
     refuse_merge,
     same_base,

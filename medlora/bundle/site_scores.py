@@ -21,7 +21,7 @@ from ..config import Config
 from ..io.prepare import PreparedData
 from ..train.features import pre_logits
 from ..train.loaders import make_datasets, make_loader
-from .loading import Bundle
+from .bundle import Bundle
 from .predict import Predictor
 
 log = logging.getLogger(__name__)

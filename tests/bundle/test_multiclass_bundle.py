@@ -73,7 +73,7 @@ def test_multiclass_run_without_normal_exports_verifies_and_predicts(tmp_path, t
     # the MLflow pyfunc of the bundle (as registered): per-class scores and calls, the arg-max class
     from types import SimpleNamespace
 
-    from medlora.export.registry import MedloraPyfunc, signature
+    from medlora.bundle.pyfunc import MedloraPyfunc, signature
 
     model = MedloraPyfunc()
     model.load_context(SimpleNamespace(artifacts={"bundle": str(again)}))
@@ -89,7 +89,7 @@ def test_multiclass_run_without_normal_exports_verifies_and_predicts(tmp_path, t
 
 @pytest.mark.parametrize("normal", [None, "clear"])
 def test_multiclass_labels_have_an_abnormal_class_only_with_data_normal(tmp_path, tiny_cfg, normal):
-    from medlora.export.metadata import _labels
+    from medlora.bundle.metadata import _labels
 
     extra = {} if normal is None else {"data.normal": normal}
     cfg = tiny_cfg(tmp_path, tmp_path, **{"data.task": "multiclass", "data.classes": f"[{', '.join(CLASSES)}]", **extra})

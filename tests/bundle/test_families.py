@@ -52,9 +52,9 @@ def _train_one_step(model: torch.nn.Module, size: int) -> torch.Tensor:
 
 
 def _export(model, cfg, built, out: Path) -> dict:
+    from medlora.bundle.layout import write_export
+    from medlora.bundle.metadata import run_metadata
     from medlora.evaluate.operating_point import OperatingPoint
-    from medlora.export.adapter import write_export
-    from medlora.export.metadata import run_metadata
 
     op = OperatingPoint("youden", 0.5, float("nan"), float("nan"))
     write_export(out, model, run_metadata(cfg, built, op, "run-id", "fingerprint"))
@@ -77,11 +77,12 @@ def _plain_base(meta: dict):
 def test_family_trains_exports_and_reloads_with_plain_timm_and_peft(tmp_path, family):
     from peft import PeftModel
 
-    from medlora.export.loading import load_model, open_bundle
-    from medlora.export.saliency import saliency_map
+    from medlora.bundle.bundle import open_bundle
+    from medlora.bundle.loading import load_model
     from medlora.models.build import build_model
     from medlora.models.families import family_of
     from medlora.models.prefix import frozen_prefix_depth
+    from medlora.review.saliency import saliency_map
 
     backbone, kwargs, size, saliency, prefix = FAMILIES[family]
     cfg = _cfg(tmp_path, backbone, kwargs, size)
@@ -114,7 +115,8 @@ def test_family_trains_exports_and_reloads_with_plain_timm_and_peft(tmp_path, fa
 def test_distilled_deit_trains_both_heads_and_its_export_reproduces_the_averaged_logits(tmp_path, method):
     """DeiT's distillation head (``head_dist``, averaged with ``head`` by timm) trains and travels with the
     export in every method: a head left at its random initialisation would halve the trained one."""
-    from medlora.export.loading import load_model, open_bundle
+    from medlora.bundle.bundle import open_bundle
+    from medlora.bundle.loading import load_model
     from medlora.models.build import build_model
 
     backbone, kwargs, size, _, _ = FAMILIES["deit"]
@@ -134,9 +136,10 @@ def test_distilled_deit_trains_both_heads_and_its_export_reproduces_the_averaged
 
 @pytest.mark.parametrize("family", list(CNNS))
 def test_models_without_attention_refuse_lora_and_work_as_linear_probe(tmp_path, family):
-    from medlora.export.loading import load_model, open_bundle
-    from medlora.export.saliency import saliency_map
+    from medlora.bundle.bundle import open_bundle
+    from medlora.bundle.loading import load_model
     from medlora.models.build import build_model, check_model
+    from medlora.review.saliency import saliency_map
 
     backbone, kwargs, size = CNNS[family]
     for check in (check_model, lambda c: build_model(c, tmp_path / "lora")):

@@ -1,7 +1,9 @@
-"""The ``export``, ``verify``, ``predict`` and ``register`` subcommands of ``medlora``.
+"""The ``export``, ``verify``, ``predict`` and ``register`` subcommands of ``medlora``: the bundle commands.
 
-Kept beside the code they drive so that :mod:`medlora.cli` only has to call
-:func:`add_export_commands`; imports stay lazy so that ``medlora --help`` answers at once.
+A thin shell over :mod:`medlora.review.build` (export), :mod:`medlora.bundle.manifest` (verify),
+:mod:`medlora.bundle.predict` (predict) and :mod:`medlora.experiment.register` (register), kept apart
+so that :mod:`medlora.cli` only has to call :func:`add_export_commands`; imports stay lazy so that
+``medlora --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from pathlib import Path
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .bundle import export_bundle
-    from .keys import require_site_keys
+    from .review.build import export_bundle
+    from .review.keys import require_site_keys
 
     require_site_keys(args.run_id, args.tracking_uri)
     out = export_bundle(args.run_id, Path(args.out), tracking_uri=args.tracking_uri,
@@ -25,7 +27,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .manifest import verify_bundle
+    from .bundle.manifest import verify_bundle
 
     result = verify_bundle(Path(args.bundle))
     if result.ok:
@@ -39,11 +41,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_bundles
+    from .bundle.predict import predict_bundles
 
     secret = None
     if args.secret_file:
-        from ..io.deid import load_site_key
+        from .io.deid import load_site_key
 
         secret = load_site_key(Path(args.secret_file)).secret
     res = predict_bundles([Path(b) for b in args.bundle], [Path(i) for i in args.inputs], merge=args.merge,
@@ -66,7 +68,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from .registry import register_run
+    from .experiment.register import register_run
 
     uri, version = register_run(args.run_id, args.name, tracking_uri=args.tracking_uri,
                                 bundle_dir=Path(args.bundle) if args.bundle else None)

@@ -1,1 +1,0 @@
-"""Exports: peft adapters with the metadata that pins their base and preprocessing."""
