@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from ..bundle.bundle import Bundle
 from ..bundle.familiarity import FEATURE_STATS_FILE
@@ -54,6 +53,7 @@ from ..bundle.layout import (
 from ..bundle.loading import load_model
 from ..bundle.manifest import write_manifest
 from ..bundle.samples import sample_rules
+from ..config import read_config_file
 from ..errors import BundleError, MedloraError
 from ..evaluate.operating_point import OperatingPoint
 from ..models.backbone import sha256_file
@@ -193,7 +193,7 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
     meta = json.loads((local / METADATA_FILE).read_text())
     metrics = json.loads((local / "metrics.json").read_text())
     check_test_size(metrics, meta["labels"], run_id, strict)
-    config = yaml.safe_load((local / "config.yaml").read_text()) if (local / "config.yaml").is_file() else {}
+    config = read_config_file(local / "config.yaml") if (local / "config.yaml").is_file() else {}
     copy_weights(local, tmp, meta, f"run {run_id}")
     meta["base"] = bundle_base(meta, tmp)
     meta["samples"] = sample_rules(config.get("data") or {})

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..evaluate.roc_grid import grid_shape
+from ..frontmatter import front_matter_or_empty
 from .card import NOT_A_DEVICE, calibration_lines, score_words, task, too_small
 from .findings_report import confusion_table, findings_table, has_any_finding, is_multi, summary_table
 from .metric_rows import count, metric_rows
@@ -101,14 +100,7 @@ def render_markdown(text: str, base_level: int = 3) -> str:
 
 def render_data_card(text: str) -> str:
     """A data card: its YAML front matter as a table of fields, then its prose rendered."""
-    head, body = {}, text
-    lines = text.splitlines()
-    if lines and lines[0].strip() == "---":
-        end = next((i for i, line in enumerate(lines[1:], start=1) if line.strip() == "---"), None)
-        if end is not None:
-            loaded = yaml.safe_load("\n".join(lines[1:end]))
-            head = loaded if isinstance(loaded, dict) else {}
-            body = "\n".join(lines[end + 1:])
+    head, body = front_matter_or_empty(text)
     fields = [(str(k).replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else str(v))
               for k, v in head.items()]
     return (_rows(fields) if fields else "") + render_markdown(body)
