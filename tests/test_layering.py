@@ -11,9 +11,10 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medlora"
-# io < transforms < models < train < evaluate < tracking < experiment (orchestration) / export;
+# io < transforms < models < train < evaluate < tracking < export < experiment (one run: its start, resume,
+# single, one-class, pretraining) < sweep (points, workbench, child runs, executors, claims, summary);
 # modules at the package root (config, errors, device, registry, provenance, summary) serve every stage
-ORDER = ["io", "transforms", "models", "train", "evaluate", "tracking", "export", "experiment"]
+ORDER = ["io", "transforms", "models", "train", "evaluate", "tracking", "export", "experiment", "sweep"]
 ALLOWED = {
     # the training loop selects epochs by a metric: the metric functions are the one piece of evaluation it uses
     ("train", "evaluate.metrics"),
