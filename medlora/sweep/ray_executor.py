@@ -3,10 +3,10 @@
 The driver (the ``medlora run`` process) builds the sweep's :class:`~.workbench.Workbench`
 once, computes the cached features and frozen-prefix tokens its points need, and puts it in Ray's
 object store together with the MLflow dataset; every task receives it by reference and each worker
-process deserialises it once. A task claims its point in the tracking store
-(:mod:`.claims`), trains and evaluates it (:func:`.child.run_child`, as the local executor does) as a child run of the sweep's parent and
-logs it straight to the tracking server, which must therefore be one every node reaches (an
-``http://`` MLflow server, ``deploy/``). Resume is the local executor's: the driver skips FINISHED
+process deserialises it once. A task claims its point in the tracking store (:mod:`.claims`),
+trains and evaluates it as a child run of the sweep's parent (:func:`.child.run_child`, as the local
+executor does) and logs it straight to the tracking server, which must therefore be one every node
+reaches (an ``http://`` MLflow server, ``deploy/``). Resume is the local executor's: the driver skips FINISHED
 points before submitting; a task whose worker dies is retried ``fewshot.ray.max_retries`` times, its
 dead attempt's run marked KILLED by the retry; two drivers never count a point twice.
 
