@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
 
-    from benchmarks.sweep import CLASSES, study_splits, support_indices
+    from benchmarks.study_folder import CLASSES, study_splits, support_indices
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("root", type=Path)

@@ -129,7 +129,7 @@ def sweep(raw: dict[str, Any], shots: str, out: Path) -> list[dict[str, Any]]:
     import pandas as pd
 
     from medlora.config import config_from_dict
-    from medlora.experiment.sweep import run_sweep
+    from medlora.sweep.driver import run_sweep
     from medlora.transforms.samples import prepare_samples
 
     cfg = config_from_dict({**raw, "fewshot": {**raw["fewshot"], "shots": [int(shots) if shots != "all" else "all"]}})

@@ -2,7 +2,7 @@
 
 Both sides log to the same kind of store, a throwaway ``mlflow server`` on 127.0.0.1 (SQLite
 backend), on the same synthetic phantom DICOM studies, config and points. Reported per side: wall
-seconds of :func:`medlora.experiment.sweep.run_sweep` (ingest excluded, done once before), and for
+seconds of :func:`medlora.sweep.driver.run_sweep` (ingest excluded, done once before), and for
 Ray the start of a local Ray instance apart (``ray_init_s``: a cluster is started once, not per sweep).
 
 * ``local/threads=2``: one process, torch using both cores (the fair baseline on a 2-core machine);
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from medlora.config import SynthConfig, config_from_dict
-    from medlora.experiment.sweep import run_sweep
     from medlora.io.prepare import prepare_dataset
     from medlora.io.synth import write_phantoms
+    from medlora.sweep.driver import run_sweep
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the server below
     tmp = Path(tempfile.mkdtemp(prefix="medlora-ray-bench-"))

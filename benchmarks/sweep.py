@@ -1,6 +1,6 @@
 """A few-shot sweep (methods × shots × seeds) run by medlora vs the same runs one after another naively.
 
-medlora: ``pipelines/fewshot.py`` (:func:`medlora.train.sweep.run_sweep`): one ingest, one cached
+medlora: ``pipelines/fewshot.py`` (:func:`medlora.sweep.driver.run_sweep`): one ingest, one cached
 dataset, one base model, linear probes on features computed once, every point an MLflow child
 run with study-level evaluation (AUROC with bootstrap intervals, operating point, DeLong tests).
 Naive: :func:`benchmarks.naive_loop.naive_run` per point, each decoding its DICOM files every epoch
@@ -24,39 +24,16 @@ AUROCs) differ run by run; the mean test AUROC per method is reported as a sanit
 
 from __future__ import annotations
 
-import csv
 import importlib
 import tempfile
 import time
 from pathlib import Path
 
-CLASSES = ["malignant", "normal_or_benign"]  # BreastMNIST, label-index order; malignant is abnormal
+from benchmarks.study_folder import CLASSES, study_splits, support_indices
+
 IMPORTS = {"naive": ["timm", "peft", "pydicom", "PIL.Image", "torchvision.transforms.v2", "sklearn.metrics",
                      "benchmarks.naive_loop"],
            "medlora": ["timm", "peft", "pydicom", "monai", "mlflow", "pipelines.fewshot"]}
-
-
-def study_splits(root: Path) -> dict[str, tuple[list[Path], list[int]]]:
-    out: dict[str, tuple[list[Path], list[int]]] = {s: ([], []) for s in ("train", "val", "test")}
-    with (root / "labels.csv").open() as f:
-        for row in csv.DictReader(f):
-            out[row["split"]][0].append(root / row["path"])
-            out[row["split"]][1].append(CLASSES.index(row["label"]))
-    return out
-
-
-def support_indices(labels: list[int], shots: int | str, seed: int) -> list[int]:
-    """k images per class (nested across k for one seed), or all."""
-    import numpy as np
-
-    if str(shots) == "all":
-        return list(range(len(labels)))
-    rng = np.random.default_rng(seed)
-    chosen: list[int] = []
-    for c in sorted(set(labels)):
-        idx = np.flatnonzero(np.asarray(labels) == c)
-        chosen += idx[rng.permutation(len(idx))[: int(shots)]].tolist()
-    return sorted(chosen)
 
 
 def naive_sweep(root: Path, model_name: str, model_kwargs: dict, size: int, epochs: int, batch: int, lr: float,

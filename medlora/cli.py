@@ -101,12 +101,13 @@ def _load(args: argparse.Namespace, *extra: str):
 def _cmd_run(args: argparse.Namespace) -> int:
     import shutil
 
+    from pipelines import pipeline
+
     from .experiment.preflight import preflight
-    from .registry import pipeline_module
 
     cfg = _load(args)
     preflight(cfg)
-    pipeline = pipeline_module(cfg.pipeline)
+    run = pipeline(cfg.pipeline)
     if cfg.pretrain is not None:  # adapt the base medlora pretrains (once) on the training images
         from .experiment.pretrain import with_pretrained_base
 
@@ -114,7 +115,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / cfg.data.name
     created = not out.exists()
     try:
-        summary = pipeline.run(cfg, out)
+        summary = run(cfg, out)
     except BaseException:
         if created and out.is_dir() and not any(out.rglob("*")):  # nothing worth keeping: no empty folder left
             shutil.rmtree(out, ignore_errors=True)
@@ -167,7 +168,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .tracking.compare import compare
+    from .sweep.compare import compare
 
     print(compare(args.target, args.tracking_uri))
     return 0

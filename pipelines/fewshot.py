@@ -4,7 +4,7 @@ ingest → split → for every (shots, seed) a per-patient support set of the tr
 method trained on it and evaluated on the fixed val/test splits → one MLflow parent run with a
 nested child per (method, shots, seed), a summary table, DeLong tests and a learning curve.
 Rerunning the same config resumes the sweep. Wiring only: the work is in
-:mod:`medlora.experiment.sweep`.
+:mod:`medlora.sweep` (:func:`medlora.sweep.driver.run_sweep`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medlora.config import Config
-from medlora.experiment.sweep import run_sweep
 from medlora.summary import RunSummary
+from medlora.sweep.driver import run_sweep
 from medlora.transforms.samples import prepare_samples
 
 

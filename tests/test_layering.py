@@ -12,9 +12,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medlora"
 # io < transforms < models < train < evaluate < tracking < bundle (the contract and its read side)
-# < review (the report a clinician reads) < experiment (orchestration: ends a run by writing its bundle);
+# < review (the report a clinician reads) < experiment (one run: its start, resume, single, one-class,
+# pretraining, validation, the export stage) < sweep (points, workbench, child runs, executors, claims, summary);
 # modules at the package root (config, errors, device, registry, provenance, summary) serve every stage
-ORDER = ["io", "transforms", "models", "train", "evaluate", "tracking", "bundle", "review", "experiment"]
+ORDER = ["io", "transforms", "models", "train", "evaluate", "tracking", "bundle", "review", "experiment", "sweep"]
 ALLOWED = {
     # the training loop selects epochs by a metric: the metric functions are the one piece of evaluation it uses
     ("train", "evaluate.metrics"),

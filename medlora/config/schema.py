@@ -28,8 +28,8 @@ class Config(Strict):
     """A whole run: what to read, how to preprocess, which model, how to train, evaluate and log."""
 
     pipeline: Pipeline = Field(
-        "classify", description="`classify`, `fewshot` or `oneclass` (`medlora/registry.py`): the module of "
-        "`pipelines/` that wires the stages")
+        "classify", description="`classify`, `fewshot` or `oneclass` (names in `medlora/registry.py`): the "
+        "pipeline of `pipelines/` (`PIPELINES` in `pipelines/__init__.py`) that wires the stages")
     data: DataConfig = Field(description="the studies, their labels and split")
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig,
                                          description="windowing, views of volumes, input size, augmentation")

@@ -1,2 +1,3 @@
-"""Orchestration: one run, a few-shot sweep, resuming them; the layer that ties training,
-evaluation, tracking and export together. Pipelines under ``pipelines/`` call into it."""
+"""Orchestration of one run: its start (:mod:`.context`), a single run, one-class, pretraining, resuming
+them; the layer that ties training, evaluation, tracking and export together. Sweeps are a stage above
+(:mod:`medlora.sweep`); pipelines under ``pipelines/`` call into both."""

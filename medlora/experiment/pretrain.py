@@ -27,8 +27,7 @@ from typing import Any
 import torch
 
 from .. import basecard
-from ..config import Config, PretrainConfig, config_to_dict
-from ..device import configure_threads, resolve_device
+from ..config import Config, PretrainConfig
 from ..errors import ConfigError
 from ..io.unlabelled import PretrainData, prepare_pretraining_data
 from ..models.backbone import base_state, create_base, sha256_file
@@ -40,11 +39,13 @@ from ..train.loaders import make_datasets, make_loader
 from ..train.pretrain import PretrainResult, pretrain_fit
 from ..transforms.augment import BatchAugment
 from ..transforms.samples import with_views
+from . import resume
+from .context import start
 from .preflight import preflight
-from .session import experiment_name, open_run
 
 log = logging.getLogger(__name__)
 WEIGHTS, STATE, CHECKPOINT, GRID = "base.safetensors", "pretrain_state.json", "checkpoint.pt", "reconstructions.png"
+FILES = {"state": STATE, "checkpoint": CHECKPOINT}  # an unfinished pretraining's files in its folder (:mod:`.resume`)
 DEFAULT_OUT = Path("runs") / "pretrain"
 
 
@@ -70,13 +71,19 @@ class PretrainSummary:
         ])
 
 
-def pretrain_key(cfg: Config, fingerprint: str) -> str:
-    """12 hex digits over the data fingerprint and every setting that changes the pretrained weights."""
+def pretrain_identity(cfg: Config, fingerprint: str) -> dict[str, Any]:
+    """What makes a pretrained base what it is: the data fingerprint and every setting that changes the
+    weights (what an interrupted pretraining is resumed by, :mod:`.resume`)."""
     p = (cfg.pretrain or PretrainConfig()).model_dump(mode="json", exclude={"out"})
     m = cfg.model
-    blob = {"data": fingerprint, "pretrain": p, "backbone": m.backbone, "kwargs": m.kwargs, "pretrained": m.pretrained,
+    return {"data": fingerprint, "pretrain": p, "backbone": m.backbone, "kwargs": m.kwargs, "pretrained": m.pretrained,
             "weights": sha256_file(m.weights) if m.weights else None, "seed": cfg.train.seed,
             "preprocess": cfg.preprocess.model_dump(mode="json")}
+
+
+def pretrain_key(cfg: Config, fingerprint: str) -> str:
+    """12 hex digits over :func:`pretrain_identity`: names the base's folder and is written in its card."""
+    blob = pretrain_identity(cfg, fingerprint)
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -92,7 +99,8 @@ def build_mae(cfg: Config) -> tuple[MaskedAutoencoder, dict[str, Any]]:
 
 
 def _reusable(folder: Path, key: str) -> dict[str, Any] | None:
-    """The record of the finished base in ``folder`` when it was made with ``key`` and is intact."""
+    """The record of the finished base in ``folder`` when it was made with ``key`` and is intact
+    (:mod:`.resume`: a finished result of the same identity is reused, another identity refused)."""
     card, weights = folder / basecard.CARD, folder / WEIGHTS
     if not (card.is_file() and weights.is_file()):
         return None
@@ -104,18 +112,6 @@ def _reusable(folder: Path, key: str) -> dict[str, Any] | None:
         log.warning("%s changed since it was pretrained (sha256 differs from its card): pretraining again", weights)
         return None
     return record
-
-
-def _resumable(folder: Path, key: str) -> str | None:
-    state = folder / STATE
-    if not (state.is_file() and (folder / CHECKPOINT).is_file()):
-        return None
-    saved = json.loads(state.read_text())
-    if saved.get("key") != key:
-        raise ConfigError(f"{folder} holds an interrupted pretraining with other data or settings (key "
-                          f"{saved.get('key')}, now {key}); choose another output folder or delete {state}")
-    log.info("resuming interrupted pretraining %s from %s", saved["run_id"], folder / CHECKPOINT)
-    return str(saved["run_id"])
 
 
 def reconstruction_grid(mae: MaskedAutoencoder, images: torch.Tensor, mean: list[float], std: list[float],
@@ -168,26 +164,25 @@ def run_pretrain(cfg: Config, out: Path | None = None) -> PretrainSummary:
     """Pretrain (or reuse) the MAE base of ``cfg``; in ``out``, else ``pretrain.out/<data.name>-<key>``."""
     p = cfg.pretrain or PretrainConfig()
     preflight(cfg, build=False)  # the masked autoencoder below builds and checks the encoder
-    uri = track.configure(cfg.tracking)
     mae, inputs = build_mae(cfg)  # fails fast on a bad size or model
     pdata = prepare_pretraining_data(cfg.data)
     pdata = replace(pdata, data=with_views(pdata.data, cfg.preprocess))
+    ctx = start(cfg, data=pdata.data)
+    identity = pretrain_identity(cfg, pdata.data.fingerprint)
     key = pretrain_key(cfg, pdata.data.fingerprint)
     folder = Path(out) if out else Path(p.out or DEFAULT_OUT) / f"{cfg.data.name}-{key}"
-    experiment = experiment_name(cfg, pdata.data)
     done = _reusable(folder, key)
     if done is not None:
         log.info("base for these data and settings already pretrained: %s", folder / WEIGHTS)
-        return PretrainSummary(done["mlflow_run_id"], experiment, uri, folder, folder / WEIGHTS,
+        return PretrainSummary(done["mlflow_run_id"], ctx.experiment, ctx.uri, folder, folder / WEIGHTS,
                                folder / basecard.CARD, True, done)
-    prior = _resumable(folder, key)
+    prior = resume.find_unfinished(folder, identity, what="pretraining", **FILES,
+                                   remedy=f"choose another output folder or delete {folder / STATE}")
     folder.mkdir(parents=True, exist_ok=True)
-    configure_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    with open_run(cfg, pdata.data, "mae", role="pretrain", run_id=prior, log_inputs=prior is None,
-                  name=f"pretrain-{cfg.model.backbone}-{cfg.data.name}-{key[:6]}", tags={T.PRETRAIN_KEY: key}) as run:
-        (folder / STATE).write_text(json.dumps({"run_id": run.info.run_id, "key": key, "config": config_to_dict(cfg)},
-                                               indent=2, default=str))
+    device = ctx.device
+    with ctx.open_run("mae", role="pretrain", run_id=prior, log_inputs=prior is None,
+                      name=f"pretrain-{cfg.model.backbone}-{cfg.data.name}-{key[:6]}", tags={T.PRETRAIN_KEY: key}) as run:
+        resume.remember(folder, run.info.run_id, identity, key=key, **FILES)
         dataset = make_datasets(pdata.data, cfg, inputs, splits=("train",))["train"]
         loader = make_loader(dataset, cfg.train.model_copy(update={"batch_size": p.batch_size}), shuffle=True)
         augment = BatchAugment(seed=cfg.train.seed) if cfg.preprocess.augment else None
@@ -207,10 +202,9 @@ def run_pretrain(cfg: Config, out: Path | None = None) -> PretrainSummary:
                            "pretrain_wall_seconds": time.perf_counter() - t0})
         for name in (GRID, basecard.CARD):
             track.log_artifact(folder / name)
-        for name in (CHECKPOINT, STATE):
-            (folder / name).unlink(missing_ok=True)
+        resume.forget(folder, **FILES)
     log.info("pretrained base %s (%s)", folder / WEIGHTS, folder / basecard.CARD)
-    return PretrainSummary(run.info.run_id, experiment, uri, folder, folder / WEIGHTS, folder / basecard.CARD,
+    return PretrainSummary(run.info.run_id, ctx.experiment, ctx.uri, folder, folder / WEIGHTS, folder / basecard.CARD,
                            False, record)
 
 

@@ -1,7 +1,7 @@
 """The start of every tracked run: experiment, name, tags, params, config, data card, ingest report, dataset.
 
 Every run kind (a single run, a sweep parent, a sweep child, one-class, pretraining) opens its
-MLflow run through :func:`open_run`, so they log the same names and compare column by column in the
+MLflow run through :func:`open_run` (the parents by way of :class:`.context.RunContext`), so they log the same names and compare column by column in the
 MLflow UI: params are the flattened resolved config (``train.lr``, ``model.lora.r`` ...) plus the
 short keys ``method``, ``backbone``, ``shots`` and ``seed``; run names say the method, backbone and
 dataset (and shots/seed in a sweep) plus a short hash of the resolved config.
@@ -81,14 +81,14 @@ def open_run(cfg: Config, data: Any, method: str, role: str = "run", *, name: st
     params; ``dataset`` reuses an MLflow dataset built once (a sweep's children);
     ``log_inputs=False`` skips the data logging (a resumed run already has it). The run ends
     FINISHED when the block completes, FAILED (or KILLED on Ctrl-C) when it raises. Under
-    torchrun only rank 0 has a run: the other ranks get ``None`` and log nothing.
+    torchrun only rank 0 has a run: the other ranks get ``None`` and log nothing. The tracking store
+    is the one :func:`.context.start` configured (once per run: a sweep's children share it).
     """
     import mlflow
 
     if not is_main_process():
         yield None
         return
-    track.configure(cfg.tracking)
     all_tags = {**run_tags(cfg, data), T.ROLE: role, T.METHOD: method, **(tags or {})}
     with track.start_run(experiment_name(cfg, data), run_name=name or run_name(cfg, method), tags=all_tags,
                          nested=nested, run_id=run_id, task=cfg.data.task) as run:

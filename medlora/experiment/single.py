@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..bundle.metadata import run_metadata
-from ..config import Config
-from ..device import configure_threads, resolve_device
+from ..config import Config, config_to_dict
 from ..evaluate.plots import plot_roc
 from ..models.build import build_model
 from ..summary import RunSummary
@@ -24,14 +23,15 @@ from ..train.distributed import from_env, local_batch_size
 from ..train.features import prefix_loaders
 from ..train.loaders import make_datasets, make_loader
 from ..transforms.pipeline import manifest_items
-from ..transforms.samples import prepare_samples
 from . import resume
+from .context import start
 from .export import run_export
 from .feature_stats import write_feature_stats
-from .session import experiment_name, open_run
 from .train_eval import run_head, study_subgroups, train_and_evaluate
 
 log = logging.getLogger(__name__)
+# what to do instead of resuming an interrupted run of another config in the same --out
+REMEDY = "use the same config to resume it, or another --out (or delete {}) to start a new run"
 
 
 def run_single(cfg: Config, out: Path) -> RunSummary:
@@ -42,17 +42,14 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
     prior = None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        prior = resume.resumable_run(cfg, out)  # an interrupted run of this config in out: continue it
-    data = dist.main_first(lambda: prepare_samples(cfg.data, cfg.preprocess, out))
-    uri = track.configure(cfg.tracking)
-    experiment = experiment_name(cfg, data)
-    device = dist.place(resolve_device(cfg.train.device))
-    with open_run(cfg, data, cfg.model.method, run_id=prior, log_inputs=prior is None) as mlrun, \
+        prior = resume.find_unfinished(out, config_to_dict(cfg), remedy=REMEDY.format(out / resume.CHECKPOINT))
+    ctx = start(cfg, out, dist=dist)
+    data, device = ctx.data, ctx.device
+    with ctx.open_run(cfg.model.method, run_id=prior, log_inputs=prior is None) as mlrun, \
             tempfile.TemporaryDirectory() as scratch:
-        checkpoint = resume.remember(out, mlrun.info.run_id, cfg) if dist.is_main else None
+        checkpoint = resume.remember(out, mlrun.info.run_id, config_to_dict(cfg)) if dist.is_main else None
         built = build_model(cfg, out if dist.is_main else Path(scratch))  # the same seeded base on every rank
         track.log_metrics({"trainable_params": built.params.trainable, "total_params": built.params.total})
-        configure_threads(cfg.train.threads)
         model = built.model.to(device)
         datasets = make_datasets(data, cfg, built.data_config)
 
@@ -82,7 +79,7 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
             calibration = result.evaluation.calibration if result.evaluation is not None else {"method": "none"}
             meta = run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint, calibration,
                                 {str(k): int(v) for k, v in modalities.items()}, thresholds)
-            run_export(out, model, meta, uri, items=items)
+            run_export(out, model, meta, ctx.uri, items=items)
             resume.forget(out)
         dist.barrier()  # the other ranks end with rank 0, after its export
-    return RunSummary(mlrun.info.run_id if mlrun else "", experiment, uri, out, result.metrics, str(built.params))
+    return RunSummary(mlrun.info.run_id if mlrun else "", ctx.experiment, ctx.uri, out, result.metrics, str(built.params))

@@ -35,8 +35,9 @@ from ..evaluate.validation import ValidationResult, validate_scores, validation_
 from ..io.findings import normal_vs_abnormal
 from ..io.site import CALIBRATION, EVALUATION, parse_calibrate_on, prepare_site_data
 from ..transforms.samples import with_views
+from .context import start
 from .validate_labels import check_labels
-from .validate_run import log_validation, write_outputs
+from .validate_run import log_validation, run_config, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def run_validate(bundle_path: Path, cfg: Config, out: Path, calibrate_on: str | 
     out.mkdir(parents=True, exist_ok=True)
     pre = bundle.preprocess()[0]
     data = with_views(prepare_site_data(cfg.data, out, calibrate), pre)
+    ctx = start(run_config(cfg, bundle), data=data)  # the tracking store checked once, before any scoring
     splits = (EVALUATION,) + ((CALIBRATION,) if calibrate is not None else ())
     scores = score_prepared(predictor, data, cfg, splits)
     studies = study_table(scores, bundle, cfg, stats)
@@ -127,7 +129,7 @@ def run_validate(bundle_path: Path, cfg: Config, out: Path, calibrate_on: str | 
            "skipped_files": int(len(data.skipped)),
            "site_adjustment": adjustment.to_json() if adjustment is not None else None}
     write_outputs(out, evaluated, doc, result, bundle, stats, data.card.name if data.card is not None else cfg.data.name)
-    run_id = log_validation(cfg, data, bundle, metrics, out)
+    run_id = log_validation(ctx, bundle, metrics, out)
     log.info("validated %s on %d site studies: AUROC %.3f at the shipped threshold %.4g (outputs in %s)",
              bundle.name, len(evaluated), metrics.get("test_auroc", float("nan")), bundle.threshold, out)
     return ValidationSummary(out, run_id, metrics, len(evaluated), adjusted_path)

@@ -28,7 +28,7 @@ from ..review.html import Figure
 from ..review.validation_page import write_page
 from ..tracking import mlflow_run as track
 from ..tracking import tags as T
-from .session import open_run
+from .context import RunContext
 
 log = logging.getLogger(__name__)
 PREDICTION_COLUMNS = ["study_key", "patient_key", "label", "score", "call", "familiarity", "unfamiliar"]
@@ -75,28 +75,33 @@ def _model_versions(run_id: str | None) -> list[Any]:
         return []
 
 
-def log_validation(cfg: Config, data: Any, bundle: Bundle, metrics: dict[str, float], out: Path) -> str | None:
+def run_config(cfg: Config, bundle: Bundle) -> Config:
+    """The site config with the bundle's base and method: the short params of the validation run say which
+    model was validated (``backbone``, ``method``), as a training run's do."""
+    model = cfg.model.model_copy(update={"backbone": bundle.meta["base"].get("timm_name", cfg.model.backbone),
+                                         "method": bundle.method})
+    return cfg.model_copy(update={"model": model})
+
+
+def log_validation(ctx: RunContext, bundle: Bundle, metrics: dict[str, float], out: Path) -> str | None:
     """Log the validation as an MLflow run (``medlora.role=validation``) in the site's experiment."""
     import mlflow
     from mlflow import MlflowClient
 
-    model = cfg.model.model_copy(update={"backbone": bundle.meta["base"].get("timm_name", cfg.model.backbone),
-                                         "method": bundle.method})
-    run_cfg = cfg.model_copy(update={"model": model})
     sha = bundle_sha256(bundle.path)
     trained = bundle.meta.get("mlflow_run_id")
     versions = _model_versions(trained)
     tags = {T.BUNDLE_SHA256: sha, T.BUNDLE_RUN: str(trained)}
     if versions:
         tags[T.BUNDLE_MODEL_VERSION] = ", ".join(f"{v.name}/{v.version}" for v in versions)
-    name = f"validate-{bundle.method}-{cfg.data.name}-{sha[:6]}"
-    with open_run(run_cfg, data, bundle.method, role="validation", name=name, tags=tags,
-                  params={"bundle": bundle.name, "bundle_sha256": sha}) as run:
+    name = f"validate-{bundle.method}-{ctx.cfg.data.name}-{sha[:6]}"
+    with ctx.open_run(bundle.method, role="validation", name=name, tags=tags,
+                      params={"bundle": bundle.name, "bundle_sha256": sha}) as run:
         if run is None:
             return None
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-        for name_ in ("metrics.json", "predictions.csv", "validation.html"):
-            track.log_artifact(out / name_)
+        for file in ("metrics.json", "predictions.csv", "validation.html"):
+            track.log_artifact(out / file)
         for png in sorted((out / "plots").glob("*.png")):
             track.log_artifact(png, "plots")
         run_id = run.info.run_id

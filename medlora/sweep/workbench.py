@@ -3,7 +3,7 @@
 Support sets are :class:`~torch.utils.data.Subset` index views of one cached training set; each
 point starts from a deep copy of the frozen base (so LoRA, linear probing and full fine-tuning never
 see each other's weights); linear probes train on the backbone features of every sample, computed
-once (:mod:`.features`); LoRA on the upper blocks trains on frozen-prefix tokens computed once per depth.
+once (:mod:`medlora.train.features`); LoRA on the upper blocks trains on frozen-prefix tokens computed once per depth.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from ..models.backbone import create_base
 from ..models.build import input_config
 from ..models.lora import apply_method
 from ..models.prefix import SuffixModel, frozen_prefix_depth
-from .features import FeatureDataset, FeatureSet, extract_features, prefix_token_sets
-from .fewshot import SupportSet, SweepPoint
-from .loaders import make_datasets, make_loader
+from ..train.features import FeatureDataset, FeatureSet, extract_features, prefix_token_sets
+from ..train.loaders import make_datasets, make_loader
+from ..train.support import SupportSet
+from .points import SweepPoint
 
 
 class Workbench:

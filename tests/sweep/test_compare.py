@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medlora.tracking.compare import (
+from medlora.sweep.compare import (
     SUMMARY_METRICS,
     finding_metrics,
     format_summary,

@@ -8,7 +8,7 @@ looks at the point's other children:
 
 - one FINISHED: the point is done elsewhere; the claim is deleted and nothing is trained;
 - RUNNING with the same claim id: an earlier attempt of this very task whose worker died: KILLED;
-- RUNNING, owned by a driver that no longer exists: KILLED (as :func:`.resume.reconcile_children`);
+- RUNNING, owned by a driver that no longer exists: KILLED (as :func:`medlora.experiment.resume.reconcile_children`);
 - RUNNING, owned by another live driver, claimed earlier (start time, then run id): that driver
   has the point; the claim is deleted.
 
@@ -23,16 +23,15 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from . import tags as T
-from .resume import alive_elsewhere
+from ..experiment.resume import alive_elsewhere
+from ..tracking import tags as T
+from ..tracking.runs import search_all
 
 log = logging.getLogger(__name__)
 
 
 def point_children(client: Any, parent: Any, point_hash: str) -> list[Any]:
     """The live (not deleted) child runs of ``parent`` for one point."""
-    from .compare import search_all
-
     return search_all(client, parent.info.experiment_id,
                       f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`{T.POINT_HASH}` = '{point_hash}'")
 

@@ -28,7 +28,7 @@ def test_ray_address_that_does_not_answer_fails_in_seconds_naming_it(address):
 
     from medlora.config import RayConfig
     from medlora.errors import MedloraError
-    from medlora.experiment.ray_executor import connect
+    from medlora.sweep.ray_executor import connect
 
     address = address.format(port=_closed_port())
     assert not ray.is_initialized()
@@ -43,7 +43,7 @@ def test_ray_address_that_does_not_answer_fails_in_seconds_naming_it(address):
 
 def test_ray_executor_is_a_config_choice_that_does_not_change_the_sweep_hash(tiny_cfg, phantom_root, tmp_path):
     from medlora.errors import ConfigError
-    from medlora.train.fewshot import sweep_hash
+    from medlora.sweep.points import sweep_hash
 
     local = tiny_cfg(phantom_root, tmp_path, **{"pipeline": "fewshot", "fewshot.executor": "local"})
     on_ray = tiny_cfg(phantom_root, tmp_path, **{"pipeline": "fewshot", "fewshot.executor": "ray",
@@ -69,8 +69,8 @@ def test_ray_claims_one_point_once_between_tasks_retries_and_dead_drivers(parent
     import subprocess
     import sys
 
-    from medlora.tracking.claims import claim_point, settle_point
-    from medlora.tracking.resume import owner_tags
+    from medlora.experiment.resume import owner_tags
+    from medlora.sweep.claims import claim_point, settle_point
 
     client, parent = parent_run
     # tasks run in worker processes, their children owned by the driver: two live drivers here
@@ -143,7 +143,7 @@ def test_ray_sweep_on_a_tracking_server_matches_local_and_reruns_a_killed_worker
         phantom_root, tmp_path, sweep_config, mlflow_server_on, local_ray):
     from mlflow import MlflowClient
 
-    from medlora.experiment.sweep import run_sweep
+    from medlora.sweep.driver import run_sweep
     from medlora.transforms.samples import prepare_samples
 
     server = mlflow_server_on(f"sqlite:///{tmp_path / 'server.db'}")

@@ -121,7 +121,7 @@ def test_upper_block_lora_children_share_one_pass_over_the_frozen_blocks(phantom
 
     from mlflow import MlflowClient
 
-    from medlora.experiment.sweep import run_sweep
+    from medlora.sweep.driver import run_sweep
     from medlora.transforms.samples import prepare_samples
 
     cfg, _ = sweep_config(phantom_root, tmp_path, **{
@@ -148,8 +148,8 @@ def test_multilabel_sweep_summarises_per_finding_and_macro_with_subgroups(finish
     from mlflow import MlflowClient
 
     from medlora.config import SynthConfig
-    from medlora.experiment.sweep import run_sweep
     from medlora.io.synth import write_phantoms
+    from medlora.sweep.driver import run_sweep
     from medlora.transforms.samples import prepare_samples
 
     root = tmp_path / "data"
@@ -201,6 +201,6 @@ def test_multilabel_sweep_summarises_per_finding_and_macro_with_subgroups(finish
     assert "## DeLong paired tests per finding" in md
     for name in ("learning_curve.png", "learning_curves_findings.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from medlora.tracking.compare import compare, format_summary, markdown_table
+    from medlora.sweep.compare import compare, format_summary, markdown_table
 
     assert markdown_table(format_summary(summary)) in compare(cfg.data.name, cfg.tracking.uri)  # findings in config order

@@ -23,7 +23,8 @@ import pandas as pd
 from ..errors import MedloraError
 from ..evaluate.metrics import _safe_name
 from ..registry import METHODS
-from . import tags as T
+from ..tracking import tags as T
+from ..tracking.runs import child_runs, search_all
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +36,6 @@ METHOD_ORDER = METHODS
 def shots_order(value: Any) -> float:
     """Sort key of a shot count: numbers ascending, ``all`` last."""
     return math.inf if str(value) == "all" else float(value)
-
-
-def search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
-    """Every run of ``experiment_id`` matching ``filter_string`` (all result pages)."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def child_runs(client: Any, parent: Any) -> list[Any]:
-    """All nested runs of ``parent`` (any status)."""
-    return search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
 def children_frame(runs: Iterable[Any], finished_only: bool = True) -> pd.DataFrame:

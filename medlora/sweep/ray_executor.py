@@ -1,12 +1,12 @@
 """Sweep points as Ray tasks (``fewshot.executor: ray``): one task per (method, shots, seed).
 
-The driver (the ``medlora run`` process) builds the sweep's :class:`~medlora.train.workbench.Workbench`
+The driver (the ``medlora run`` process) builds the sweep's :class:`~.workbench.Workbench`
 once, computes the cached features and frozen-prefix tokens its points need, and puts it in Ray's
 object store together with the MLflow dataset; every task receives it by reference and each worker
-process deserialises it once. A task claims its point in the tracking store
-(:mod:`medlora.tracking.claims`), trains and evaluates it as a child run of the sweep's parent and
-logs it straight to the tracking server, which must therefore be one every node reaches (an
-``http://`` MLflow server, ``deploy/``). Resume is the local executor's: the driver skips FINISHED
+process deserialises it once. A task claims its point in the tracking store (:mod:`.claims`),
+trains and evaluates it as a child run of the sweep's parent (:func:`.child.run_child`, as the local
+executor does) and logs it straight to the tracking server, which must therefore be one every node
+reaches (an ``http://`` MLflow server, ``deploy/``). Resume is the local executor's: the driver skips FINISHED
 points before submitting; a task whose worker dies is retried ``fewshot.ray.max_retries`` times, its
 dead attempt's run marked KILLED by the retry; two drivers never count a point twice.
 
@@ -29,15 +29,17 @@ from urllib.parse import urlsplit
 from ..config import Config, RayConfig
 from ..device import configure_threads, resolve_device
 from ..errors import MedloraError, TrackingUnavailableError
+from ..experiment.session import run_name
+from ..experiment.train_eval import study_subgroups
 from ..io.prepare import PreparedData
 from ..tracking import tags as T
-from ..tracking.claims import claim_point, settle_point
 from ..tracking.dataset import mlflow_dataset
 from ..tracking.store import unreachable_message
-from ..train.fewshot import SweepPoint, draw_support
-from ..train.workbench import Workbench
-from .session import run_name
-from .train_eval import study_subgroups
+from ..train.support import draw_support
+from .child import run_child
+from .claims import claim_point, settle_point
+from .points import SweepPoint
+from .workbench import Workbench
 
 log = logging.getLogger(__name__)
 _SHARED: dict[str, Any] = {}  # per worker process: the deserialised shared setup, by object id
@@ -142,8 +144,6 @@ def train_point(box: list[Any], job: PointJob) -> Outcome:
     """The Ray task: claim ``job``'s point, train and evaluate it as a child run, settle it."""
     import mlflow
     from mlflow import MlflowClient
-
-    from .sweep import run_child
 
     shared = _shared(box)  # a list, so Ray hands over the reference, not a fresh copy per task
     mlflow.set_tracking_uri(shared.uri)

@@ -1,0 +1,55 @@
+"""Where one sweep point runs: its support set drawn, its model trained and evaluated as a child run.
+
+The local executor (:mod:`.driver`) and every Ray task (:mod:`.ray_executor`) call :func:`run_child`,
+so a point is trained, evaluated and logged the same way wherever it runs: a nested MLflow run of
+the sweep's parent (or the child run a Ray task has claimed, :mod:`.claims`), with the support set's
+patients (``support_set.csv``), its size and hash as params, and the metrics and files of
+:func:`~medlora.experiment.train_eval.train_and_evaluate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..config import Config
+from ..experiment.session import open_run, run_name
+from ..experiment.train_eval import ExperimentResult, train_and_evaluate
+from ..models.lora import count_params
+from ..tracking import mlflow_run as track
+from ..tracking import tags as T
+from ..train.features import probe_head
+from ..train.support import draw_support
+from .points import SweepPoint
+from .workbench import Workbench
+
+
+def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, str], out: Path,
+              dataset: Any | None = None, run_id: str | None = None) -> ExperimentResult:
+    """Train and evaluate one point as a nested MLflow run of the active parent (or in the child
+    run ``run_id`` a Ray worker has claimed, :mod:`.ray_executor`), with the per-subgroup metrics of
+    ``evaluate.subgroups`` as a single run logs them (the workbench's study table, from
+    :func:`~medlora.experiment.train_eval.study_subgroups`)."""
+    import mlflow
+
+    support = draw_support(bench.train_frame, point.shots, point.seed, names=cfg.data.outputs)
+    params = {"shots": point.shots, "seed": point.seed, "support_patients": len(support.patient_keys),
+              "support_samples": len(support.positions), "support_hash": support.key_hash}
+    with open_run(cfg, bench.data, point.method, role="child", nested=True, params=params, dataset=dataset,
+                  name=run_name(cfg, point.method, point.shots, point.seed), run_id=run_id,
+                  tags={**tags, T.SUPPORT_HASH: support.key_hash}):
+        mlflow.log_text(pd.Series(sorted(support.patient_keys)).to_csv(index=False, header=["patient_key"]),
+                        "support_set.csv")
+        model = bench.model_for(cfg, point)
+        trainable = count_params(model).trainable
+        split = bench.prefix(model, cfg, support) if point.method == "lora" else None
+        model, loaders = split or (model, bench.loaders(cfg, point, support))
+        if point.method == "linear_probe":
+            track.log_metrics({"feature_seconds": sum(f.seconds for f in bench.features().values())})
+            model = probe_head(model)
+        torch.manual_seed(point.seed)
+        return train_and_evaluate(model.to(bench.device), loaders, cfg, bench.device, trainable, out=out,
+                                  augment=point.method != "linear_probe", subgroups=bench.subgroups)
