@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,17 @@ def transfer_failures(root: Path) -> list[tuple[str, str]]:
 def file_sources(root: Path) -> dict[str, str]:
     """Cache-relative path → ``server \\x1f study UID`` (raw: the ingest hashes it under the site secret)."""
     return {r["path"]: f"{r['server']}\x1f{r['study_uid']}" for r in _read(Path(root) / SOURCES_FILE, SOURCE_COLUMNS)}
+
+
+def manifest_origins(manifest: Any, root: Path, key: Callable[[str], str]) -> list[str | None] | None:
+    """Per manifest row, ``key(server \\x1f study UID)`` of the pull its (first) file came from; ``None``
+    when ``root`` is not a pull's cache (no ``sources.csv``)."""
+    sources = file_sources(root)
+    if not sources:
+        return None
+    out: list[str | None] = []
+    for kind, path, source in zip(manifest["kind"], manifest["path"], manifest["source"], strict=True):
+        first = json.loads(source)[0] if kind == "series" and str(source).startswith("[") else str(path)
+        raw = sources.get(first)
+        out.append(key(raw) if raw else None)
+    return out

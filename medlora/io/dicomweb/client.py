@@ -15,6 +15,7 @@ else none are sent. Messages name the server by :func:`mask_url` and an HTTP fai
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -114,6 +115,24 @@ def open_client(url: str, timeout: float = 30.0, env: dict[str, str] | None = No
     client.set_http_retry_params(retry=False)
     log.debug("DICOMweb server %s, credentials from %s", base, creds.where)
     return client
+
+
+def search_all(search: Callable[..., list[dict[str, Any]]], page: int = 200, max_pages: int = 10_000,
+               **kwargs: Any) -> list[dict[str, Any]]:
+    """Every result of a QIDO-RS search (``client.search_for_*``), page by page with limit/offset.
+
+    Stops at an empty page or a page that brings nothing new: some servers ignore ``offset`` (Orthanc
+    with some filters) and answer the first page again, where ``get_remaining`` would loop forever."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for _ in range(max_pages):
+        offset = len(out)
+        rows = with_retries(lambda offset=offset: search(limit=page, offset=offset, **kwargs))
+        new = [r for r in rows if (key := json.dumps(r, sort_keys=True)) not in seen and not seen.add(key)]
+        if not new:
+            break
+        out += new
+    return out
 
 
 def describe_failure(err: BaseException) -> str:

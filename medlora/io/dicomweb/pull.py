@@ -30,8 +30,17 @@ from tqdm.auto import tqdm
 
 from ...errors import ConfigError, InputError, PacsError
 from .cache import Cache
-from .client import TRANSFER_ERRORS, check_server, describe_failure, mask_url, open_client, server_url, \
-    unreachable, with_retries
+from .client import (
+    TRANSFER_ERRORS,
+    check_server,
+    describe_failure,
+    mask_url,
+    open_client,
+    search_all,
+    server_url,
+    unreachable,
+    with_retries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +147,7 @@ def find_studies(client: Any, query: PullQuery, server: str) -> list[str]:
     found: set[str] = set()
     for search in query.searches():
         try:
-            rows = with_retries(lambda s=search: client.search_for_studies(search_filters=s, get_remaining=True))
+            rows = search_all(client.search_for_studies, search_filters=search)
         except TRANSFER_ERRORS as err:
             raise PacsError(f"DICOMweb server {server}: QIDO-RS study search failed: {describe_failure(err)}") from None
         found.update(_value(r, "0020000D") for r in rows)
@@ -149,7 +158,7 @@ def find_studies(client: Any, query: PullQuery, server: str) -> list[str]:
 def list_instances(client: Any, study_uid: str, server: str, n: int, total: int) -> list[tuple[str, str]]:
     """``(series UID, SOP instance UID)`` of every instance of one study."""
     try:
-        rows = with_retries(lambda: client.search_for_instances(study_instance_uid=study_uid, get_remaining=True))
+        rows = search_all(client.search_for_instances, study_instance_uid=study_uid)
     except TRANSFER_ERRORS as err:
         raise PacsError(f"DICOMweb server {server}: QIDO-RS instance search of study {n} of {total} failed: "
                         f"{describe_failure(err)}") from None
