@@ -59,10 +59,10 @@ class FindingCall:
 
 
 def derived_uid(*parts: str) -> str:
-    """A ``2.25.`` UID derived from ``parts`` (the same parts always give the same UID)."""
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid(prefix=None, entropy_srcs=["medlora-dicomweb", *parts]))
+    """A ``2.25.`` UID (a 128-bit number, as from a UUID) derived from ``parts``: the same parts always
+    give the same UID (pydicom's ``generate_uid(prefix=None)`` would ignore them and draw a random one)."""
+    digest = hashlib.sha256("\x1f".join(["medlora-dicomweb", *parts]).encode()).hexdigest()
+    return f"2.25.{int(digest[:32], 16)}"
 
 
 def study_uid_of(sources: Sequence[Any]) -> str:
