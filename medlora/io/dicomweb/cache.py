@@ -2,12 +2,16 @@
 
 Layout::
 
-    CACHE/instances/ab/ab3f...e1.dcm   one DICOM file per instance, named by SHA-256 of its SOP Instance UID
+    CACHE/instances/<study>/<series>/<sop>.dcm   one DICOM file per instance, named by the SHA-256 of its
+                                                SOP Instance UID, in folders named by that of its study
+                                                and series (16 hex digits each)
     CACHE/sources.csv                  path, server (no credentials), study_uid: where each file came from
     CACHE/failures.csv                 path, server, study/series/SOP UIDs, reason: what could not be fetched
 
 A file is written under a hidden temporary name and renamed into place, so a file that exists is
-complete: an interrupted pull resumes by fetching the instances whose file is missing. The cache
+complete: an interrupted pull resumes by fetching the instances whose file is missing. One folder
+holds one series, as in an export: the ingest's leakage audit reads a folder of slices with one
+geometry as one scan, so series of different patients must never share a folder. The cache
 holds identifiable images and the UIDs in its CSVs: it is the data, kept where the data is kept.
 The ingest reads :func:`transfer_failures` (each a report row like an unreadable file, without UIDs)
 and :func:`file_sources` (hashed into the manifest's ``origin_key``).
@@ -30,10 +34,14 @@ FAILURE_COLUMNS = ["path", "server", "study_uid", "series_uid", "sop_uid", "reas
 TRANSFER_FAILED = "transfer failed"  # the ingest report's category of an instance that never arrived
 
 
-def instance_name(sop_uid: str) -> str:
-    """The cache-relative path of an instance: ``instances/<2 hex>/<sha256 of the SOP Instance UID>.dcm``."""
-    digest = hashlib.sha256(str(sop_uid).strip().encode()).hexdigest()
-    return f"{INSTANCES}/{digest[:2]}/{digest}.dcm"
+def _sha(uid: str) -> str:
+    return hashlib.sha256(str(uid).strip().encode()).hexdigest()
+
+
+def instance_name(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The cache-relative path of an instance: ``instances/<study>/<series>/<sop>.dcm``, each the SHA-256
+    of the UID (folders: its first 16 hex digits)."""
+    return f"{INSTANCES}/{_sha(study_uid)[:16]}/{_sha(series_uid)[:16]}/{_sha(sop_uid)}.dcm"
 
 
 def _read(path: Path, columns: list[str]) -> list[dict[str, str]]:
@@ -62,30 +70,30 @@ class Cache:
         self.sources = {r["path"]: r for r in _read(self.root / SOURCES_FILE, SOURCE_COLUMNS)}
         self.failures = {r["path"]: r for r in _read(self.root / FAILURES_FILE, FAILURE_COLUMNS)}
 
-    def path(self, sop_uid: str) -> Path:
-        return self.root / instance_name(sop_uid)
+    def path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.root / instance_name(study_uid, series_uid, sop_uid)
 
-    def has(self, sop_uid: str) -> bool:
-        return self.path(sop_uid).is_file()
+    def has(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
+        return self.path(study_uid, series_uid, sop_uid).is_file()
 
-    def put(self, sop_uid: str, data: bytes) -> Path:
+    def put(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
         """Write one instance's Part 10 bytes atomically (temporary hidden file, then rename)."""
-        path = self.path(sop_uid)
+        path = self.path(study_uid, series_uid, sop_uid)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{threading.get_ident()}.part")
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return path
 
-    def arrived(self, server: str, study_uid: str, sop_uid: str) -> None:
+    def arrived(self, server: str, study_uid: str, series_uid: str, sop_uid: str) -> None:
         """Record where a present instance came from (and forget an earlier failure of it)."""
-        rel = instance_name(sop_uid)
+        rel = instance_name(study_uid, series_uid, sop_uid)
         with self._lock:
             self.sources[rel] = {"path": rel, "server": server, "study_uid": study_uid}
             self.failures.pop(rel, None)
 
     def failed(self, server: str, study_uid: str, series_uid: str, sop_uid: str, reason: str) -> None:
-        rel = instance_name(sop_uid)
+        rel = instance_name(study_uid, series_uid, sop_uid)
         with self._lock:
             self.failures[rel] = {"path": rel, "server": server, "study_uid": study_uid, "series_uid": series_uid,
                                   "sop_uid": sop_uid, "reason": reason}
@@ -100,7 +108,7 @@ class Cache:
 
     def files(self) -> list[Path]:
         """Every complete instance file in the cache."""
-        return sorted((self.root / INSTANCES).glob("*/*.dcm"))
+        return sorted((self.root / INSTANCES).glob("*/*/*.dcm"))
 
 
 def transfer_failures(root: Path) -> list[tuple[str, str]]:

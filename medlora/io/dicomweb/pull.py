@@ -200,8 +200,8 @@ def pull(url: str, out: Path, query: PullQuery, workers: int = 4, attempts: int 
                                        leave=False), 1):
             for series, sop in list_instances(client, study, server, n, len(studies)):
                 listed += 1
-                if cache.has(sop):
-                    cache.arrived(server, study, sop)
+                if cache.has(study, series, sop):
+                    cache.arrived(server, study, series, sop)
                     present += 1
                 else:
                     todo.append((study, series, sop))
@@ -233,8 +233,8 @@ def _download(client: Any, cache: Cache, server: str, todo: list[tuple[str, str,
                 why.append(describe_failure(err))
                 down.set()
             return False
-        cache.put(sop, data)
-        cache.arrived(server, study, sop)
+        cache.put(study, series, sop, data)
+        cache.arrived(server, study, series, sop)
         return True
 
     arrived = 0

@@ -90,11 +90,14 @@ def test_pull_by_date_range_fills_the_cache_by_hashed_sop_uid(march, pacs_env, t
     wanted = [f for f in files if f.parts[-4] in ("patient0001", "patient0002", "patient0003")]
     assert (res.studies, res.instances, res.fetched, res.present, res.failed) == (3, len(wanted), len(wanted), 0, [])
     for f in wanted:  # named by sha256 of the SOP Instance UID, same pixels and identifiers as sent
-        sop = str(pydicom.dcmread(f).SOPInstanceUID)
-        cached = tmp_path / "cache" / instance_name(sop)
+        ds = pydicom.dcmread(f)
+        sop = str(ds.SOPInstanceUID)
+        cached = tmp_path / "cache" / instance_name(ds.StudyInstanceUID, ds.SeriesInstanceUID, sop)
         assert cached.name == hashlib.sha256(sop.encode()).hexdigest() + ".dcm"
         a, b = pydicom.dcmread(f), pydicom.dcmread(cached)
         assert np.array_equal(a.pixel_array, b.pixel_array) and a.PatientID == b.PatientID
+    folders = {f.parent for f in (tmp_path / "cache" / "instances").rglob("*.dcm")}
+    assert len(folders) == 3  # one folder per series (the leakage audit reads a folder as one scan)
     sources = _rows(tmp_path / "cache" / SOURCES_FILE)
     assert {r["server"] for r in sources} == {pacs_env.url}
     assert {r["study_uid"] for r in sources} == _uids(wanted, "StudyInstanceUID")
@@ -110,7 +113,7 @@ def test_pull_by_accession_list(march, pacs_env, tmp_path):
     from medlora.cli import main
 
     assert main(["pull", pacs_env.url, "--out", str(tmp_path / "cache"), "--accessions", str(accessions)]) == 0
-    cached = sorted((tmp_path / "cache" / "instances").glob("*/*.dcm"))
+    cached = sorted((tmp_path / "cache" / "instances").rglob("*.dcm"))
     assert _uids(cached, "AccessionNumber") == {"ACC41000000", "ACC41000005"} and len(cached) == 4
 
 
@@ -124,12 +127,12 @@ def test_an_interrupted_pull_resumes_without_duplicates_or_gaps(march, pacs_env,
 
     with pytest.raises(Interrupted):
         pull(pacs_env.url, tmp_path / "cache", query, workers=2, on_arrival=stop_after_5)
-    first = sorted((tmp_path / "cache" / "instances").glob("*/*.dcm"))
+    first = sorted((tmp_path / "cache" / "instances").rglob("*.dcm"))
     assert 5 <= len(first) < len(files)
     assert not list((tmp_path / "cache").rglob(".*.part"))  # no half-written file
     res = pull(pacs_env.url, tmp_path / "cache", query, workers=3)
     assert res.present == len(first) and res.fetched == len(files) - len(first) and res.failed == []
-    cached = sorted((tmp_path / "cache" / "instances").glob("*/*.dcm"))
+    cached = sorted((tmp_path / "cache" / "instances").rglob("*.dcm"))
     assert len(cached) == len(files) and _uids(cached, "SOPInstanceUID") == _uids(files, "SOPInstanceUID")
     assert len(_rows(tmp_path / "cache" / SOURCES_FILE)) == len(files)
 
@@ -152,7 +155,7 @@ def test_a_server_that_stops_mid_pull_is_named_and_the_cache_keeps_what_arrived(
     message = str(err.value)
     assert server.url in message and "stopped answering" in message and "connection" in message
     assert "run the same pull again" in message and server.password not in message
-    arrived = sorted((tmp_path / "cache" / "instances").glob("*/*.dcm"))
+    arrived = sorted((tmp_path / "cache" / "instances").rglob("*.dcm"))
     failures = _rows(tmp_path / "cache" / FAILURES_FILE)
     assert len(arrived) >= 4 and failures and all("connection" in r["reason"] for r in failures)
     assert f"{len(arrived)} of {len(files)} instances are in the cache" in message
