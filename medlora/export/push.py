@@ -24,6 +24,7 @@ from ..hashing import sha256_file
 from ..io.deid import pseudonym
 from ..io.dicomweb.objects import Algorithm, FindingCall, build_sc, build_sr, render_overlay
 from ..io.dicomweb.push import PushResult, push
+from ..transforms.pipeline import build_transforms
 from .loading import Bundle
 from .manifest import MANIFEST_FILE
 from .predict import Predictor, PredictResult, collect_files
@@ -43,13 +44,17 @@ class SourceStudy:
 
 
 def algorithm_of(bundle: Bundle) -> Algorithm:
-    """The bundle as the SR names it: folder name, sha256 (of ``MANIFEST.sha256``, which pins every file
-    of an exported bundle; else of its weights), base and medlora version."""
+    """The bundle as the SR names it: its folder name (``<dataset>-<method>`` for the generic ``bundle``
+    folder a run writes), sha256 (of ``MANIFEST.sha256``, which pins every file of an exported bundle;
+    else of its weights), base and medlora version."""
     from .. import __version__
 
     pin = bundle.path / MANIFEST_FILE
     digest = sha256_file(pin if pin.is_file() else bundle.weights_file)
-    return Algorithm(bundle.name, digest, str(bundle.meta["base"].get("timm_name", "")), __version__)
+    name = bundle.name
+    if name == "bundle":
+        name = f"{(bundle.meta.get('dataset') or {}).get('name') or 'medlora'}-{bundle.method}"
+    return Algorithm(name, digest, str(bundle.meta["base"].get("timm_name", "")), __version__)
 
 
 def source_studies(files: list[Path], secret: bytes | str, failed: set[str]) -> dict[str, SourceStudy]:
@@ -90,17 +95,16 @@ def _score_column(bundle: Bundle, col: str) -> str:
     return f"score{col}" if bundle.binary_call else f"score.{bundle.outputs[0]}{col}"
 
 
-def saliency_picture(predictor: Predictor, index: int, study: SourceStudy, samples: pd.DataFrame,
+def saliency_picture(predictor: Predictor, index: int, transform: Any, study: SourceStudy, samples: pd.DataFrame,
                      algorithm: Algorithm, findings: list[FindingCall]) -> tuple[Any, Any]:
-    """(RGB picture, header of the source image it shows) of the study's highest-scoring sample."""
+    """(RGB picture, header of the source image it shows) of the study's highest-scoring sample;
+    ``transform``: the bundle's preprocessing (``build_transforms``)."""
     from ..io.dicom import read_dicom_header
-    from ..transforms.pipeline import build_transforms
 
     bundle, col = predictor.bundles[index], predictor.columns[index]
     column = _score_column(bundle, col)
     best = str(samples.loc[samples[column].astype(float).idxmax(), "sample_id"])
-    pre, size, mean, std = bundle.preprocess()
-    transform = build_transforms(pre, size, mean, std)
+    pre, _, mean, std = bundle.preprocess()
     headers = {f: read_dicom_header(f) for f in study.files}
     for spec in plan_samples(headers, [], bundle.meta.get("samples") or DEFAULT_RULES, predictor.secret):
         for sid, image in sample_tensors(spec, transform, pre, predictor.secret):
@@ -124,6 +128,7 @@ def result_objects(predictor: Predictor, result: PredictResult, inputs: list[Pat
     no_picture = 0
     for index, (bundle, col) in enumerate(zip(predictor.bundles, predictor.columns, strict=True)):
         algorithm = algorithm_of(bundle)
+        transform = build_transforms(*bundle.preprocess()) if saliency else None
         for _, row in result.studies.iterrows():
             study = studies.get(str(row["study_key"]))
             findings = findings_of(bundle, col, row) if study is not None and row["n_images"] else []
@@ -134,7 +139,7 @@ def result_objects(predictor: Predictor, result: PredictResult, inputs: list[Pat
                 continue
             own = result.samples[result.samples["study_key"] == row["study_key"]]
             try:
-                rgb, ref = saliency_picture(predictor, index, study, own, algorithm, findings)
+                rgb, ref = saliency_picture(predictor, index, transform, study, own, algorithm, findings)
             except (MedloraError, RuntimeError, ValueError) as err:
                 no_picture += 1
                 log.debug("saliency picture not drawn: %s", type(err).__name__)
