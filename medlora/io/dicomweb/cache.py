@@ -45,10 +45,15 @@ def instance_name(study_uid: str, series_uid: str, sop_uid: str) -> str:
 
 
 def _read(path: Path, columns: list[str]) -> list[dict[str, str]]:
+    """The rows of a cache CSV; none when the file is missing or is not one a pull wrote (another
+    header: a dataset folder may hold a ``failures.csv`` of its own)."""
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return [{c: row.get(c) or "" for c in columns} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        if reader.fieldnames != columns:
+            return []
+        return [{c: row.get(c) or "" for c in columns} for row in reader]
 
 
 def _write(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> None:

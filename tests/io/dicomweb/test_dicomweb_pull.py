@@ -50,6 +50,22 @@ def test_credentials_in_the_url_are_refused_and_masked(url, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_predict_push_refuses_credentials_in_the_url_before_any_work(tmp_path, capsys):
+    from medlora.cli import main
+
+    assert main(["predict", str(tmp_path), "--bundle", str(tmp_path / "none"),
+                 "--push", "https://reader:s3cr3t@pacs.example.org/dicom-web"]) == 2
+    err = capsys.readouterr().err
+    assert "https://***@pacs.example.org/dicom-web carries credentials" in err and "s3cr3t" not in err
+
+
+def test_a_foreign_failures_csv_is_not_read_as_a_pull(tmp_path):
+    from medlora.io.dicomweb.cache import transfer_failures
+
+    (tmp_path / FAILURES_FILE).write_text("path,reason\nscan1.dcm,scanner fault\n")
+    assert transfer_failures(tmp_path) == []
+
+
 def test_credentials_come_from_the_environment_then_netrc(tmp_path):
     netrc = tmp_path / "netrc"
     netrc.write_text("machine pacs.example.org login reader password fromnetrc\n")
