@@ -122,3 +122,29 @@ def test_a_bundle_without_feature_statistics_says_not_available(validated, bundl
     doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert doc["familiarity"]["available"] is False
     assert "Not available" in (tmp_path / "o" / "validation.html").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="/usr/bin/chromium is not installed (Debian 'chromium')")
+def test_validation_page_renders_in_chromium(validated, tmp_path):
+    """validation.html as a reviewer sees it (``MEDLORA_SCREENSHOTS=DIR`` keeps the PNG)."""
+    import os
+    import subprocess
+
+    import numpy as np
+    from matplotlib.image import imread
+
+    out, _, _ = validated
+    keep = Path(os.environ.get("MEDLORA_SCREENSHOTS") or tmp_path)
+    keep.mkdir(parents=True, exist_ok=True)
+    shot = keep / "validation.png"
+    args = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'p'}",
+            "--window-size=1200,2600"]
+    subprocess.run([*args, f"--screenshot={shot}", (out / "validation.html").as_uri()], capture_output=True, timeout=300)
+    dom = subprocess.run([*args, "--dump-dom", (out / "validation.html").as_uri()], capture_output=True, text=True,
+                         timeout=300).stdout
+    assert shot.is_file() and float(np.asarray(imread(shot))[..., :3].std()) > 0.05
+    for heading in ("Internal vs external", "Site performance at the shipped operating point", "Where it does not hold",
+                    "Studies unlike the training studies"):
+        assert heading in dom
