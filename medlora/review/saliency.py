@@ -3,7 +3,7 @@
 :func:`saliency_map` picks the method by family (:mod:`medlora.models.families`): attention rollout
 for plain ViTs (ViT, DeiT, DINOv2), Grad-CAM (Selvaraju et al., 2017) for every other model (EVA,
 BEiT, Swin, CNNs), and Grad-CAM again should a rollout fail. An explanation never blocks an export:
-the bundle omits what cannot be drawn and says so (:mod:`.bundle`).
+the bundle omits what cannot be drawn and says so (:mod:`.build`).
 
 Attention rollout (Abnar & Zuidema, 2020):
 Each block's attention matrix is captured with a forward hook on ``attn.attn_drop`` (its input is
