@@ -95,7 +95,7 @@ def study_matrix(frame: pd.DataFrame, names: tuple[str, ...], how: str = "max") 
         from ..errors import InputError
 
         raise InputError(f"study {spread.index[int(np.argmax(spread.to_numpy() > 1))]!r} has conflicting findings "
-                           "across its samples; every sample of a study must agree")
+                         "across its samples; every sample of a study must agree")
     return StudyMatrix(scores.index.to_numpy(), first["patient_key"].to_numpy(),
                        scores.to_numpy(dtype=float), first[label_cols].to_numpy(dtype=float))
 

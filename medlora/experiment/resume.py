@@ -131,7 +131,7 @@ def find_parent(client: Any, experiment_id: str, digest: str) -> Any | None:
     parent = max(runs, key=lambda r: r.info.start_time)
     if parent.info.status == "RUNNING" and alive_elsewhere(parent):
         raise TrackingError(f"sweep run {parent.info.run_id} is being run by process {parent.data.tags[T.PID]}; "
-                           "wait for it or stop it first")
+                            "wait for it or stop it first")
     return parent
 
 

@@ -86,8 +86,8 @@ def check_address(address: str, timeout: float) -> None:
             pass
     except OSError as err:
         raise ConfigError(f"fewshot.ray.address={address!r}: nothing answers at {parts.hostname}:{parts.port} "
-                           f"within {timeout:g} s ({err}); start the cluster (ray start --head) or fix the address"
-                           ) from None
+                          f"within {timeout:g} s ({err}); start the cluster (ray start --head) or fix the address"
+                          ) from None
 
 
 def connect(rc: RayConfig) -> bool:
@@ -112,8 +112,8 @@ def connect(rc: RayConfig) -> bool:
         ray.init(address=rc.address, configure_logging=False, **local)
     except ConnectionError as err:
         raise ConfigError(f"fewshot.ray.address={rc.address!r}: no Ray cluster answers there within "
-                           f"{rc.connect_timeout:g} s ({err}); start the cluster (ray start --head) or fix the "
-                           "address") from None
+                          f"{rc.connect_timeout:g} s ({err}); start the cluster (ray start --head) or fix the "
+                          "address") from None
     finally:
         ray_constants.NUM_REDIS_GET_RETRIES = before
     log.info("Ray: %s", ray.cluster_resources())
@@ -182,7 +182,7 @@ def run_on_ray(cfg: Config, data: PreparedData, out: Path, todo: list[tuple[Swee
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         if rc.address:
             raise ConfigError(f"fewshot.executor: ray on a cluster logs from every node: tracking.uri must be a "
-                               f"tracking server (http://host:5000, see deploy/), not the local store {uri}")
+                              f"tracking server (http://host:5000, see deploy/), not the local store {uri}")
         log.warning("Ray workers write to the local store %s; a tracking server is safer", uri)
     started = connect(rc)
     import ray
