@@ -54,7 +54,8 @@ def test_pretrain_writes_a_base_that_model_weights_loads(pretrained):
     from safetensors.torch import load_file
 
     from medlora import basecard
-    from medlora.models.backbone import create_base, sha256_file
+    from medlora.hashing import sha256_file
+    from medlora.models.backbone import create_base
 
     cfg, _, printed, folder = pretrained
     assert {p.name for p in folder.iterdir()} == {"base.safetensors", "base_card.md", "reconstructions.png"}
