@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's medlora, whichever one the interpreter has installed
 BASE_CONFIG = REPO / "configs" / "demo_base.yaml"
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 SHIPPED = REPO / "bases" / "demo" / "base_card.md"
