@@ -69,6 +69,12 @@ class FewShotConfig(Strict):
     group_size: int = Field(8, ge=1, description="most LoRA points trained together in one group (memory grows "
                             "with it: one batch per point per step)")
 
+    @field_validator("together", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        """YAML reads an unquoted ``off`` as ``false`` (and ``on`` as ``true``)."""
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _overrides_are_train_keys(self) -> FewShotConfig:
         """``overrides`` maps a method to ``train.*`` values; anything else names the allowed keys."""

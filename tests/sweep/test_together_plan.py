@@ -52,3 +52,8 @@ def test_together_and_group_size_leave_the_sweep_and_point_hashes_alone():
     bf16 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": "bf16"})})
     p = todo[0][0]
     assert point_hash(point_config(bf16, p), p, "fp") != todo[0][2]  # an explicit precision is part of a point
+
+
+@pytest.mark.parametrize("value, expected", [("off", "off"), (False, "off"), ("auto", "auto"), (True, "auto")])
+def test_yaml_off_is_off(value, expected):
+    assert sweep(together=value)[0].fewshot.together == expected
