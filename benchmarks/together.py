@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -30,8 +31,9 @@ from typing import Any
 from benchmarks.harness import format_table, machine_info
 
 SWEEP = {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 4, "depth": 6, "global_pool": "avg"},
-         "size": 28, "epochs": 3, "batch": 32, "lr": 3e-3, "shots": [1, 5, 10, "all"], "seeds": [0, 1, 2],
-         "methods": ["lora", "linear_probe", "full"], "limit": 64, "bootstrap": 200}
+         "size": 28, "epochs": 2, "batch": 32, "lr": 3e-3, "shots": [1, 5, 10, "all"], "seeds": [0, 1, 2],
+         "methods": ["lora", "linear_probe", "full"], "limit": 64, "bootstrap": 200}  # benchmarks/sweep.py's
+SMALL = {**SWEEP, "shots": [1, 5, "all"], "seeds": [0, 1]}  # 18 points, for a loaded machine
 QUICK = {**SWEEP, "kwargs": {"patch_size": 4, "depth": 1, "global_pool": "avg"}, "epochs": 1, "shots": [1, "all"],
          "seeds": [0, 1], "limit": 16, "bootstrap": 20}
 DEMO_MODEL = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 64, "patch_size": 8, "depth": 6, "global_pool": "avg"},
@@ -172,7 +174,7 @@ def _peak_mb(fn, device) -> float:
     return peak / 2**20
 
 
-def scaling_rows(sizes: list[int], steps: int, device_name: str, precision: str) -> list[dict]:
+def scaling_rows(sizes: list[int], steps: int, device_name: str, precision: str, bmm_max: int = 16) -> list[dict]:
     """Seconds of ``steps`` steps of N points together vs N points' steps one at a time, and peak tensor memory."""
     import torch
 
@@ -186,7 +188,7 @@ def scaling_rows(sizes: list[int], steps: int, device_name: str, precision: str)
     for n in sizes:
         row: dict[str, Any] = {"points": n}
         for kernel in ("loop", "bmm"):
-            if n == 1 and kernel == "bmm":
+            if kernel == "bmm" and not 1 < n <= bmm_max:
                 continue
             multi, opts, x, y = _demo_points(n, kernel, device)
             multi.train()
@@ -198,7 +200,7 @@ def scaling_rows(sizes: list[int], steps: int, device_name: str, precision: str)
             sync()
             row[f"together_{kernel}_s"] = (time.perf_counter() - t0) / steps
             if kernel == "loop":
-                row["peak_tensor_mb"] = _peak_mb(lambda: _step(multi, opts, x, y, dtype), device)
+                row["peak_tensor_mb"] = _peak_mb(functools.partial(_step, multi, opts, x, y, dtype), device)
             del multi, opts
         if n == 1:
             alone_step = row["together_loop_s"]
@@ -246,10 +248,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-naive", action="store_true", help="skip the naive loop's sweep (it runs on CPU only)")
     p.add_argument("--only", nargs="*", default=["sweep", "scaling", "profile"])
     p.add_argument("--scaling", nargs="*", type=int, default=[1, 2, 4, 8, 16])
+    p.add_argument("--small", action="store_true", help="18 sweep points (shots 1, 5, all; seeds 0, 1) instead of 36")
+    p.add_argument("--bmm-max", type=int, default=16, help="time the bmm kernel up to this many points")
     p.add_argument("--steps", type=int, default=2, help="timed steps per scaling row (after one warm-up step)")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
-    s = QUICK if a.quick else SWEEP
+    s = QUICK if a.quick else SMALL if a.small else SWEEP
     for module in ("timm", "peft", "pydicom", "monai", "mlflow", "pipelines.fewshot", "benchmarks.naive_loop",
                    "sklearn.metrics", "torchvision.transforms.v2"):
         importlib.import_module(module)  # imports excluded from every clock
@@ -266,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         res["sweep"] = sweep_rows(s, a.device, a.precision, naive=not a.no_naive and a.device == "cpu")
     if "scaling" in a.only:
         print("scaling (demo model, batch 32 per point):", flush=True)
-        res["scaling"] = scaling_rows([1, 2] if a.quick else a.scaling, 1 if a.quick else a.steps, a.device, a.precision)
+        res["scaling"] = scaling_rows([1, 2] if a.quick else a.scaling, 1 if a.quick else a.steps, a.device, a.precision,
+                                      a.bmm_max)
     if "profile" in a.only:
         res["profile"] = profile_rows(2 if a.quick else 8, a.device, a.precision)
     res["gemm_after"] = gemm(a.device, gemm_n)

@@ -217,7 +217,10 @@ def test_lora_points_train_together_and_measure_what_they_measure_alone(finished
     lora = {(r.data.params["shots"], r.data.params["seed"]): r for r in children if r.data.params["method"] == "lora"}
     assert {r.data.tags.get("medlora.trained_together") for r in lora.values()} == {"4"}
     assert not any("medlora.trained_together" in r.data.tags for r in children if r.data.params["method"] != "lora")
-    assert {r.data.tags["medlora.precision"] for r in children} == {"fp32"}  # no AVX512-BF16/AMX asked for here
+    from medlora.device import precision_name, resolve_device, training_dtype
+
+    expected = precision_name(training_dtype(resolve_device(cfg.train.device), "auto"))  # fp32 on CPUs without bf16
+    assert {r.data.tags["medlora.precision"] for r in children} == {expected}
     off_cfg, off_file = sweep_config(phantom_root, tmp_path, **{"fewshot.methods": "[lora]", "fewshot.together": "off",
                                                                 "data.name": "phantoms_fewshot_off"})
     assert main(["run", str(off_file), "--out", str(tmp_path / "out")]) == 0

@@ -28,7 +28,8 @@ def bench(phantom_root, tiny_cfg, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("together")
     cfg = tiny_cfg(phantom_root, tmp, **{"train.epochs": 5, "train.threads": 1, "train.patience": 5,
-                                         "train.lr": 0.01, "train.warmup_epochs": 0.5})
+                                         "train.lr": 0.01, "train.warmup_epochs": 0.5,
+                                         "train.precision": "fp32"})  # fp32 on CUDA too (auto: bf16 there)
     data = prepare_dataset(cfg.data)
     return cfg, Workbench(cfg, data, tmp / "out")
 
