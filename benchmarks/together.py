@@ -78,7 +78,7 @@ def medlora_sweep(root: Path, work: Path, s: dict, methods: list[str], together:
             "mean_test_auroc": {m: round(float(g["test_auroc"].mean()), 3) for m, g in children.groupby("method")}}
 
 
-def sweep_rows(s: dict, device: str, precision: str, naive: bool) -> list[dict]:
+def sweep_rows(s: dict, device: str, precision: str, naive: bool, lora_only: bool = False) -> list[dict]:
     from benchmarks.datasets import medmnist_study_folder
     from benchmarks.sweep import naive_sweep
 
@@ -92,7 +92,7 @@ def sweep_rows(s: dict, device: str, precision: str, naive: bool) -> list[dict]:
         rows.append({"impl": "naive loop", "methods": "all", "points": len(res), "seconds": time.perf_counter() - t0,
                      "device": "cpu", "precision": "fp32"})
         _print_row(rows[-1])
-    for methods, label in ((s["methods"], "all"), (["lora"], "lora")):
+    for methods, label in ((s["methods"], "all"), (["lora"], "lora"))[1 if lora_only else 0:]:
         for together in ("off", "auto"):
             with tempfile.TemporaryDirectory(prefix="medlora-bench-together-") as work:
                 r = medlora_sweep(root, Path(work), s, methods, together, device, precision)
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", default=["sweep", "scaling", "profile"])
     p.add_argument("--scaling", nargs="*", type=int, default=[1, 2, 4, 8, 16])
     p.add_argument("--small", action="store_true", help="18 sweep points (shots 1, 5, all; seeds 0, 1) instead of 36")
+    p.add_argument("--lora-only", action="store_true", help="the sweep rows of the LoRA points only")
     p.add_argument("--bmm-max", type=int, default=16, help="time the bmm kernel up to this many points")
     p.add_argument("--steps", type=int, default=2, help="timed steps per scaling row (after one warm-up step)")
     p.add_argument("--json", type=Path)
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(res, indent=1), flush=True)
     if "sweep" in a.only:
         print("sweep (one process, imports excluded):", flush=True)
-        res["sweep"] = sweep_rows(s, a.device, a.precision, naive=not a.no_naive and a.device == "cpu")
+        res["sweep"] = sweep_rows(s, a.device, a.precision, naive=not a.no_naive and a.device == "cpu",
+                                  lora_only=a.lora_only)
     if "scaling" in a.only:
         print("scaling (demo model, batch 32 per point):", flush=True)
         res["scaling"] = scaling_rows([1, 2] if a.quick else a.scaling, 1 if a.quick else a.steps, a.device, a.precision,
@@ -293,7 +295,7 @@ def report(res: dict) -> str:
         pick = {(r["impl"], r["methods"]): r["seconds"] for r in rows}
         naive = pick.get(("naive loop", "all"))
         for impl in ("medlora one by one", "medlora together"):
-            if naive:
+            if naive and (impl, "all") in pick:
                 out.append(f"{impl} vs naive (all methods): {naive / pick[(impl, 'all')]:.2f}x (target >= 3x)")
         lo, lt = pick[("medlora one by one", "lora")], pick[("medlora together", "lora")]
         out.append(f"LoRA points together vs one by one: {lo / lt:.2f}x end to end (target >= 2.5x)")
