@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
 from benchmarks.harness import REPO
 
-SHARED_DATA = REPO.parent / "shared" / "data"
+# the shared data beside the repository, or where MEDLORA_SHARED_DATA says (e.g. from a git worktree)
+SHARED_DATA = Path(os.environ.get("MEDLORA_SHARED_DATA", REPO.parent / "shared" / "data"))
 CT_DIR = SHARED_DATA / "dicom" / "ct_3slice"
 BREAST_NPZ = SHARED_DATA / "medmnist" / "breastmnist.npz"
 

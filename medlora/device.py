@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,59 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matrix products
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (``/proc/cpuinfo``); empty where it is not readable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU computes bf16 matrix products natively (AVX512-BF16 or AMX); without them torch
+    emulates bf16 on CPU, slower than fp32."""
+    return bool(set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
+
+
+def training_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of training steps (config ``train.precision``); ``None``: fp32.
+
+    ``auto``: bf16 on CUDA (where the card supports it) and on CPUs with AVX512-BF16 or AMX, fp32
+    otherwise; ``bf16`` asks for it anywhere (on a CPU without those flags it is emulated and slow:
+    a warning says so); ``fp32`` never autocasts. Evaluation and exported adapters stay fp32.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision={precision!r}; allowed: {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        native = cpu_has_bf16()
+    else:
+        native = False
+    if precision == "bf16":
+        if not native:
+            log.warning("train.precision=bf16 on %s without native bf16 (%s): emulated, likely slower than fp32",
+                        device, "CPU flags " + "/".join(BF16_CPU_FLAGS) + " absent" if device.type == "cpu"
+                        else "not supported")
+        return torch.bfloat16
+    return torch.bfloat16 if native else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``bf16`` or ``fp32``: how a training run's steps were computed (logged with the run)."""
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def available_cpus() -> int:

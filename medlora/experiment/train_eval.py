@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,12 @@ from ..io.prepare import PreparedData
 from ..io.subgroups import subgroup_table
 from ..models.lora import for_inference
 from ..tracking import mlflow_run as track
+from ..tracking import tags as T
 from ..train.distributed import Dist
 from ..train.features import FeatureDataset
 from ..train.head import Head, head_for
 from ..train.inference import Predictions, predict
-from ..train.loop import TrainResult, fit
+from ..train.loop import EpochLog, TrainResult, fit
 from ..transforms.augment import BatchAugment
 
 log = logging.getLogger(__name__)
@@ -84,25 +85,49 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
     ``subgroups`` (one row per study: ``study_key`` and the ``evaluate.subgroups`` columns) gives
     per-subgroup metrics (``test_subgroup_<column>_<value>_...``; multi-label: of "any finding").
     """
-    how = cfg.preprocess.view.aggregate
-    abnormal = cfg.data.classes.index(cfg.data.abnormal) if cfg.data.task == "binary" else 0
     head = head or head_for(cfg, train_findings(loaders["train"]) if cfg.train.pos_weight else None)
-    names = head.names
     augmenter = BatchAugment(seed=cfg.train.seed) if augment and cfg.preprocess.augment else None
+    result = fit(
+        model, loaders["train"], loaders["val"], cfg.train, device, abnormal_index(cfg), val_metric=val_metric(cfg, head),
+        on_epoch=log_epoch, augment=augmenter, checkpoint=checkpoint, dist=dist, head=head,
+    )
+    return evaluate_trained(model, result, loaders, cfg, device, trainable_params, head, out=out, dist=dist,
+                            subgroups=subgroups)
 
-    def val_metric(p: Predictions) -> float:  # early stopping: study AUROC, or its mean over findings
+
+def abnormal_index(cfg: Config) -> int:
+    """The abnormal class's output index (binary), else 0."""
+    return cfg.data.classes.index(cfg.data.abnormal) if cfg.data.task == "binary" else 0
+
+
+def val_metric(cfg: Config, head: Head) -> Callable[[Predictions], float]:
+    """Early stopping's metric: the study-level AUROC, or its mean over findings."""
+    how, names = cfg.preprocess.view.aggregate, head.names
+
+    def metric(p: Predictions) -> float:
         return mean_auroc(study_matrix(p.frame(), names, how)) if head.multi else study_auroc(p.frame(), how)
 
-    result = fit(
-        model, loaders["train"], loaders["val"], cfg.train, device, abnormal, val_metric=val_metric,
-        on_epoch=lambda e: track.log_metrics(
-            {"train_loss": e.train_loss, "val_auroc": e.val_auroc, "train_lr": e.lr}, step=e.epoch),
-        augment=augmenter, checkpoint=checkpoint, dist=dist, head=head,
-    )
+    return metric
+
+
+def log_epoch(e: EpochLog) -> None:
+    """One epoch's metrics in the active MLflow run, at step ``epoch``."""
+    track.log_metrics({"train_loss": e.train_loss, "val_auroc": e.val_auroc, "train_lr": e.lr}, step=e.epoch)
+
+
+def evaluate_trained(model: nn.Module, result: TrainResult, loaders: Mapping[str, Any], cfg: Config,
+                     device: torch.device, trainable_params: int, head: Head, out: Path | None = None,
+                     dist: Dist | None = None, subgroups: pd.DataFrame | None = None) -> ExperimentResult:
+    """The second half of :func:`train_and_evaluate`: ``model``, trained (``result``), evaluated on
+    ``loaders['test']`` and its final metrics and files logged, as after ``fit`` (also for a model trained
+    elsewhere, e.g. among other LoRA points: :mod:`medlora.train.together`)."""
+    how, names, abnormal = cfg.preprocess.view.aggregate, head.names, abnormal_index(cfg)
     # the best epoch's validation predictions are those of the restored weights (eval mode is deterministic)
     dist = dist or Dist()
-    val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal, head))
-    test = dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal, head))
+    val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal, head,
+                                                             autocast=False))
+    test = dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal, head,
+                                           autocast=False))
     multi = test_matrix = None
     if head.multi:
         test_matrix = study_matrix(test.frame(), names, how)
@@ -120,6 +145,10 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
                "train_images_per_second": result.images_per_second,
                "peak_memory_mb": result.peak_memory_mb, "trainable_params": trainable_params}
     track.log_metrics(metrics, step=len(result.history))
+    if dist.is_main:
+        import mlflow
+
+        mlflow.set_tag(T.PRECISION, result.precision)
     done = ExperimentResult(result, val, test, evaluation, test_studies, metrics, multi)
     if out is not None and dist.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -9,22 +9,44 @@ patients (``support_set.csv``), its size and hash as params, and the metrics and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 
 from ..config import Config
 from ..experiment.session import open_run, run_name
-from ..experiment.train_eval import ExperimentResult, train_and_evaluate
+from ..experiment.train_eval import ExperimentResult, evaluate_trained, log_epoch, train_and_evaluate
 from ..models.lora import count_params
 from ..tracking import mlflow_run as track
 from ..tracking import tags as T
 from ..train.features import probe_head
-from ..train.support import draw_support
+from ..train.head import Head
+from ..train.loop import TrainResult
+from ..train.support import SupportSet, draw_support
 from .points import SweepPoint
 from .workbench import Workbench
+
+
+@contextmanager
+def child_run(bench: Workbench, cfg: Config, point: SweepPoint, support: SupportSet, tags: dict[str, str],
+              dataset: Any | None = None, run_id: str | None = None) -> Iterator[None]:
+    """The point's child run (nested in the active parent, or the claimed ``run_id``), open, with its
+    support set's params, tag and ``support_set.csv`` logged."""
+    import mlflow
+
+    params = {"shots": point.shots, "seed": point.seed, "support_patients": len(support.patient_keys),
+              "support_samples": len(support.positions), "support_hash": support.key_hash}
+    with open_run(cfg, bench.data, point.method, role="child", nested=True, params=params, dataset=dataset,
+                  name=run_name(cfg, point.method, point.shots, point.seed), run_id=run_id,
+                  tags={**tags, T.SUPPORT_HASH: support.key_hash}):
+        mlflow.log_text(pd.Series(sorted(support.patient_keys)).to_csv(index=False, header=["patient_key"]),
+                        "support_set.csv")
+        yield
 
 
 def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, str], out: Path,
@@ -33,16 +55,8 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, 
     run ``run_id`` a Ray worker has claimed, :mod:`.ray_executor`), with the per-subgroup metrics of
     ``evaluate.subgroups`` as a single run logs them (the workbench's study table, from
     :func:`~medlora.experiment.train_eval.study_subgroups`)."""
-    import mlflow
-
     support = draw_support(bench.train_frame, point.shots, point.seed, names=cfg.data.outputs)
-    params = {"shots": point.shots, "seed": point.seed, "support_patients": len(support.patient_keys),
-              "support_samples": len(support.positions), "support_hash": support.key_hash}
-    with open_run(cfg, bench.data, point.method, role="child", nested=True, params=params, dataset=dataset,
-                  name=run_name(cfg, point.method, point.shots, point.seed), run_id=run_id,
-                  tags={**tags, T.SUPPORT_HASH: support.key_hash}):
-        mlflow.log_text(pd.Series(sorted(support.patient_keys)).to_csv(index=False, header=["patient_key"]),
-                        "support_set.csv")
+    with child_run(bench, cfg, point, support, tags, dataset, run_id):
         model = bench.model_for(cfg, point)
         trainable = count_params(model).trainable
         split = bench.prefix(model, cfg, support) if cfg.model.method == "lora" else None
@@ -53,3 +67,16 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, 
         torch.manual_seed(point.seed)
         return train_and_evaluate(model.to(bench.device), loaders, cfg, bench.device, trainable, out=out,
                                   augment=point.method != "linear_probe", subgroups=bench.subgroups)
+
+
+def log_trained_child(bench: Workbench, cfg: Config, point: SweepPoint, support: SupportSet, model: nn.Module,
+                      result: TrainResult, head: Head, tags: dict[str, str], out: Path,
+                      dataset: Any | None = None) -> ExperimentResult:
+    """A point trained elsewhere (among other LoRA points, :mod:`.together`), in its child run: its
+    per-epoch history, then the evaluation, metrics and files of a point trained here."""
+    with child_run(bench, cfg, point, support, tags, dataset):
+        for entry in result.history:
+            log_epoch(entry)
+        loaders = bench.loaders(cfg, point, support)
+        return evaluate_trained(model.to(bench.device), result, loaders, cfg, bench.device, count_params(model).trainable,
+                                head, out=out, subgroups=bench.subgroups)

@@ -37,6 +37,7 @@ from . import compare as cmp
 from .child import run_child
 from .points import SweepPoint, point_config, point_hash, sweep_hash, sweep_points
 from .summary import summarise
+from .together import plan_groups, run_group
 from .workbench import Workbench
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,12 @@ def run_local(ctx: RunContext, out: Path, todo: Todo, tags: dict[str, str], subg
     ran, failed = 0, []
     bench: Workbench | None = None
     dataset = None
+    groups, todo = plan_groups(ctx.cfg, todo)  # LoRA points trained together (fewshot.together), the rest alone
+    for group in groups:
+        bench = bench or Workbench(ctx.cfg, ctx.data, out, subgroups=subgroups)
+        dataset = dataset or mlflow_dataset(ctx.data, ctx.cfg.data.name)
+        trained, lost, alone = run_group(bench, group, tags, out, dataset)
+        ran, failed, todo = ran + trained, failed + lost, todo + alone
     for point, pcfg, phash in tqdm(todo, desc="sweep", disable=not sys.stderr.isatty()):
         bench = bench or Workbench(ctx.cfg, ctx.data, out, subgroups=subgroups)
         dataset = dataset or mlflow_dataset(ctx.data, ctx.cfg.data.name)  # built once, logged by every child

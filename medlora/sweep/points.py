@@ -58,6 +58,8 @@ def _result_relevant(cfg: Config) -> dict[str, Any]:
     dumped = cfg.model_dump(mode="json")
     # device, worker counts and compilation change speed, not results
     train = {k: v for k, v in dumped["train"].items() if k not in {"device", "num_workers", "threads", "compile"}}
+    if train.get("precision") == "auto":  # the default resolves per machine, as the device does
+        del train["precision"]
     return {"train": train, "model": dumped["model"], "preprocess": dumped["preprocess"],
             "evaluate": dumped["evaluate"], "classes": dumped["data"]["classes"], "abnormal": dumped["data"]["abnormal"]}
 
@@ -71,5 +73,7 @@ def point_hash(cfg: Config, point: SweepPoint, fingerprint: str) -> str:
 def sweep_hash(cfg: Config, fingerprint: str) -> str:
     """Hash of a whole sweep: the parent run is found again by it."""
     # where the points run does not change what they measure: a sweep resumes under another executor
-    fewshot = cfg.fewshot.model_dump(mode="json", exclude={"executor", "ray"}) if cfg.fewshot else None
+    # nor does training LoRA points together (the same steps; float rounding aside)
+    fewshot = (cfg.fewshot.model_dump(mode="json", exclude={"executor", "ray", "together", "group_size"})
+               if cfg.fewshot else None)
     return _digest({"fewshot": fewshot, **_result_relevant(cfg), "fingerprint": fingerprint})

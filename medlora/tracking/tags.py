@@ -32,6 +32,8 @@ CLAIM = "medlora.claim"  # the id a sweep driver gave one point's task (equal on
 WORKER_HOST = "medlora.worker_host"  # the Ray worker that trains a child (medlora.host/pid: its driver)
 WORKER_PID = "medlora.worker_pid"
 DUPLICATE_OF = "medlora.duplicate_of"  # a child that finished after another child of the same point
+PRECISION = "medlora.precision"  # what train.precision resolved to for the training steps: fp32 or bf16
+TOGETHER = "medlora.trained_together"  # a sweep child trained among this many LoRA points (medlora.train.together)
 # a validation of a received bundle on a site's studies (medlora.experiment.validate)
 BUNDLE_SHA256 = "medlora.bundle.sha256"  # sha256 of the validated bundle's MANIFEST.sha256
 BUNDLE_RUN = "medlora.bundle.run_id"  # the MLflow run that trained the bundle's model

@@ -45,13 +45,15 @@ class Predictions:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, device: torch.device, abnormal_index: int, head: Head | None = None) -> Predictions:
+def predict(model: nn.Module, loader, device: torch.device, abnormal_index: int, head: Head | None = None,
+            autocast: bool = True) -> Predictions:
     """Run ``model`` over ``loader`` in eval mode; softmax probability of the abnormal class, or with a
-    multiclass/multilabel ``head`` every output's probability plus the "any finding" summary."""
+    multiclass/multilabel ``head`` every output's probability plus the "any finding" summary.
+    ``autocast=False``: in fp32 whatever the device (a training run's validation and test)."""
+    dtype = autocast_dtype(device) if autocast else None
     if head is not None and head.multi:
-        return _predict_multi(model, loader, device, head)
+        return _predict_multi(model, loader, device, head, dtype)
     model.eval()
-    dtype = autocast_dtype(device)
     ids, studies, patients, labels, scores = [], [], [], [], []
     for batch in loader:
         x = batch["image"].as_subclass(torch.Tensor).to(device, non_blocking=True)  # plain tensor, not a MetaTensor
@@ -67,9 +69,8 @@ def predict(model: nn.Module, loader, device: torch.device, abnormal_index: int,
                        np.concatenate(scores).astype(np.float64), class_index=classes)
 
 
-def _predict_multi(model: nn.Module, loader, device: torch.device, head: Head) -> Predictions:
+def _predict_multi(model: nn.Module, loader, device: torch.device, head: Head, dtype: torch.dtype | None) -> Predictions:
     model.eval()
-    dtype = autocast_dtype(device)
     ids, studies, patients, labels, probs, targets = [], [], [], [], [], []
     for batch in loader:
         x = batch["image"].as_subclass(torch.Tensor).to(device, non_blocking=True)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..device import autocast_dtype, maybe_compile
+from ..device import maybe_compile, precision_name, training_dtype
 from ..models.dropout import batch_share, share_dropout
 from ..models.head_norm import StandardizedHeads, head_linears
 from ..models.lora import for_inference
@@ -60,6 +60,7 @@ class TrainResult:
     peak_memory_mb: float = 0.0
     stopped_early: bool = False
     best_val: Predictions | None = None  # validation predictions of the restored best epoch
+    precision: str = "fp32"  # the training steps' arithmetic (train.precision resolved): fp32 or bf16
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -162,7 +163,8 @@ def fit(
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     dist = dist or Dist()
     head = head or Head("binary", (), abnormal=abnormal_index)
-    dtype = autocast_dtype(device)
+    dtype = training_dtype(device, cfg.precision)
+    log.info("training steps in %s (train.precision=%s; evaluation in fp32)", precision_name(dtype), cfg.precision)
     standardized = standardize_heads(model, train_loader, cfg, device) if cfg.head_norm is not False else None
     share_dropout(model)  # dropout masks per image, however the batch is split over ranks
     dist.same_random_state(device)
@@ -207,7 +209,8 @@ def fit(
         st.train_time += time.perf_counter() - t0
         st.data_time += epoch_data
         st.images += int(n)
-        val = dist.gather_predictions(predict(for_inference(model), val_loader, device, abnormal_index, head))
+        val = dist.gather_predictions(predict(for_inference(model), val_loader, device, abnormal_index, head,
+                                                 autocast=False))
         val_auroc = val_metric(val)
         val_loss = binary_log_loss(val) if val.scores is None else head.log_loss(val.scores, val.targets)
         entry = EpochLog(epoch, total / max(n, 1), val_auroc, val_loss, scheduler.get_last_lr()[0], time.perf_counter() - t0,
@@ -239,4 +242,5 @@ def fit(
     return TrainResult(
         best_epoch=st.best_epoch, best_val_auroc=st.best_val_auroc, history=st.history, train_seconds=st.train_time,
         data_seconds=st.data_time, images_per_second=st.images / st.train_time if st.train_time > 0 else 0.0,
-        peak_memory_mb=peak_memory_mb(device), stopped_early=stopped_early, best_val=st.best_val)
+        peak_memory_mb=peak_memory_mb(device), stopped_early=stopped_early, best_val=st.best_val,
+        precision=precision_name(dtype))

@@ -204,3 +204,29 @@ def test_multilabel_sweep_summarises_per_finding_and_macro_with_subgroups(finish
     from medlora.sweep.compare import compare, format_summary, markdown_table
 
     assert markdown_table(format_summary(summary)) in compare(cfg.data.name, cfg.tracking.uri)  # findings in config order
+
+
+def test_lora_points_train_together_and_measure_what_they_measure_alone(finished_sweep, phantom_root, tmp_path,
+                                                                        sweep_config):
+    """The session sweep (``fewshot.together: auto``) trained its 4 LoRA points as one group; the same
+    points one by one (``off``) log the same metrics, up to float rounding."""
+    from medlora.cli import main
+
+    cfg, _, _, _ = finished_sweep
+    _, _, children = sweep_runs(cfg)
+    lora = {(r.data.params["shots"], r.data.params["seed"]): r for r in children if r.data.params["method"] == "lora"}
+    assert {r.data.tags.get("medlora.trained_together") for r in lora.values()} == {"4"}
+    assert not any("medlora.trained_together" in r.data.tags for r in children if r.data.params["method"] != "lora")
+    from medlora.device import precision_name, resolve_device, training_dtype
+
+    expected = precision_name(training_dtype(resolve_device(cfg.train.device), "auto"))  # fp32 on CPUs without bf16
+    assert {r.data.tags["medlora.precision"] for r in children} == {expected}
+    off_cfg, off_file = sweep_config(phantom_root, tmp_path, **{"fewshot.methods": "[lora]", "fewshot.together": "off",
+                                                                "data.name": "phantoms_fewshot_off"})
+    assert main(["run", str(off_file), "--out", str(tmp_path / "out")]) == 0
+    _, _, alone = sweep_runs(off_cfg)
+    assert len(alone) == 4 and not any("medlora.trained_together" in r.data.tags for r in alone)
+    for r in alone:
+        twin = lora[(r.data.params["shots"], r.data.params["seed"])]
+        for name in ("test_auroc", "val_auroc", "best_epoch", "test_sensitivity", "trainable_params"):
+            assert twin.data.metrics[name] == pytest.approx(r.data.metrics[name], rel=1e-5), name
