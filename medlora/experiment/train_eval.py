@@ -34,6 +34,7 @@ from ..io.prepare import PreparedData
 from ..io.subgroups import subgroup_table
 from ..models.lora import for_inference
 from ..tracking import mlflow_run as track
+from ..train.bags import BagAugment, predict_studies
 from ..train.distributed import Dist
 from ..train.features import FeatureDataset
 from ..train.head import Head, head_for
@@ -83,12 +84,16 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
     (:mod:`medlora.evaluate.findings`), logged as ``test_auroc.<finding>``, ``test_auroc_macro``, ...
     ``subgroups`` (one row per study: ``study_key`` and the ``evaluate.subgroups`` columns) gives
     per-subgroup metrics (``test_subgroup_<column>_<value>_...``; multi-label: of "any finding").
+    With ``preprocess.view.aggregate: attention`` the loaders yield bags of studies
+    (:mod:`medlora.experiment.study`) and the predictions carry each slice's ``attention``.
     """
     how = cfg.preprocess.view.aggregate
     abnormal = cfg.data.classes.index(cfg.data.abnormal) if cfg.data.task == "binary" else 0
     head = head or head_for(cfg, train_findings(loaders["train"]) if cfg.train.pos_weight else None)
     names = head.names
-    augmenter = BatchAugment(seed=cfg.train.seed) if augment and cfg.preprocess.augment else None
+    study = how == "attention"  # a study-level model on bags of slices (medlora.experiment.study)
+    augmenter = (BagAugment if study else BatchAugment)(seed=cfg.train.seed) if augment and cfg.preprocess.augment \
+        else None
 
     def val_metric(p: Predictions) -> float:  # early stopping: study AUROC, or its mean over findings
         return mean_auroc(study_matrix(p.frame(), names, how)) if head.multi else study_auroc(p.frame(), how)
@@ -101,8 +106,11 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
     )
     # the best epoch's validation predictions are those of the restored weights (eval mode is deterministic)
     dist = dist or Dist()
-    val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal, head))
-    test = dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal, head))
+    # a study model's final scores: one row per slice with its study's score and the slice's attention
+    score = predict_studies if study else predict
+    val = (None if study else result.best_val) or dist.gather_predictions(score(model, loaders["val"], device,
+                                                                                abnormal, head))
+    test = dist.gather_predictions(score(for_inference(model), loaders["test"], device, abnormal, head))
     multi = test_matrix = None
     if head.multi:
         test_matrix = study_matrix(test.frame(), names, how)
