@@ -55,7 +55,7 @@ class GatedAttentionPool(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.attention_v = nn.Linear(dim, hidden)
         self.attention_u = nn.Linear(dim, hidden)
-        self.attention_w = nn.Linear(hidden, 1)
+        self.attention_w = nn.Linear(hidden, 1, bias=False)  # a bias would cancel in the softmax
         self.classifier = nn.Linear(dim, outputs)
 
     def spec(self) -> dict[str, int]:
