@@ -11,7 +11,7 @@ one configuration per fresh process (so its peak memory is its own):
 
 For each aggregation (``max``, ``mean`` of slice scores; ``attention``) and seed it prints test AUROC with its
 DeLong interval, the training time per epoch and the process's peak memory, then mean ± sd over seeds.
-Every slice of a volume is a sample (``view.kind: every_k, k: 1``) for all three. The reference row for
+Every ``--k``-th slice of a volume is a sample (``view.kind: every_k``) for all three. The reference row for
 AdrenalMNIST3D is MedMNIST v2 (Yang et al. 2023) Table: ResNet-18 + 3D, AUROC 0.863, ACC 0.721.
 
     nice -n 10 .venv/bin/python benchmarks/study_level.py [--sets phantoms adrenal] [--seeds 0 1 2] [--quick]
@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.harness import run_isolated  # noqa: E402
 
-NPZ = REPO.parent / "shared" / "data" / "medmnist" / "adrenalmnist3d.npz"
+NPZ = REPO.parent / "shared" / "data" / "medmnist" / "adrenalmnist3d.npz"  # --npz elsewhere
 AGGREGATIONS = ["max", "mean", "attention"]
 MODEL = {"backbone": "vit_tiny_patch16_224", "pretrained": False,
          "kwargs": {"img_size": 32, "patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3, "global_pool": "avg"},
@@ -45,16 +45,16 @@ def raw_config(dataset: str, work: Path, how: str, method: str, seed: int, epoch
     """The run's config: the same model, optimiser and views for every aggregation."""
     base = {
         "pipeline": "classify",
-        "preprocess": {"view": {"kind": "every_k", "k": 1, "axis": 2, "aggregate": how, "max_slices": args.max_slices},
-                       "image_size": 32, "augment": False},
-        "model": {**MODEL, "method": method},
+        "preprocess": {"view": {"kind": "every_k", "k": args.k, "axis": 2, "aggregate": how, "max_slices": args.max_slices},
+                       "image_size": args.size, "augment": False},
+        "model": {**MODEL, "method": method, "kwargs": {**MODEL["kwargs"], "img_size": args.size}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": args.lr, "warmup_epochs": 1, "patience": epochs,
                   "seed": seed, "threads": 1},
         "evaluate": {"bootstrap": 200},
         "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}"},
     }
     if dataset == "phantoms":
-        synth = {"patients": args.patients, "images_per_patient": args.slices, "size": 32, "abnormal_fraction": 0.5,
+        synth = {"patients": args.patients, "images_per_patient": args.slices, "size": args.size, "abnormal_fraction": 0.5,
                  "seed": 7, "difficulty": args.difficulty, "lesion_slices": args.lesion_slices}
         data = {"name": "phantom_volumes", "root": str(work / "phantoms"), "synth": synth,
                 "volume_min_slices": min(8, args.slices), "split": {"file": str(work / "phantoms_split.csv")}}
@@ -85,11 +85,11 @@ def one_run(raw: dict[str, Any], out: str) -> dict[str, Any]:
             "trainable": m["trainable_params"]}
 
 
-def convert_adrenal(work: Path) -> None:
+def convert_adrenal(work: Path, npz: Path = NPZ) -> None:
     from medlora.io.medmnist import convert_medmnist
 
     if not (work / "adrenal" / "labels.csv").is_file():
-        convert_medmnist("adrenalmnist3d", work / "adrenal", npz=NPZ, size=28)
+        convert_medmnist("adrenalmnist3d", work / "adrenal", npz=npz, size=28)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patients", type=int, default=80)
     ap.add_argument("--slices", type=int, default=16)
     ap.add_argument("--lesion-slices", type=int, default=3)
-    ap.add_argument("--difficulty", default="easy", choices=["easy", "subtle"])
+    ap.add_argument("--difficulty", default="subtle", choices=["easy", "subtle"])
+    ap.add_argument("--size", type=int, default=32, help="phantom image side (pixels)")
     ap.add_argument("--max-slices", type=int, default=16)
+    ap.add_argument("--k", type=int, default=1, help="every k-th slice of a volume is a sample")
+    ap.add_argument("--npz", type=Path, default=NPZ, help="adrenalmnist3d.npz")
     ap.add_argument("--work", type=Path, default=None, help="folder for data, runs and the MLflow store")
     ap.add_argument("--results", type=Path, default=None, help="also write the rows as JSON here")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 epochs, 24 patients, 8 slices, one seed")
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for dataset in args.sets:
         if dataset == "adrenal":
-            convert_adrenal(work)
+            convert_adrenal(work, args.npz)
         for method in args.methods:
             for how in args.aggregations:
                 for seed in args.seeds:
