@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,8 @@ def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.Data
     target = bundle.abnormal_index if bundle.task == "binary" else None
     figs, methods, problems = write_saliency(model, bundle.preprocess(), examples, items, bundle.threshold,
                                              tmp / "saliency", target=target, labels=names)
-    if "attention" in samples:  # a study model: the slices it attended to, per example
+    if "attention" in samples:  # a study model: saliency on its most attended slice, then the slices it attended to
+        figs = [replace(f, caption=f.caption.replace("highest-scoring image", "most attended slice")) for f in figs]
         figs += write_attention(examples, samples, items, bundle.preprocess(), tmp / "saliency", names)
     if not figs:
         if problems:
