@@ -174,6 +174,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from .io.dicomweb.pull import (
+        ACCESSION_COLUMNS,
+        STUDY_UID_COLUMNS,
+        PullQuery,
+        parse_filters,
+        pull,
+        read_id_column,
+    )
+
+    query = PullQuery(args.date_from or "", args.date_to or "", args.modality or "",
+                      read_id_column(Path(args.accessions), ACCESSION_COLUMNS) if args.accessions else [],
+                      read_id_column(Path(args.study_uids), STUDY_UID_COLUMNS) if args.study_uids else [],
+                      parse_filters(args.filter))
+    print(pull(args.url, Path(args.out), query, workers=args.workers).describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -227,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "data.split) and evaluate on the others only; writes an adjusted bundle")
     v.add_argument("--strict", action="store_true", help="refuse a site set below evaluate.min_per_class per class")
     v.set_defaults(func=_cmd_validate)
+    pl = sub.add_parser("pull", help="pull studies from a DICOMweb server (PACS) into a local cache that ingest reads "
+                                     "(data.root); credentials from $MEDLORA_DICOMWEB_TOKEN, "
+                                     "$MEDLORA_DICOMWEB_USER/PASSWORD or ~/.netrc, never in the URL")
+    pl.add_argument("url", help="DICOMweb base URL, e.g. https://pacs.example.org/dicom-web")
+    pl.add_argument("--out", required=True, help="cache folder (holds identifiable images: keep it with the data)")
+    pl.add_argument("--from", dest="date_from", metavar="DATE", help="first study date (YYYY-MM-DD)")
+    pl.add_argument("--to", dest="date_to", metavar="DATE", help="last study date (YYYY-MM-DD)")
+    pl.add_argument("--modality", help="modality in the study (e.g. CT)")
+    pl.add_argument("--accessions", metavar="CSV", help="CSV with an AccessionNumber column (or one column)")
+    pl.add_argument("--study-uids", metavar="CSV", help="CSV with a StudyInstanceUID column (e.g. the labels CSV)")
+    pl.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                    help="any QIDO-RS attribute filter by DICOM keyword (repeatable)")
+    pl.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
+    pl.set_defaults(func=_cmd_pull)
     c = sub.add_parser("compare", help="print the summary table of few-shot sweeps (mean ± sd over seeds)")
     c.add_argument("target", metavar="EXPERIMENT_OR_RUN", help="experiment name (every sweep in it) or a sweep's parent run id")
     c.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default store)")

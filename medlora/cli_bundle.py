@@ -41,15 +41,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .bundle.predict import predict_bundles
+    from .bundle.predict import Predictor
 
+    if args.push:  # a URL with credentials is refused before any work
+        from .io.dicomweb.client import server_url
+
+        server_url(args.push)
     secret = None
     if args.secret_file:
         from .io.deid import load_site_key
 
         secret = load_site_key(Path(args.secret_file)).secret
-    res = predict_bundles([Path(b) for b in args.bundle], [Path(i) for i in args.inputs], merge=args.merge,
-                          secret=secret, verify=not args.no_verify)
+    predictor = Predictor.from_paths([Path(b) for b in args.bundle], verify=not args.no_verify, merge=args.merge,
+                                     secret=secret)
+    res = predictor.predict_files([Path(i) for i in args.inputs])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     res.studies.to_csv(out, index=False)
@@ -60,6 +65,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     unscored = int((res.studies["n_images"] == 0).sum())
     print(f"{len(res.studies) - unscored} studies ({len(res.samples)} images) scored by {len(args.bundle)} bundle(s) "
           f"→ {out}; {len(res.errors)} input(s) failed, {unscored} row(s) without a call")
+    if args.push:  # the findings as DICOM SR + Secondary Capture, back to the PACS the studies came from
+        from .review.push import push_predictions
+
+        print(push_predictions(predictor, res, [Path(i) for i in args.inputs], args.push).describe())
     if res.failed and not args.keep_going:
         print("some inputs could not be read (rows with an empty call and an error); exit 1 "
               "(--keep-going exits 0 when the rest was scored)", file=sys.stderr)
@@ -108,6 +117,9 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-going", action="store_true",
                    help="exit 0 when some inputs could not be read but others were scored (they still get no call)")
     p.add_argument("--no-verify", action="store_true", help="skip the MANIFEST.sha256 check of the bundles")
+    p.add_argument("--push", metavar="URL", help="send each scored study's findings (Comprehensive SR) and saliency "
+                                                 "(Secondary Capture) to this DICOMweb server by STOW-RS; credentials "
+                                                 "from $MEDLORA_DICOMWEB_TOKEN, $MEDLORA_DICOMWEB_USER/PASSWORD or ~/.netrc")
     p.set_defaults(func=_cmd_predict)
 
     r = sub.add_parser("register", help="register a run as an MLflow pyfunc model with alias 'candidate'")

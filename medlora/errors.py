@@ -38,3 +38,8 @@ class BundleError(MedloraError):
 class TrackingUnavailableError(MedloraError):
     """The tracking store does not answer or refuses the credentials (names the URI, never a password).
     A sweep stops on it rather than counting its points as failed; rerunning resumes."""
+
+
+class PacsError(MedloraError):
+    """A DICOMweb server (PACS) does not answer, refuses the credentials or a transfer failed (names the
+    server without credentials and what failed, never a patient identifier)."""

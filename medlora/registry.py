@@ -12,6 +12,10 @@ from typing import Literal, get_args
 
 Method = Literal["lora", "linear_probe", "full"]
 METHODS: tuple[str, ...] = get_args(Method)  # in the order tables and plots show them
+# a sweep may also compare continuing a received LoRA adapter (model.adapter) with training from the base
+SweepMethod = Literal["lora", "linear_probe", "full", "adapter_continued"]
+SWEEP_METHODS: tuple[str, ...] = get_args(SweepMethod)
+CONTINUED = "adapter_continued"
 
 Pipeline = Literal["classify", "fewshot", "oneclass"]
 PIPELINE_NAMES: tuple[str, ...] = get_args(Pipeline)

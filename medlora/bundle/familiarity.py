@@ -32,7 +32,7 @@ def load_feature_stats(bundle: Bundle) -> FeatureStats | None:
     """The bundle's statistics, or None (with a log line) when it carries none."""
     path = bundle.path / FEATURE_STATS_FILE
     if not path.is_file():
-        log.warning("bundle %s carries no feature statistics (exported before they existed?): familiarity is "
+        log.info("bundle %s carries no feature statistics (exported before they existed?): familiarity is "
                     "not available", bundle.path)
         return None
     from safetensors.numpy import load_file

@@ -52,7 +52,7 @@ def same_base(a: Bundle, b: Bundle) -> bool:
     return (ka["timm_name"], ka["state_sha256"], ka["num_classes"]) == (kb["timm_name"], kb["state_sha256"], kb["num_classes"])
 
 
-def _read_checked(bundle: Bundle) -> dict[str, torch.Tensor]:
+def read_weights(bundle: Bundle) -> dict[str, torch.Tensor]:
     """The bundle's weights file, checked against the sha256 of its ``medlora.json`` when it has one."""
     from safetensors.torch import load_file
 
@@ -81,7 +81,7 @@ def head_state(bundle: Bundle) -> dict[str, torch.Tensor]:
     """The classifier-head tensors of a linear-probe bundle."""
     if bundle.method != "linear_probe":
         raise BundleError(f"bundle {bundle.path} is a {bundle.method} bundle, not a linear probe")
-    return _read_checked(bundle)
+    return read_weights(bundle)
 
 
 def put_head(model: nn.Module, state: dict[str, torch.Tensor], bundle: Bundle) -> nn.Module:
@@ -102,7 +102,7 @@ def load_full(bundle: Bundle) -> nn.Module:
         raise BundleError(f"bundle {bundle.path} is a {bundle.method} bundle, not a full fine-tune")
     b = bundle.meta["base"]
     model = timm.create_model(b["timm_name"], pretrained=False, num_classes=b["num_classes"], **b.get("timm_kwargs", {}))
-    _load_state(model, _read_checked(bundle), bundle, strict=True)
+    _load_state(model, read_weights(bundle), bundle, strict=True)
     return model.eval()
 
 

@@ -10,7 +10,10 @@ operating point (``score >= threshold``). A multi-label or multi-class bundle ad
 ``score.<finding>`` and ``call.<finding>`` column per output, called at that output's own threshold;
 its ``score``/``call`` are "any finding" (such bundles carry no recalibration map). A multi-class
 bundle also gives ``class``, the arg-max class of the study's class scores; one without
-``data.normal`` has no "any finding" and so no ``score``/``call`` columns at all.
+``data.normal`` has no "any finding" and so no ``score``/``call`` columns at all. A bundle that carries
+familiarity statistics (``feature_stats.safetensors``) adds ``familiarity`` (the study's distance to its
+training studies) and ``unfamiliar`` (beyond the bundle's flag threshold: a study unlike anything the
+model was trained on, whose call deserves less trust).
 
 Bundles that need the same base share one base model in memory, loaded and checked once: LoRA
 adapters are loaded side by side with peft's ``load_adapter`` and switched with ``set_adapter``;
@@ -43,8 +46,11 @@ from tqdm.auto import tqdm
 
 from ..errors import BundleError, InputError, MedloraError
 from ..evaluate.aggregate import aggregate_scores
+from ..evaluate.familiarity import study_means
+from ..models.aggregator import StudyModel
 from .aggregator import is_study_level, study_model
 from .bundle import Bundle, open_bundle
+from .familiarity import load_feature_stats
 from .loading import (
     attach_adapters,
     head_state,
@@ -137,6 +143,7 @@ class Predictor:
         self.bundles, self.batch_size, self.merge = bundles, batch_size, merge
         self.secret = site_secret(secret)
         self.columns = column_names(bundles)
+        self.stats = [load_feature_stats(b) for b in bundles]  # familiarity, where a bundle carries it
         self._transforms: dict[str, object] = {}
         self.slots: dict[int, Slot] = {}
         for i, bundle in enumerate(bundles):
@@ -227,6 +234,27 @@ class Predictor:
         score, per_output = _task_scores(bundle, probs)
         return score, per_output, attention
 
+    @torch.inference_mode()
+    def pooled_features(self, index: int, images: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
+        """Bundle ``index``'s pooled (pre-logits) features of preprocessed images, ``(n, d)``."""
+        from ..train.features import pre_logits
+
+        slot = self.slots[index]
+        if slot.activate is not None:
+            slot.activate()
+        model = slot.model.encoder if isinstance(slot.model, StudyModel) else slot.model  # a slice's own features
+        out = [pre_logits(model, torch.stack(list(images[i:i + self.batch_size])).as_subclass(torch.Tensor))
+               .flatten(1).float().numpy() for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out).astype(np.float64) if out else np.empty((0, 0))
+
+    def familiarity(self, index: int, rows: list[tuple[str, str, torch.Tensor]]) -> dict[str, float]:
+        """Study key → distance to bundle ``index``'s training studies (empty without its statistics)."""
+        stats = self.stats[index]
+        if stats is None or not rows:
+            return {}
+        keys, means = study_means(self.pooled_features(index, [x for _, _, x in rows]), [r[1] for r in rows])
+        return dict(zip(keys, stats.distance(means), strict=True))
+
     def _key(self, bundle: Bundle) -> str:
         pre, size, mean, std = bundle.preprocess()
         rules = bundle.meta.get("samples") or DEFAULT_RULES
@@ -269,6 +297,7 @@ class Predictor:
                 errors[str(f)] = (str(err), "")
         inputs_by_key: dict[str, list[tuple[str, str, torch.Tensor]]] = {}
         samples = pd.DataFrame(columns=["sample_id", "study_key"])
+        familiar: dict[str, dict[str, float]] = {}
         for i, (bundle, col) in enumerate(zip(self.bundles, self.columns, strict=True)):
             key = self._key(bundle)
             if key not in inputs_by_key:
@@ -285,11 +314,19 @@ class Predictor:
                                   **{f"score.{n}{col}": per_output[:, k] for k, n in enumerate(bundle.outputs)},
                                   **extra})
             samples = frame if samples.empty else samples.merge(frame, on=["sample_id", "study_key"], how="outer")
+            if self.stats[i] is not None:
+                familiar[col] = self.familiarity(i, rows)
         for name, (reason, _) in errors.items():
             log.warning("skipped %s: %s", name, reason)
         errs = pd.DataFrame([{"file": k, "reason": r, "study_key": s} for k, (r, s) in errors.items()],
                             columns=["file", "reason", "study_key"])
-        return PredictResult(self._studies(samples, errs), samples, errs)
+        studies = self._studies(samples, errs)
+        for i, col in enumerate(self.columns):
+            if col in familiar:  # distance to the training studies, flagged above the bundle's threshold
+                studies[f"familiarity{col}"] = studies["study_key"].map(familiar[col]).astype(float)
+                studies[f"unfamiliar{col}"] = pd.array([pd.NA if np.isnan(d) else bool(d > self.stats[i].threshold)
+                                                        for d in studies[f"familiarity{col}"]], dtype="boolean")
+        return PredictResult(studies, samples, errs)
 
     def _score_columns(self) -> list[tuple[Bundle, str, str, float]]:
         """``(bundle, suffix, score column, threshold)``: each bundle's abnormal / any-finding score, then

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ..config import Config
+from ..evaluate.familiarity import study_means
 from ..io.prepare import PreparedData
 from ..train.features import pre_logits
 from ..train.loaders import make_datasets, make_loader
@@ -34,10 +35,7 @@ class SiteScores:
 
     def study_features(self) -> tuple[np.ndarray, np.ndarray]:
         """(study keys, mean feature of each study's samples), in sorted key order."""
-        keys, inverse = np.unique(self.samples["study_key"].to_numpy(), return_inverse=True)
-        sums = np.zeros((len(keys), self.features.shape[1]))
-        np.add.at(sums, inverse, self.features)
-        return keys, sums / np.bincount(inverse, minlength=len(keys))[:, None]
+        return study_means(self.features, self.samples["study_key"].to_numpy())
 
 
 def bundle_config(cfg: Config, bundle: Bundle) -> tuple[Config, dict]:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..registry import METHODS, Method
+from ..registry import METHODS, SWEEP_METHODS, SweepMethod
 from .base import Strict, shown
 from .train import TrainConfig
 
@@ -55,7 +55,9 @@ class FewShotConfig(Strict):
     shots: list[int | Literal["all"]] = Field(default_factory=lambda: [1, 5, 10, "all"],
                                               description="patients per class in the training split (`all`: every one)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="seeds of each (method, shots) point")
-    methods: list[Method] = Field(default_factory=lambda: list(METHODS), description="adaptation methods compared")
+    methods: list[SweepMethod] = Field(
+        default_factory=lambda: list(METHODS), description="adaptation methods compared; `adapter_continued` "
+        "continues the received adapter of `model.adapter` (LoRA), beside `lora` from the base")
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                  description="per-method `train.*` values, e.g. `{full: {lr: 1e-4}}`")
     executor: Literal["local", "ray"] = Field(
@@ -68,8 +70,8 @@ class FewShotConfig(Strict):
         """``overrides`` maps a method to ``train.*`` values; anything else names the allowed keys."""
         allowed = sorted(set(TrainConfig.model_fields) - {"seed"})  # the sweep sets the seed
         for method, values in self.overrides.items():
-            if method not in METHODS:
-                raise ValueError(f"fewshot.overrides.{method}: unknown method; allowed: {', '.join(sorted(METHODS))}")
+            if method not in SWEEP_METHODS:
+                raise ValueError(f"fewshot.overrides.{method}: unknown method; allowed: {', '.join(sorted(SWEEP_METHODS))}")
             for key in values:
                 if key not in allowed:
                     raise ValueError(f"fewshot.overrides.{method}.{key}: not a train key; allowed: {', '.join(allowed)}")

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from .schema import Config, path_keys, sections
 from .tracking import redact_uri
 
-MUST_EXIST = ("data.card", "data.labels", "model.weights", "oneclass.adapter")  # inputs read, never written
+MUST_EXIST = ("data.card", "data.labels", "model.weights", "model.adapter", "oneclass.adapter")  # inputs read, never written
 
 
 def _parse_value(text: str) -> Any:

@@ -49,6 +49,10 @@ class ModelConfig(Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to `timm.create_model`")
     method: Method = Field("lora", description="`lora`, `linear_probe`, `full`")
     lora: LoraConfigModel = Field(default_factory=LoraConfigModel, description="the adapter of `method: lora`")
+    adapter: Path | None = Field(
+        None, description="a received LoRA bundle (`medlora export`) to continue training from on this site's "
+        "studies: the base must be the bundle's (sha256 checked) and `model.lora` its settings; the new bundle "
+        "records its lineage. In a sweep, the `adapter_continued` method uses it and `lora` starts from the base")
 
     @model_validator(mode="after")
     def _one_weight_source(self) -> ModelConfig:

@@ -57,6 +57,16 @@ class Config(Strict):
         return self
 
     @model_validator(mode="after")
+    def _adapter_is_continued_by_lora(self) -> Config:
+        methods = list(self.fewshot.methods) if self.pipeline == "fewshot" and self.fewshot else [self.model.method]
+        if "adapter_continued" in methods and self.model.adapter is None:
+            raise ValueError("fewshot.methods has adapter_continued: set model.adapter to the received LoRA bundle")
+        if self.model.adapter is not None and self.pipeline == "classify" and self.model.method != "lora":
+            raise ValueError(f"model.adapter continues a LoRA adapter: model.method must be lora, not "
+                             f"{self.model.method}")
+        return self
+
+    @model_validator(mode="after")
     def _calibration_needs_probabilities(self) -> Config:
         if self.pipeline == "oneclass" and self.evaluate.calibration != "none":
             raise ValueError(f"evaluate.calibration={self.evaluate.calibration!r} with pipeline: oneclass; one-class "

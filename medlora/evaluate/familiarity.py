@@ -21,6 +21,15 @@ MIN_STUDIES = 20
 DEFAULT_QUANTILE = 0.99
 
 
+def study_means(features: np.ndarray, study_keys: np.ndarray | list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted study keys, one mean feature per study) of per-sample ``features`` (n, d)."""
+    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    keys, inverse = np.unique(np.asarray(study_keys), return_inverse=True)
+    sums = np.zeros((len(keys), x.shape[1]))
+    np.add.at(sums, inverse, x)
+    return keys, sums / np.bincount(inverse, minlength=len(keys))[:, None]
+
+
 @dataclass(frozen=True)
 class FeatureStats:
     mean: np.ndarray  # (d,)

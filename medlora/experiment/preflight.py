@@ -48,6 +48,13 @@ def preflight(cfg: Config, build: bool = True) -> None:
         start = time.perf_counter()
         info = check_model(cfg)
         log.info("base %s (%s) built and checked in %.1f s", info.timm_name, info.source, time.perf_counter() - start)
+        if cfg.model.adapter is not None:  # a received adapter: the same base and LoRA settings, or refused now
+            from ..bundle.bundle import open_bundle
+            from ..bundle.continued import check_continuable
+            from ..bundle.manifest import require_verified
+
+            require_verified(cfg.model.adapter)
+            check_continuable(open_bundle(cfg.model.adapter), info, cfg.model.lora)
     resolve_device(cfg.train.device)
     if cfg.data.card is not None:
         check_card_matches(load_card(cfg.data.card), cfg.data)

@@ -13,6 +13,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from ..bundle.continued import continue_adapter
 from ..bundle.metadata import run_metadata
 from ..config import Config, config_to_dict
 from ..evaluate.plots import plot_roc
@@ -50,6 +51,8 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
             tempfile.TemporaryDirectory() as scratch:
         checkpoint = resume.remember(out, mlrun.info.run_id, config_to_dict(cfg)) if dist.is_main else None
         built = build_model(cfg, out if dist.is_main else Path(scratch))  # the same seeded base on every rank
+        lineage = continue_adapter(built.model, built.base, cfg.model.lora, cfg.model.adapter) \
+            if cfg.model.adapter is not None else None  # a received adapter, continued on this site's studies
         track.log_metrics({"trainable_params": built.params.trainable, "total_params": built.params.total})
         model = built.model.to(device)
         datasets = make_datasets(data, cfg, built.data_config)
@@ -87,6 +90,8 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
             calibration = result.evaluation.calibration if result.evaluation is not None else {"method": "none"}
             meta = run_metadata(cfg, built, op, mlrun.info.run_id, data.fingerprint, calibration,
                                 {str(k): int(v) for k, v in modalities.items()}, thresholds)
+            if lineage is not None:
+                meta["lineage"] = {**lineage, "data": {"name": cfg.data.name, "fingerprint": data.fingerprint}}
             run_export(out, model, meta, ctx.uri, items=items,
                        aggregator=study.study_model.pool if study is not None else None)
             resume.forget(out)

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from ..config import DataConfig
 from ..errors import InputError, MedloraError
 from .deid import SiteKey, load_site_key
+from .dicomweb.cache import TRANSFER_FAILED, manifest_origins, transfer_failures
 from .findings import read_task_table, split_findings_label
 from .identity import (
     Group,
@@ -398,6 +399,8 @@ def run_ingest(cfg: DataConfig, report_dir: Path | None = None, labelled: bool =
     instances, niftis, skips = scan(root, files)
     for s in skips:
         col.skip(s.rel, s.category, s.reason)
+    for rel, reason in transfer_failures(root):  # instances a pull (medlora pull) could not fetch
+        col.skip(rel, TRANSFER_FAILED, reason)
     groups, unplaced = group_instances(instances, mode, labels.patients)
     for rel, why in unplaced:
         col.skip(rel, "no identity", why)
@@ -416,6 +419,9 @@ def run_ingest(cfg: DataConfig, report_dir: Path | None = None, labelled: bool =
     manifest = pd.DataFrame(col.rows, columns=MANIFEST_COLUMNS)
     if labelled:  # multilabel: findings codes to ``findings``, ``label`` = any finding present
         manifest = split_findings_label(manifest, cfg)
+    origins = manifest_origins(manifest, root, lambda raw: site.key(raw, "src"))
+    if origins is not None:  # pulled from a PACS: the (server, study) each row came from, hashed
+        manifest["origin_key"] = origins
     report = pd.DataFrame(col.report, columns=REPORT_COLUMNS)
     written = write_ingest_files(report_dir, manifest, report)[1] if report_dir is not None else None
     log_summary(report)

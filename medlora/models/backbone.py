@@ -168,7 +168,8 @@ def create_base(cfg: ModelConfig, num_classes: int, init_dir: Path | None = None
         log.info("base weights %s sha256=%s", path, info.sha256[:12])
         return model, info
     if not save_init:
-        return model, BaseInfo(cfg.backbone, kwargs, "init", None, "", "", num_classes, {"kind": "init"})
+        return model, BaseInfo(cfg.backbone, kwargs, "init", None, "", state_sha256(model), num_classes,
+                                 {"kind": "init"})
     if init_dir is None:
         raise WeightsError("a randomly initialised base needs a folder to be saved in")
     from safetensors.torch import save_file

@@ -66,7 +66,7 @@ def check_model(cfg: Config) -> BaseInfo:
     base, info = create_base(cfg.model, len(cfg.data.classes), seed=cfg.train.seed, save_init=False)
     input_config(base, cfg.preprocess.image_size)
     methods = {"classify": [cfg.model.method], "fewshot": list(cfg.fewshot.methods) if cfg.fewshot else []}
-    if "lora" in methods.get(cfg.pipeline, []):
+    if {"lora", "adapter_continued"} & set(methods.get(cfg.pipeline, [])):
         lora = cfg.model.lora
         targets = resolve_targets(lora.targets, lora.blocks, transformer_blocks(base))
         require_targets(base, targets, lora.targets)

@@ -45,7 +45,7 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, 
                         "support_set.csv")
         model = bench.model_for(cfg, point)
         trainable = count_params(model).trainable
-        split = bench.prefix(model, cfg, support) if point.method == "lora" else None
+        split = bench.prefix(model, cfg, support) if cfg.model.method == "lora" else None
         model, loaders = split or (model, bench.loaders(cfg, point, support))
         if point.method == "linear_probe":
             track.log_metrics({"feature_seconds": sum(f.seconds for f in bench.features().values())})

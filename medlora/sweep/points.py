@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config, FewShotConfig
+from ..registry import CONTINUED
 from ..train.support import Shots
 
 
@@ -39,7 +40,10 @@ def point_config(cfg: Config, point: SweepPoint) -> Config:
     """``cfg`` with the point's method, its ``fewshot.overrides`` train values and its seed applied."""
     train = {**cfg.train.model_dump(), **(cfg.fewshot.overrides.get(point.method, {}) if cfg.fewshot else {}),
              "seed": point.seed}
-    model = cfg.model.model_copy(update={"method": point.method})
+    # adapter_continued trains LoRA from the received adapter (model.adapter); every other method starts from the base
+    continued = point.method == CONTINUED
+    model = cfg.model.model_copy(update={"method": "lora" if continued else point.method,
+                                         "adapter": cfg.model.adapter if continued else None})
     out = cfg.model_copy(update={"model": model, "train": type(cfg.train).model_validate(train)})
     return out
 

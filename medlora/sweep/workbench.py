@@ -24,6 +24,7 @@ from ..models.backbone import create_base
 from ..models.build import input_config
 from ..models.lora import apply_method
 from ..models.prefix import SuffixModel, frozen_prefix_depth
+from ..registry import CONTINUED
 from ..train.features import FeatureDataset, FeatureSet, extract_features, prefix_token_sets
 from ..train.loaders import make_datasets, make_loader
 from ..train.support import SupportSet
@@ -52,7 +53,12 @@ class Workbench:
         model = copy.deepcopy(self.base)
         torch.manual_seed(point.seed)
         model.reset_classifier(self.num_classes)
-        return apply_method(model, point.method, cfg.model.lora)
+        model = apply_method(model, cfg.model.method, cfg.model.lora)  # adapter_continued: LoRA (point_config)
+        if point.method == CONTINUED:  # the received adapter and head, then trained on the support set
+            from ..bundle.continued import continue_adapter
+
+            continue_adapter(model, self.base_info, cfg.model.lora, cfg.model.adapter)
+        return model
 
     def features(self) -> dict[str, FeatureSet]:
         """Pre-logits features of every train/val/test sample, computed on first use (no augmentation)."""

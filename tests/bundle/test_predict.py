@@ -157,7 +157,8 @@ def test_two_bundles_share_one_base_and_match_each_alone(bundle_dir, second_bund
     monkeypatch.setattr(predict_mod, "load_base", lambda b: loads.append(b) or real(b))
     both = predict_mod.predict_bundles([bundle_dir, second_bundle], files).studies.set_index("study_key")
     assert len(loads) == 1, "the shared base must be loaded once"
-    assert list(both.columns) == ["n_images", "score_review", "call_review", "score_second", "call_second", "error"]
+    assert list(both.columns) == ["n_images", "score_review", "call_review", "score_second", "call_second", "error",
+                                  "familiarity_review", "unfamiliar_review", "familiarity_second", "unfamiliar_second"]
     np.testing.assert_allclose(both["score_review"], alone[0].loc[both.index], atol=1e-6)
     np.testing.assert_allclose(both["score_second"], alone[1].loc[both.index], atol=1e-6)
     assert np.abs(both["score_review"] - both["score_second"]).max() > 1e-3, "the two adapters must differ"
@@ -252,3 +253,37 @@ def test_a_multiclass_study_is_called_its_argmax_class_and_none_without_a_score(
 
     studies = pd.DataFrame({"score.a_x": [0.2, 0.5, np.nan], "score.b_x": [0.7, 0.1, np.nan], "score.c_x": [0.1, 0.4, np.nan]})
     assert argmax_class(studies, ["a", "b", "c"], "_x") == ["b", "a", None]
+
+
+def _foreign_study(folder: Path, index: int) -> Path:
+    """An MR-like checkerboard study, nothing like the CT phantoms the bundle was trained on."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality, ds.PatientID = generate_uid(), generate_uid(), "MR", f"F{index}"
+    tile = 2 + index % 4
+    board = ((np.indices((32, 32)) // tile).sum(axis=0) % 2) * 3000 + index * 10
+    ds.set_pixel_data(board.astype(np.uint16), "MONOCHROME2", 16)
+    path = folder / f"foreign{index}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_predict_flags_studies_unlike_the_training_studies(predicted, bundle_dir, tmp_path):
+    """Familiarity: the bundle's own test studies are mostly familiar; foreign studies are flagged."""
+    from medlora.bundle.predict import predict_bundles
+
+    studies, _ = predicted
+    scored = studies[studies["n_images"] > 0]
+    assert {"familiarity", "unfamiliar"} <= set(studies.columns)
+    distance, flagged = pd.to_numeric(scored["familiarity"]), scored["unfamiliar"].map({"True": True, "False": False})
+    assert distance.notna().all() and flagged.notna().all() and flagged.mean() <= 0.25
+    foreign = [_foreign_study(tmp_path, i) for i in range(6)]
+    res = predict_bundles([bundle_dir], foreign)
+    assert res.studies["unfamiliar"].astype(bool).all()
+    assert res.studies["familiarity"].min() > distance.max()

@@ -8,29 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-
-@pytest.fixture(scope="session")
-def site_b(tmp_path_factory) -> Path:
-    """A second site's phantoms: other patients, another scanner (blur, noise, offset), another prevalence."""
-    from medlora.config import SynthConfig
-    from medlora.io.synth import write_phantoms
-
-    root = tmp_path_factory.mktemp("site_b")
-    write_phantoms(root, SynthConfig(patients=40, images_per_patient=2, size=32, seed=0, site="b", abnormal_fraction=0.4))
-    return root
-
-
-def site_config(finished_run, root: Path, tmp: Path, **data) -> Path:
-    """The site's config: its own data (and data name), the tracking store of the finished run."""
-    _, cfg, cfg_file = finished_run
-    raw = yaml.safe_load(cfg_file.read_text())
-    raw["data"] = {"name": "site_b", "root": str(root), "split": {"file": str(tmp / "split.csv")}, **data}
-    raw["evaluate"]["bootstrap"] = 100
-    path = tmp / "site.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+from .conftest import site_config
 
 
 @pytest.fixture(scope="session")
@@ -143,3 +122,29 @@ def test_a_bundle_without_feature_statistics_says_not_available(validated, bundl
     doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert doc["familiarity"]["available"] is False
     assert "Not available" in (tmp_path / "o" / "validation.html").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="/usr/bin/chromium is not installed (Debian 'chromium')")
+def test_validation_page_renders_in_chromium(validated, tmp_path):
+    """validation.html as a reviewer sees it (``MEDLORA_SCREENSHOTS=DIR`` keeps the PNG)."""
+    import os
+    import subprocess
+
+    import numpy as np
+    from matplotlib.image import imread
+
+    out, _, _ = validated
+    keep = Path(os.environ.get("MEDLORA_SCREENSHOTS") or tmp_path)
+    keep.mkdir(parents=True, exist_ok=True)
+    shot = keep / "validation.png"
+    args = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'p'}",
+            "--window-size=1200,2600"]
+    subprocess.run([*args, f"--screenshot={shot}", (out / "validation.html").as_uri()], capture_output=True, timeout=300)
+    dom = subprocess.run([*args, "--dump-dom", (out / "validation.html").as_uri()], capture_output=True, text=True,
+                         timeout=300).stdout
+    assert shot.is_file() and float(np.asarray(imread(shot))[..., :3].std()) > 0.05
+    for heading in ("Internal vs external", "Site performance at the shipped operating point", "Where it does not hold",
+                    "Studies unlike the training studies"):
+        assert heading in dom
