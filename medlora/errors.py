@@ -27,6 +27,11 @@ class LeakageError(MedloraError):
     """The same patient, instance or pixel data appears in more than one split."""
 
 
+class TrackingError(MedloraError):
+    """The tracking store holds no run that fits what was asked (names the experiment or run id and what
+    was expected), or another live process is running it."""
+
+
 class MetricUndefinedError(MedloraError):
     """A metric is mathematically undefined for the given inputs (e.g. AUROC with one class)."""
 

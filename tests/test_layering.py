@@ -1,6 +1,8 @@
-"""The package follows the data: a stage imports only the stages below it.
+"""The package follows the data: a stage imports only the stages below it, and no two modules import
+each other, directly or through others (imports inside functions count: they hide a circle, they do
+not break it).
 
-Run ``python tests/test_layering.py`` to print the import graph between stages.
+Run ``python tests/test_layering.py`` to print the import graph between stages and the module circles.
 """
 
 from __future__ import annotations
@@ -47,6 +49,57 @@ def imports_of(path: Path) -> set[str]:
                 deep = target.count(".") >= 2
                 found |= {target if deep else f"{target}.{a.name}" for a in node.names}
     return found
+
+
+def module_name(path: Path) -> str:
+    """The dotted module of a file under ``PACKAGE`` (a package's ``__init__`` is the package itself)."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Module → the modules it imports (a name imported from a module counts as that module; a
+    module's own parent packages are left out)."""
+    paths = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+    out: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        out[module] = set()
+        for target in imports_of(path):
+            while target and target not in paths:  # ``medlora.errors.ConfigError`` → ``medlora.errors``
+                target = target.rpartition(".")[0]
+            if target and target != module and not module.startswith(target + "."):
+                out[module].add(target)
+    return out
+
+
+def module_circles(edges: dict[str, set[str]] | None = None) -> list[list[str]]:
+    """Sets of modules that import each other (strongly connected, two or more), each sorted."""
+    edges = module_graph() if edges is None else edges
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm; the graph is a few hundred modules deep at most
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            members = []
+            while not members or members[-1] != v:
+                members.append(stack.pop())
+            if len(members) > 1:
+                circles.append(sorted(members))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return sorted(circles)
 
 
 def graph() -> dict[tuple[str, str], set[str]]:
@@ -96,9 +149,32 @@ def test_checker_sees_a_violation(tmp_path, monkeypatch):
     assert violations() == ["medlora/io/bad.py (io) imports medlora.tracking.mlflow_run (tracking, a higher stage)"]
 
 
+def test_no_module_imports_itself_through_others():
+    assert [" <-> ".join(c) for c in module_circles()] == []
+
+
+def test_checker_sees_a_circle(tmp_path, monkeypatch):
+    """A circle hidden by an import inside a function is found; a one-way chain is not a circle."""
+    pkg = tmp_path / "medlora"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "models" / "__init__.py").write_text("")
+    (pkg / "models" / "backbone.py").write_text("from .hub import load\nfrom ..errors import WeightsError\n")
+    (pkg / "models" / "hub.py").write_text("def load():\n    from .backbone import sha256_file\n")
+    (pkg / "errors.py").write_text("class WeightsError(Exception):\n    pass\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    assert module_graph()["medlora.models.backbone"] == {"medlora.models.hub", "medlora.errors"}
+    assert module_circles() == [["medlora.models.backbone", "medlora.models.hub"]]
+
+
 if __name__ == "__main__":
     for (src, dst), files in sorted(graph().items(), key=lambda e: (ORDER.index(e[0][0]) if e[0][0] in ORDER else 99,
                                                                      ORDER.index(e[0][1]))):
         print(f"{src:>11} -> {dst:<11} {len(files)} file(s)")
     bad = violations()
     print("\n".join(["", "violations:", *bad]) if bad else "\nno violations")
+    modules = module_graph()
+    circles = module_circles(modules)
+    print(f"\n{len(modules)} modules, {sum(map(len, modules.values()))} imports between them, "
+          f"{len(circles)} module circles")
+    for circle in circles:
+        print("  circle:", " <-> ".join(circle))

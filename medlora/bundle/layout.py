@@ -31,7 +31,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import BundleError
-from ..models.backbone import head_prefixes, sha256_file
+from ..hashing import sha256_file
+from ..models.backbone import head_prefixes
 from ..provenance import git_commit, library_versions
 
 __all__ = ["ARTIFACTS", "BUNDLE_BASE_FILE", "FORMAT_VERSION", "METADATA_FILE", "MethodArtifact", "artifact_of",

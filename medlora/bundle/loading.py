@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import BundleError, WeightsError
-from ..models.backbone import head_prefixes, sha256_file
+from ..hashing import sha256_file
+from ..models.backbone import head_prefixes
 from .bundle import Bundle
 from .layout import METADATA_FILE
 

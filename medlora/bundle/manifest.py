@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BundleError
-from ..models.backbone import sha256_file
+from ..hashing import sha256_file
 
 log = logging.getLogger(__name__)
 MANIFEST_FILE = "MANIFEST.sha256"

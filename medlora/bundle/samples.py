@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..config import PreprocessConfig
-from ..errors import MedloraError
+from ..errors import InputError
 from ..io.deid import pseudonym
 from ..io.identity import IdentityMode, group_instances
 from ..io.scan import Instance
@@ -95,7 +95,7 @@ def sample_tensors(spec: SampleSpec, transform: Any, pre: PreprocessConfig, salt
         preprocess_volume(load_volume(source, spec.kind), pre)
     n = view_count(int(volume.shape[1 + pre.view.axis]), pre.view)
     if n < 1:
-        raise MedloraError(f"{spec.label}: the volume has no slice along axis {pre.view.axis}")
+        raise InputError(f"{spec.label}: the volume has no slice along axis {pre.view.axis}")
     base = pseudonym(spec.name, salt, "smp")  # the volume's id in ingest's manifest
     return [(view_sample_id(base, pre.view.kind, i),
              transform({"image": source, "kind": spec.kind, "view_index": i})["image"].as_subclass(torch.Tensor))

@@ -64,6 +64,9 @@ class Config(Strict):
         if self.model.adapter is not None and self.pipeline == "classify" and self.model.method != "lora":
             raise ValueError(f"model.adapter continues a LoRA adapter: model.method must be lora, not "
                              f"{self.model.method}")
+        if self.model.adapter is not None and self.pipeline == "classify" and self.train.head_norm is True:
+            raise ValueError("model.adapter continues a received head trained on raw features: train.head_norm: true "
+                             "would standardise them under it; use auto or false")
         return self
 
     @model_validator(mode="after")

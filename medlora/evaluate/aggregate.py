@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from medlora.errors import MedloraError
+from medlora.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ AGGREGATIONS = ("max", "mean", "attention")
 def _group(keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     k = np.asarray(keys).ravel()
     if k.size != n:
-        raise MedloraError(f"keys and values differ in length: {k.size} vs {n}")
+        raise ValueError(f"keys and values differ in length: {k.size} vs {n}")
     return np.unique(k, return_inverse=True)
 
 
@@ -37,14 +37,14 @@ def aggregate_scores(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(unique_keys, key_scores, key_labels)``, one row per distinct key (sorted).
 
-    Raises :class:`MedloraError` naming the key if its samples carry different labels.
+    Raises :class:`InputError` naming the key if its samples carry different labels.
     """
     if how not in AGGREGATIONS:
-        raise MedloraError(f"aggregation {how!r} is not supported; allowed: {', '.join(AGGREGATIONS)}")
+        raise ValueError(f"aggregation {how!r} is not supported; allowed: {', '.join(AGGREGATIONS)}")
     s = np.asarray(scores, dtype=float).ravel()
     y = np.asarray(labels).ravel()
     if y.size != s.size:
-        raise MedloraError(f"scores and labels differ in length: {s.size} vs {y.size}")
+        raise ValueError(f"scores and labels differ in length: {s.size} vs {y.size}")
     uniq, inv = _group(keys, s.size)
     key_labels = aggregate_attribute(keys, y, name="label")
     if how in ("max", "attention"):  # attention: the samples of a study carry its one score; max keeps it
@@ -60,7 +60,7 @@ def aggregate_attribute(keys: np.ndarray, values: np.ndarray, name: str = "value
     """One value per distinct key (sorted like :func:`aggregate_scores`), e.g. the patient of a study.
 
     Use it to carry cluster ids or subgroup columns along with :func:`aggregate_scores`. Raises
-    :class:`MedloraError` naming the key if its samples carry different values.
+    :class:`InputError` naming the key if its samples carry different values.
     """
     v = np.asarray(values).ravel()
     uniq, inv = _group(keys, v.size)
@@ -75,7 +75,7 @@ def aggregate_attribute(keys: np.ndarray, values: np.ndarray, name: str = "value
     if mismatch.any():
         bad = int(inv_sorted[np.argmax(mismatch)])
         seen = np.unique(v[inv == bad]).tolist()
-        raise MedloraError(
+        raise InputError(
             f"key {uniq[bad].item()!r} has conflicting {name}s {seen}; every sample of a key must agree"
         )
     return first

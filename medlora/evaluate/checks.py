@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medlora.errors import MedloraError, MetricUndefinedError
+from medlora.errors import MetricUndefinedError
 
 
 def check_binary(
@@ -21,17 +21,17 @@ def check_binary(
     y = np.asarray(y_true).ravel()
     s = np.asarray(scores, dtype=float).ravel()
     if y.shape != s.shape:
-        raise MedloraError(f"labels and {what} differ in length: {y.size} vs {s.size}")
+        raise ValueError(f"labels and {what} differ in length: {y.size} vs {s.size}")
     if y.size == 0:
         raise MetricUndefinedError(f"no samples: metrics of {what} are undefined on an empty set")
     if not np.isin(y, (0, 1)).all():
-        raise MedloraError(
+        raise ValueError(
             f"labels must be 0 (normal) / 1 (abnormal), got values {np.unique(y)[:10].tolist()}"
         )
     if not np.isfinite(s).all():
-        raise MedloraError(f"{what} contain {int((~np.isfinite(s)).sum())} non-finite values (NaN or inf)")
+        raise MetricUndefinedError(f"{what} contain {int((~np.isfinite(s)).sum())} non-finite values (NaN or inf)")
     if probabilities and (s.min() < 0 or s.max() > 1):
-        raise MedloraError(
+        raise MetricUndefinedError(
             "calibration needs probabilities in [0, 1]; got values outside it "
             "(pass probabilities=False for unbounded scores such as anomaly distances)"
         )

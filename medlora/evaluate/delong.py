@@ -36,8 +36,6 @@ from typing import Literal
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from medlora.errors import MedloraError
-
 from .checks import check_binary, require_both_classes
 
 logger = logging.getLogger(__name__)
@@ -84,7 +82,7 @@ def delong_covariance(
     aucs, v10, v01 = structural_components(y, scores)
     ids = np.arange(y.size) if clusters is None else np.asarray(clusters).ravel()
     if ids.size != y.size:
-        raise MedloraError(f"clusters and labels differ in length: {ids.size} vs {y.size}")
+        raise ValueError(f"clusters and labels differ in length: {ids.size} vs {y.size}")
     _, inv = np.unique(ids, return_inverse=True)
     n_clusters = int(inv.max()) + 1
     pos, neg = y == 1, y == 0
@@ -129,11 +127,11 @@ def delong_auc(
 ) -> DelongResult:
     """AUROC, its DeLong (or clustered, see module docstring) variance and a confidence interval."""
     if method not in CI_METHODS:
-        raise MedloraError(
+        raise ValueError(
             f"DeLong interval method {method!r} is not known; allowed: {', '.join(CI_METHODS)}"
         )
     if not 0.0 < ci < 1.0:
-        raise MedloraError(f"confidence level must lie in (0, 1), got {ci}")
+        raise ValueError(f"confidence level must lie in (0, 1), got {ci}")
     y, s = check_binary(y_true, scores)
     require_both_classes(y, "AUROC (DeLong)")
     aucs, cov, n_clusters = delong_covariance(y, s[None, :], clusters)

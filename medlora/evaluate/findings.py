@@ -93,10 +93,10 @@ def study_matrix(frame: pd.DataFrame, names: tuple[str, ...], how: str = "max") 
     first = groups[label_cols + ["patient_key"]].first()
     spread = groups[label_cols].nunique(dropna=False).max(axis=1)
     if (spread > 1).any():
-        from ..errors import MedloraError
+        from ..errors import InputError
 
-        raise MedloraError(f"study {spread.index[int(np.argmax(spread.to_numpy() > 1))]!r} has conflicting findings "
-                           "across its samples; every sample of a study must agree")
+        raise InputError(f"study {spread.index[int(np.argmax(spread.to_numpy() > 1))]!r} has conflicting findings "
+                         "across its samples; every sample of a study must agree")
     return StudyMatrix(scores.index.to_numpy(), first["patient_key"].to_numpy(),
                        scores.to_numpy(dtype=float), first[label_cols].to_numpy(dtype=float))
 

@@ -24,8 +24,6 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from scipy.stats import norm
 
-from medlora.errors import MedloraError
-
 from .checks import check_binary, require_both_classes
 from .metrics import _binary_metrics_unchecked, binary_curve, weighted_binary_metrics
 
@@ -40,7 +38,7 @@ def wilson_interval(successes: int, n: int, ci: float = 0.95) -> Interval:
     if n <= 0:
         return _NAN_INTERVAL
     if not 0 <= successes <= n:
-        raise MedloraError(f"successes must lie in [0, n={n}], got {successes}")
+        raise ValueError(f"successes must lie in [0, n={n}], got {successes}")
     z = float(norm.ppf(0.5 + ci / 2.0))
     p = successes / n
     denom = 1.0 + z * z / n
@@ -65,7 +63,7 @@ def cluster_bootstrap_indices(
     y = np.asarray(y).ravel()
     ids = np.arange(y.size) if clusters is None else np.asarray(clusters).ravel()
     if ids.size != y.size:
-        raise MedloraError(f"clusters and labels differ in length: {ids.size} vs {y.size}")
+        raise ValueError(f"clusters and labels differ in length: {ids.size} vs {y.size}")
     _, inv = np.unique(ids, return_inverse=True)
     n_clusters = int(inv.max()) + 1 if inv.size else 0
     order = np.argsort(inv, kind="mergesort")  # samples grouped by cluster
@@ -100,7 +98,7 @@ def bootstrap_replicates(
 def percentile_intervals(replicates: dict[str, np.ndarray], ci: float = 0.95) -> dict[str, Interval]:
     """Percentile interval of each replicate array, ignoring NaN replicates (all NaN gives NaN)."""
     if not 0.0 < ci < 1.0:
-        raise MedloraError(f"confidence level must lie in (0, 1), got {ci}")
+        raise ValueError(f"confidence level must lie in (0, 1), got {ci}")
     q = [50.0 * (1.0 - ci), 50.0 * (1.0 + ci)]
     out: dict[str, Interval] = {}
     for name, values in replicates.items():

@@ -37,7 +37,7 @@ from typing import Literal
 
 import numpy as np
 
-from medlora.errors import MedloraError, MetricUndefinedError
+from medlora.errors import MetricUndefinedError
 
 from .calibration import DEFAULT_BINS, weighted_brier, weighted_ece
 from .checks import check_binary, require_both_classes
@@ -149,11 +149,11 @@ def multiclass_metrics(
     p = np.asarray(prob_matrix, dtype=float)
     k = len(class_names)
     if p.ndim != 2 or p.shape != (y.size, k):
-        raise MedloraError(f"prob_matrix must have shape (n={y.size}, classes={k}), got {p.shape}")
+        raise ValueError(f"prob_matrix must have shape (n={y.size}, classes={k}), got {p.shape}")
     if not np.isfinite(p).all():
-        raise MedloraError("prob_matrix contains non-finite values (NaN or inf)")
+        raise MetricUndefinedError("prob_matrix contains non-finite values (NaN or inf)")
     if not np.issubdtype(y.dtype, np.integer) or (y.size and (y.min() < 0 or y.max() >= k)):
-        raise MedloraError(
+        raise ValueError(
             f"y_true must hold class indices 0..{k - 1}, got values {np.unique(y)[:10].tolist()}"
         )
     present = np.unique(y)

@@ -178,7 +178,7 @@ def plot_score_shift(shift: Any, path: Path, threshold: float | None = None,
 
 
 def plot_familiarity(distances: np.ndarray, threshold: float, path: Path, reference: np.ndarray | None = None,
-                     title: str = "Familiarity (distance to the training studies)") -> Path:
+                     title: str = "Familiarity") -> Path:
     """Histogram of the site studies' familiarity distances with the flag threshold."""
     d = np.asarray(distances, dtype=float)
     fig, ax = _figure()
@@ -187,6 +187,6 @@ def plot_familiarity(distances: np.ndarray, threshold: float, path: Path, refere
         ax.hist(reference, bins=edges, alpha=0.5, density=True, label=f"bundle validation (n={len(reference)})")
     ax.hist(d, bins=edges, alpha=0.5, density=True, label=f"site (n={len(d)}; {(d > threshold).mean():.0%} flagged)")
     ax.axvline(threshold, color="k", ls="--", label=f"flag above {threshold:.3g}")
-    ax.set(xlabel="Mahalanobis distance", ylabel="density", title=title)
+    ax.set(xlabel="Mahalanobis distance to the training studies", ylabel="density", title=title)
     ax.legend()
     return _save(fig, path)

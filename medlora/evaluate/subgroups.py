@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medlora.errors import MedloraError
-
 from .intervals import Interval, bootstrap_metric_intervals, wilson_sensitivity_specificity
 from .metrics import binary_metrics
 
@@ -78,7 +76,7 @@ def evaluate_subgroups(
     for column, raw in columns.items():
         labels = _as_labels(raw)
         if labels.size != y.size:
-            raise MedloraError(
+            raise ValueError(
                 f"subgroup column {column!r} has {labels.size} values for {y.size} test samples"
             )
         for value in sorted(set(labels.tolist())):

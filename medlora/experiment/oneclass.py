@@ -18,7 +18,6 @@ import pandas as pd
 from torch.utils.data import Subset
 
 from ..config import Config
-from ..errors import MedloraError
 from ..evaluate.plots import plot_roc
 from ..evaluate.report import flat_metrics, to_json
 from ..evaluate.stage import run_evaluate, study_auroc, test_subgroups
@@ -51,7 +50,7 @@ def _feature_model(cfg: Config, out: Path):
 def _frame(feats, scores: np.ndarray, split: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Samples known normal (label 0) or abnormal (label 1) with their scores; neither is left out."""
     if len(split) != len(scores):
-        raise MedloraError(f"one-class scores of {len(scores)} samples for a split of {len(split)} rows")
+        raise ValueError(f"one-class scores of {len(scores)} samples for a split of {len(split)} rows")
     normal, abnormal = normal_vs_abnormal(split, cfg.data)
     frame = pd.DataFrame({**feats.keys, "label": abnormal.astype(int), "score": scores})
     return frame[normal | abnormal].reset_index(drop=True)

@@ -29,8 +29,9 @@ import torch
 from .. import basecard
 from ..config import Config, PretrainConfig
 from ..errors import ConfigError
+from ..hashing import sha256_file
 from ..io.unlabelled import PretrainData, prepare_pretraining_data
-from ..models.backbone import base_state, create_base, sha256_file
+from ..models.backbone import base_state, create_base
 from ..models.build import input_config
 from ..models.mae import MaskedAutoencoder
 from ..tracking import mlflow_run as track

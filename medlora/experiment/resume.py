@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MedloraError
+from ..errors import ConfigError, TrackingError
 from ..tracking import tags as T
 from ..tracking.mlflow_run import flatten
 from ..tracking.runs import child_runs, search_all
@@ -130,8 +130,8 @@ def find_parent(client: Any, experiment_id: str, digest: str) -> Any | None:
         return None
     parent = max(runs, key=lambda r: r.info.start_time)
     if parent.info.status == "RUNNING" and alive_elsewhere(parent):
-        raise MedloraError(f"sweep run {parent.info.run_id} is being run by process {parent.data.tags[T.PID]}; "
-                           "wait for it or stop it first")
+        raise TrackingError(f"sweep run {parent.info.run_id} is being run by process {parent.data.tags[T.PID]}; "
+                            "wait for it or stop it first")
     return parent
 
 

@@ -36,7 +36,7 @@ from ..hashing import sha256_file
 from .weights import fit_state, load_weights_file, read_folder
 
 __all__ = ["LOCAL_SOURCES", "BaseInfo", "base_state", "create_base", "head_name", "head_names", "head_prefixes",
-           "load_weights_file", "rebuild_base", "sha256_file", "state_sha256"]
+           "load_weights_file", "rebuild_base", "state_sha256"]
 
 log = logging.getLogger(__name__)
 LOCAL_SOURCES = ("file", "folder", "pretrain")  # bases read from a local weights file named in medlora.json

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from torch import nn
 
 from ..errors import WeightsError
+from ..hashing import sha256_file
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 2.0
@@ -121,8 +122,6 @@ def _failure(name: str, err: Exception, offline: str | None, repo: str | None, c
 def hub_origin(model: nn.Module, name: str, cache_dir: Path | str | None) -> dict[str, Any]:
     """Where a pretrained base came from: repo, snapshot commit, file and its sha256 (from the cache)."""
     from huggingface_hub import try_to_load_from_cache
-
-    from .backbone import sha256_file
 
     hub_id = (getattr(model, "pretrained_cfg", {}) or {}).get("hf_hub_id") or hub_repo(name)
     origin: dict[str, Any] = {"kind": "hub", "name": name, "repo": None, "revision": None, "file": None,

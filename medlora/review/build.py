@@ -58,7 +58,7 @@ from ..bundle.samples import sample_rules
 from ..config import read_config_file
 from ..errors import BundleError, MedloraError
 from ..evaluate.operating_point import OperatingPoint
-from ..models.backbone import sha256_file
+from ..hashing import sha256_file
 from ..tracking import mlflow_run as track
 from .attention import write_attention
 from .card import model_card, too_small

@@ -116,7 +116,7 @@ def saliency_picture(predictor: Predictor, index: int, transform: Any, study: So
             heat, _ = saliency_map(slot.model, image)
             ref = study.headers[study.files.index(spec.files[len(spec.files) // 2])]
             return render_overlay(display_image(image, mean, std), heat, algorithm, findings), ref
-    raise MedloraError("the study's highest-scoring sample was not found again")
+    raise ValueError("the study's highest-scoring sample was not found again")
 
 
 def result_objects(predictor: Predictor, result: PredictResult, inputs: list[Path],

@@ -3,7 +3,7 @@
 :func:`saliency_map` picks the method by family (:mod:`medlora.models.families`): attention rollout
 for plain ViTs (ViT, DeiT, DINOv2), Grad-CAM (Selvaraju et al., 2017) for every other model (EVA,
 BEiT, Swin, CNNs), and Grad-CAM again should a rollout fail. An explanation never blocks an export:
-the bundle omits what cannot be drawn and says so (:mod:`.bundle`).
+the bundle omits what cannot be drawn and says so (:mod:`.build`).
 
 Attention rollout (Abnar & Zuidema, 2020):
 Each block's attention matrix is captured with a forward hook on ``attn.attn_drop`` (its input is
@@ -30,8 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import MedloraError
-
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +37,7 @@ def timm_vit(model: nn.Module) -> nn.Module:
     """The timm VisionTransformer inside a (possibly peft-wrapped) model."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not hasattr(inner, "blocks") or not hasattr(inner, "patch_embed"):
-        raise MedloraError(f"attention rollout needs a timm ViT (blocks, patch_embed); got {type(inner).__name__}")
+        raise TypeError(f"attention rollout needs a timm ViT (blocks, patch_embed); got {type(inner).__name__}")
     return inner
 
 
@@ -68,7 +66,7 @@ def attention_rollout(model: nn.Module, image: torch.Tensor) -> np.ndarray:
     with _captured_attention(vit) as maps:
         model(image.unsqueeze(0))
     if len(maps) != len(vit.blocks):
-        raise MedloraError(f"captured {len(maps)} attention maps from {len(vit.blocks)} blocks")
+        raise ValueError(f"captured {len(maps)} attention maps from {len(vit.blocks)} blocks")
     n = maps[0].shape[-1]
     rollout = torch.eye(n)
     for a in maps:
@@ -93,7 +91,7 @@ def _last_stage(net: nn.Module) -> tuple[nn.Module, bool]:
     if info:
         last = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
         return net.get_submodule(last), False
-    raise MedloraError(f"Grad-CAM needs a timm model with feature_info or blocks; got {type(net).__name__}")
+    raise TypeError(f"Grad-CAM needs a timm model with feature_info or blocks; got {type(net).__name__}")
 
 
 def _spatial(net: nn.Module, act: torch.Tensor) -> torch.Tensor:
@@ -108,9 +106,9 @@ def _spatial(net: nn.Module, act: torch.Tensor) -> torch.Tensor:
         side = int(round(patches.shape[0] ** 0.5))
         grid = tuple(getattr(getattr(net, "patch_embed", None), "grid_size", None) or (side, side))
         if grid[0] * grid[1] != patches.shape[0]:
-            raise MedloraError(f"cannot lay {patches.shape[0]} tokens on a {grid} patch grid")
+            raise ValueError(f"cannot lay {patches.shape[0]} tokens on a {grid} patch grid")
         return patches.T.reshape(-1, *grid)
-    raise MedloraError(f"cannot map an activation of shape {tuple(act.shape)} onto the image")
+    raise ValueError(f"cannot map an activation of shape {tuple(act.shape)} onto the image")
 
 
 def grad_cam(model: nn.Module, image: torch.Tensor, target: int | None = None) -> np.ndarray:
@@ -151,7 +149,7 @@ def saliency_map(model: nn.Module, image: torch.Tensor, target: int | None = Non
     if family_of(model).saliency == ROLLOUT:
         try:
             return attention_rollout(model, image), ROLLOUT
-        except MedloraError as err:
+        except (TypeError, ValueError) as err:  # not a model rollout can read
             log.info("attention rollout failed (%s); using Grad-CAM", err)
     return grad_cam(model, image, target), GRAD_CAM
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import MedloraError
+from ..errors import MedloraError, TrackingError
 from ..evaluate.metrics import _safe_name
 from ..registry import METHODS
 from ..tracking import tags as T
@@ -272,16 +272,16 @@ def _resolve_parents(client: Any, target: str) -> list[Any]:
     if exp is not None:
         parents = search_all(client, exp.experiment_id, f"tags.`{T.ROLE}` = 'sweep'")
         if not parents:
-            raise MedloraError(f"experiment {target!r} holds no few-shot sweep (no run tagged {T.ROLE}=sweep)")
+            raise TrackingError(f"experiment {target!r} holds no few-shot sweep (no run tagged {T.ROLE}=sweep)")
         return sorted(parents, key=lambda r: r.info.start_time, reverse=True)
     try:
         run = client.get_run(target)
     except MlflowException:
-        raise MedloraError(f"{target!r} is neither an experiment name nor a run id in {client.tracking_uri}") from None
+        raise TrackingError(f"{target!r} is neither an experiment name nor a run id in {client.tracking_uri}") from None
     if run.data.tags.get(T.ROLE) == "child":
         run = client.get_run(run.data.tags["mlflow.parentRunId"])
     if run.data.tags.get(T.ROLE) != "sweep":
-        raise MedloraError(f"run {target} is not a few-shot sweep (tag {T.ROLE} is not 'sweep')")
+        raise TrackingError(f"run {target} is not a few-shot sweep (tag {T.ROLE} is not 'sweep')")
     return [run]
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import MedloraError, TrackingUnavailableError
+from ..errors import ConfigError, MedloraError, TrackingUnavailableError
 from ..experiment.context import RunContext, start
 from ..experiment.resume import find_parent, owner_tags, reconcile_children
 from ..experiment.session import run_name, run_tags
@@ -68,7 +68,7 @@ def run_sweep(cfg: Config, data: PreparedData, out: Path) -> SweepSummary:
     from mlflow import MlflowClient
 
     if cfg.fewshot is None:
-        raise MedloraError("the fewshot pipeline needs a 'fewshot:' section in the config")
+        raise ConfigError("the fewshot pipeline needs a 'fewshot:' section in the config")
     t0 = time.perf_counter()
     out = Path(out)
     check_shots(data.split("train"), cfg.fewshot, cfg.data.outputs)

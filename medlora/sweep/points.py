@@ -40,6 +40,8 @@ def point_config(cfg: Config, point: SweepPoint) -> Config:
     """``cfg`` with the point's method, its ``fewshot.overrides`` train values and its seed applied."""
     train = {**cfg.train.model_dump(), **(cfg.fewshot.overrides.get(point.method, {}) if cfg.fewshot else {}),
              "seed": point.seed}
+    if point.method == CONTINUED:  # the received head was trained on raw features (its statistics folded in)
+        train["head_norm"] = "auto"
     # adapter_continued trains LoRA from the received adapter (model.adapter); every other method starts from the base
     continued = point.method == CONTINUED
     model = cfg.model.model_copy(update={"method": "lora" if continued else point.method,

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from ..config import Config, RayConfig
 from ..device import configure_threads, resolve_device
-from ..errors import MedloraError, TrackingUnavailableError
+from ..errors import ConfigError, MedloraError, TrackingUnavailableError
 from ..experiment.session import run_name
 from ..experiment.train_eval import study_subgroups
 from ..io.prepare import PreparedData
@@ -80,14 +80,14 @@ def check_address(address: str, timeout: float) -> None:
     """Fail within ``timeout`` seconds, naming ``address``, when nothing answers there."""
     parts = urlsplit(address if "://" in address else f"ray://{address}")
     if parts.hostname is None or parts.port is None:
-        raise MedloraError(f"fewshot.ray.address={address!r} is not host:port, ray://host:port or auto")
+        raise ConfigError(f"fewshot.ray.address={address!r} is not host:port, ray://host:port or auto")
     try:
         with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
             pass
     except OSError as err:
-        raise MedloraError(f"fewshot.ray.address={address!r}: nothing answers at {parts.hostname}:{parts.port} "
-                           f"within {timeout:g} s ({err}); start the cluster (ray start --head) or fix the address"
-                           ) from None
+        raise ConfigError(f"fewshot.ray.address={address!r}: nothing answers at {parts.hostname}:{parts.port} "
+                          f"within {timeout:g} s ({err}); start the cluster (ray start --head) or fix the address"
+                          ) from None
 
 
 def connect(rc: RayConfig) -> bool:
@@ -100,7 +100,7 @@ def connect(rc: RayConfig) -> bool:
         import ray
         from ray._private import ray_constants
     except ImportError:
-        raise MedloraError("fewshot.executor: ray needs Ray installed: pip install 'medlora[ray]'") from None
+        raise ConfigError("fewshot.executor: ray needs Ray installed: pip install 'medlora[ray]'") from None
     if ray.is_initialized():
         return False
     if rc.address and rc.address != "auto":
@@ -111,9 +111,9 @@ def connect(rc: RayConfig) -> bool:
         local = {"include_dashboard": False} if rc.address is None else {}
         ray.init(address=rc.address, configure_logging=False, **local)
     except ConnectionError as err:
-        raise MedloraError(f"fewshot.ray.address={rc.address!r}: no Ray cluster answers there within "
-                           f"{rc.connect_timeout:g} s ({err}); start the cluster (ray start --head) or fix the "
-                           "address") from None
+        raise ConfigError(f"fewshot.ray.address={rc.address!r}: no Ray cluster answers there within "
+                          f"{rc.connect_timeout:g} s ({err}); start the cluster (ray start --head) or fix the "
+                          "address") from None
     finally:
         ray_constants.NUM_REDIS_GET_RETRIES = before
     log.info("Ray: %s", ray.cluster_resources())
@@ -181,8 +181,8 @@ def run_on_ray(cfg: Config, data: PreparedData, out: Path, todo: list[tuple[Swee
     rc = cfg.fewshot.ray
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         if rc.address:
-            raise MedloraError(f"fewshot.executor: ray on a cluster logs from every node: tracking.uri must be a "
-                               f"tracking server (http://host:5000, see deploy/), not the local store {uri}")
+            raise ConfigError(f"fewshot.executor: ray on a cluster logs from every node: tracking.uri must be a "
+                              f"tracking server (http://host:5000, see deploy/), not the local store {uri}")
         log.warning("Ray workers write to the local store %s; a tracking server is safer", uri)
     started = connect(rc)
     import ray

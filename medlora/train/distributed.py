@@ -87,7 +87,9 @@ class Dist:
         if status == "error":
             if self.is_main:
                 raise value
-            raise MedloraError(f"rank 0 failed: {value}")
+            if isinstance(value, MedloraError):  # a user error stays one on every rank (no traceback)
+                raise type(value)(f"rank 0 failed: {value}")
+            raise RuntimeError(f"rank 0 failed: {value!r}") from value
         return value
 
     def same_random_state(self, device: torch.device) -> None:

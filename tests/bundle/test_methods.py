@@ -166,7 +166,7 @@ def test_two_linear_probes_on_one_base_swap_heads(method_runs, tmp_path, monkeyp
 
     from medlora.bundle import predict as predict_mod
     from medlora.bundle.manifest import write_manifest
-    from medlora.models.backbone import sha256_file
+    from medlora.hashing import sha256_file
 
     first = method_runs("linear_probe")[0] / "bundle"
     second = Path(shutil.copytree(first, tmp_path / "second"))

@@ -87,7 +87,7 @@ def _rewrite_manifest(folder: Path) -> None:
     import json
 
     from medlora.bundle.manifest import write_manifest
-    from medlora.models.backbone import sha256_file
+    from medlora.hashing import sha256_file
 
     meta = json.loads((folder / "medlora.json").read_text())
     if "weights" in meta:

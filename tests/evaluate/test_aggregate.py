@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlora.errors import MedloraError
+from medlora.errors import InputError
 from medlora.evaluate.aggregate import aggregate_attribute, aggregate_scores
 
 KEYS = np.array(["s2", "s1", "s2", "s3", "s1", "s2"])
@@ -24,12 +24,12 @@ def test_aggregate_scores(how: str, expected: list[float]) -> None:
 def test_conflicting_labels_name_the_key() -> None:
     labels = LABELS.copy()
     labels[2] = 0
-    with pytest.raises(MedloraError, match=r"key 's2' has conflicting labels \[0, 1\]"):
+    with pytest.raises(InputError, match=r"key 's2' has conflicting labels \[0, 1\]"):
         aggregate_scores(KEYS, SCORES, labels)
 
 
 def test_unknown_aggregation() -> None:
-    with pytest.raises(MedloraError, match="allowed: max, mean"):
+    with pytest.raises(ValueError, match="allowed: max, mean"):
         aggregate_scores(KEYS, SCORES, LABELS, how="median")  # type: ignore[arg-type]
 
 

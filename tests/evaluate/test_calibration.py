@@ -7,7 +7,7 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
-from medlora.errors import MedloraError
+from medlora.errors import MetricUndefinedError
 from medlora.evaluate.calibration import brier_score, expected_calibration_error, reliability_diagram
 
 RNG = np.random.default_rng(0)
@@ -40,5 +40,5 @@ def test_reliability_matches_sklearn_and_ece(n_bins: int) -> None:
 
 
 def test_probabilities_out_of_range_are_rejected() -> None:
-    with pytest.raises(MedloraError, match=r"probabilities in \[0, 1\].*probabilities=False"):
+    with pytest.raises(MetricUndefinedError, match=r"probabilities in \[0, 1\].*probabilities=False"):
         brier_score([0, 1], [0.2, 1.7])

@@ -16,6 +16,7 @@ from sklearn.metrics import (
 )
 
 from medlora.config import EvaluateConfig
+from medlora.errors import InputError
 from medlora.evaluate.findings import (
     StudyMatrix,
     cluster_bootstrap_weights,
@@ -120,5 +121,5 @@ def test_study_matrix_aggregates_samples_and_refuses_conflicting_findings():
     assert np.isnan(m.targets[0, 0]) and m.targets[1, 0] == 1
     assert math.isnan(mean_auroc(m))  # one known target: no finding has both classes
     frame.loc[2, "label.x"] = 0.0
-    with pytest.raises(Exception, match="conflicting findings"):
+    with pytest.raises(InputError, match="conflicting findings"):
         study_matrix(frame, ("x",), "max")

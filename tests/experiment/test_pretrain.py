@@ -54,7 +54,8 @@ def test_pretrain_writes_a_base_that_model_weights_loads(pretrained):
     from safetensors.torch import load_file
 
     from medlora import basecard
-    from medlora.models.backbone import create_base, sha256_file
+    from medlora.hashing import sha256_file
+    from medlora.models.backbone import create_base
 
     cfg, _, printed, folder = pretrained
     assert {p.name for p in folder.iterdir()} == {"base.safetensors", "base_card.md", "reconstructions.png"}
@@ -254,7 +255,7 @@ def test_medlora_json_and_the_model_card_cite_the_pretraining(pretrained):
     assert "pretrain" not in plain["base"] and "Base pretraining" not in model_card(plain, {}, False)
 
 
-@pytest.mark.parametrize("name", ["demo_pretrained.yaml", "breastmnist_pretrain.yaml", "pneumoniamnist_pretrain.yaml"])
+@pytest.mark.parametrize("name", ["demo_base.yaml", "demo_pretrained.yaml", "breastmnist_pretrain.yaml", "pneumoniamnist_pretrain.yaml"])
 def test_shipped_configs_pretrain_their_base(name):
     repo = Path(__file__).resolve().parents[2]
     cfg = load_config(repo / "configs" / name)

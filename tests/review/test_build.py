@@ -19,7 +19,7 @@ EXPECTED = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", 
 
 def test_bundle_layout_metadata_and_verify(bundle_dir, finished_run, capsys, run_id_of):
     from medlora.cli import main
-    from medlora.models.backbone import sha256_file
+    from medlora.hashing import sha256_file
 
     out, cfg, _ = finished_run
     files = {p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()}

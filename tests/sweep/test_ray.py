@@ -27,13 +27,13 @@ def test_ray_address_that_does_not_answer_fails_in_seconds_naming_it(address):
     import ray
 
     from medlora.config import RayConfig
-    from medlora.errors import MedloraError
+    from medlora.errors import ConfigError
     from medlora.sweep.ray_executor import connect
 
     address = address.format(port=_closed_port())
     assert not ray.is_initialized()
     t0 = time.monotonic()
-    with pytest.raises(MedloraError) as err:
+    with pytest.raises(ConfigError) as err:
         connect(RayConfig(address=address, connect_timeout=2))
     assert time.monotonic() - t0 < 5
     # nothing listening, or (no-route, where a proxy accepts every connection) something that is not Ray

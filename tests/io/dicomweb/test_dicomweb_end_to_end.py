@@ -17,9 +17,9 @@ import pandas as pd
 import pydicom
 import pytest
 import yaml
-from conftest import USER, upload, write_studies
 
 from medlora.io.dicomweb.client import open_client
+from tests.io.dicomweb.conftest import USER, upload, write_studies
 
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")

@@ -9,12 +9,12 @@ import hashlib
 import numpy as np
 import pydicom
 import pytest
-from conftest import upload, write_studies
 
 from medlora.errors import ConfigError, PacsError
 from medlora.io.dicomweb.cache import FAILURES_FILE, SOURCES_FILE, instance_name
 from medlora.io.dicomweb.client import credentials, mask_url, server_url
 from medlora.io.dicomweb.pull import PullQuery, parse_filters, pull
+from tests.io.dicomweb.conftest import upload, write_studies
 
 
 class Interrupted(Exception):

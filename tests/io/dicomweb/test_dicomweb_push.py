@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import upload, write_studies
 
 from medlora.io.dicomweb.client import open_client
 from medlora.io.dicomweb.objects import Algorithm, FindingCall, build_sc, build_sr, render_overlay
 from medlora.io.dicomweb.push import push
+from tests.io.dicomweb.conftest import upload, write_studies
 
 DCIODVFY = shutil.which("dciodvfy")
 ALGO = Algorithm("tiny-adapter", "a1" * 32, "vit_tiny_patch16_224", "0.1.0")
