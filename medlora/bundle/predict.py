@@ -47,6 +47,8 @@ from tqdm.auto import tqdm
 from ..errors import BundleError, InputError, MedloraError
 from ..evaluate.aggregate import aggregate_scores
 from ..evaluate.familiarity import study_means
+from ..models.aggregator import StudyModel
+from .aggregator import is_study_level, study_model
 from .bundle import Bundle, open_bundle
 from .familiarity import load_feature_stats
 from .loading import (
@@ -154,6 +156,9 @@ class Predictor:
             group = [j for j in range(len(bundles)) if j not in done and same_base(bundle, bundles[j])]
             done.update(group)
             self._load_group(group)
+        for i, bundle in enumerate(bundles):  # a study-level bundle: its slice encoder with its attention pooling
+            if is_study_level(bundle.meta):
+                self.slots[i] = Slot(study_model(self.slots[i].model, bundle), self.slots[i].activate)
 
     def _load_group(self, group: list[int]) -> None:
         """Bundles on one base: load it once; heads swap on one copy, adapters sit side by side."""
@@ -205,12 +210,29 @@ class Predictor:
             logits = slot.model(x).float()
             out.append(torch.sigmoid(logits) if bundle.task == "multilabel" else torch.softmax(logits, 1))
         probs = torch.cat(out).numpy().astype(np.float64) if out else np.empty((0, max(len(bundle.outputs), 2)))
-        if bundle.task == "binary":
-            return probs[:, bundle.abnormal_index], np.empty((len(probs), 0))
-        if bundle.task == "multilabel":
-            return probs.max(axis=1) if len(probs) else np.empty(0), probs
-        normal = bundle.meta["labels"].get("normal")
-        return 1.0 - probs[:, bundle.outputs.index(normal) if normal else 0], probs
+        return _task_scores(bundle, probs)
+
+    @torch.inference_mode()
+    def score_studies(self, index: int, studies: Sequence[str], images: Sequence[torch.Tensor],
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A study-level bundle's :meth:`score_outputs` of the samples of ``studies`` (one key per image):
+        each study's images are scored together, and each image gets its study's scores and its own
+        attention weight ``(n,)``."""
+        bundle, slot = self.bundles[index], self.slots[index]
+        if slot.activate is not None:
+            slot.activate()
+        keys = np.asarray(studies, dtype=object)
+        n_out = max(len(bundle.outputs), 2)
+        probs, attention = np.empty((len(keys), n_out)), np.empty(len(keys))
+        for key in dict.fromkeys(keys.tolist()):
+            at = np.flatnonzero(keys == key)
+            bag = torch.stack([images[i] for i in at])[None].as_subclass(torch.Tensor)
+            logits, weights = slot.model.attend(bag)
+            p = torch.sigmoid(logits.float()) if bundle.task == "multilabel" else torch.softmax(logits.float(), 1)
+            probs[at] = p.numpy()[0]
+            attention[at] = weights.float().numpy()[0]
+        score, per_output = _task_scores(bundle, probs)
+        return score, per_output, attention
 
     @torch.inference_mode()
     def pooled_features(self, index: int, images: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
@@ -220,7 +242,8 @@ class Predictor:
         slot = self.slots[index]
         if slot.activate is not None:
             slot.activate()
-        out = [pre_logits(slot.model, torch.stack(list(images[i:i + self.batch_size])).as_subclass(torch.Tensor))
+        model = slot.model.encoder if isinstance(slot.model, StudyModel) else slot.model  # a slice's own features
+        out = [pre_logits(model, torch.stack(list(images[i:i + self.batch_size])).as_subclass(torch.Tensor))
                .flatten(1).float().numpy() for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out).astype(np.float64) if out else np.empty((0, 0))
 
@@ -280,10 +303,16 @@ class Predictor:
             if key not in inputs_by_key:
                 inputs_by_key[key] = self._inputs(bundle, headers, niftis, errors)
             rows = inputs_by_key[key]
-            scores, per_output = self.score_outputs(i, [x for _, _, x in rows])
+            extra = {}
+            if is_study_level(bundle.meta):  # every image gets its study's score and its attention weight
+                scores, per_output, attention = self.score_studies(i, [r[1] for r in rows], [x for _, _, x in rows])
+                extra = {f"attention{col}": attention}
+            else:
+                scores, per_output = self.score_outputs(i, [x for _, _, x in rows])
             frame = pd.DataFrame({"sample_id": [r[0] for r in rows], "study_key": [r[1] for r in rows],
                                   **({f"score{col}": scores} if bundle.binary_call else {}),
-                                  **{f"score.{n}{col}": per_output[:, k] for k, n in enumerate(bundle.outputs)}})
+                                  **{f"score.{n}{col}": per_output[:, k] for k, n in enumerate(bundle.outputs)},
+                                  **extra})
             samples = frame if samples.empty else samples.merge(frame, on=["sample_id", "study_key"], how="outer")
             if self.stats[i] is not None:
                 familiar[col] = self.familiarity(i, rows)
@@ -379,3 +408,13 @@ def predict_bundles(bundles: list[Path], inputs: list[Path], merge: bool = False
                     verify: bool = True) -> PredictResult:
     """Load ``bundles`` (bases once, verified) and score ``inputs``."""
     return Predictor.from_paths(bundles, verify=verify, merge=merge, secret=secret).predict_files(inputs)
+
+
+def _task_scores(bundle: Bundle, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(abnormal or any-finding score, per-output probabilities)`` of a bundle's ``(n, outputs)`` probabilities."""
+    if bundle.task == "binary":
+        return probs[:, bundle.abnormal_index], np.empty((len(probs), 0))
+    if bundle.task == "multilabel":
+        return probs.max(axis=1) if len(probs) else np.empty(0), probs
+    normal = bundle.meta["labels"].get("normal")
+    return 1.0 - probs[:, bundle.outputs.index(normal) if normal else 0], probs

@@ -30,6 +30,10 @@ class SynthConfig(Strict):
         None, description="multi-label phantoms: each study carries each of these lesion kinds (`nodule`, "
         "`effusion`, `cardiomegaly`, `calcification`) independently, with probability `abnormal_fraction`; "
         "`labels.csv` gets one 0/1 column per kind instead of the normal/abnormal label")
+    lesion_slices: int | None = Field(
+        None, ge=1, description="volume phantoms with the lesion on few slices: the nodule spans about this many "
+        "slices (an ellipsoid) at a random height of the series, so most slices of an abnormal study show nothing "
+        "(binary phantoms; default: a sphere at the centre)")
     site: Literal["a", "b"] = Field(
         "a", description="which hospital's scanner the phantoms imitate (`medlora.io.synth.SITES`): `a` the demo's "
         "own; `b` a second site (blurrier, noisier, offset and compressed intensities, thicker slices, another "

@@ -41,7 +41,15 @@ class ViewConfig(Strict):
     k: int = Field(4, ge=1, description="`every_k`: take every k-th slice")
     slab: int = Field(5, ge=1, description="`slab`: slices of the central slab")
     axis: int = Field(2, ge=0, le=2, description="axis of the RAS volume: 2 axial, 1 coronal, 0 sagittal")
-    aggregate: Literal["max", "mean"] = Field("max", description="how sample scores become a study score")
+    aggregate: Literal["max", "mean", "attention"] = Field(
+        "max", description="how sample scores become a study score: `max`, `mean` (of per-slice scores, training per "
+        "slice), or `attention`: trained per study, a gated-attention pooling over the pooled features of its "
+        "slices/images gives one output per study (`medlora/models/aggregator.py`)")
+    max_slices: int = Field(
+        16, ge=1, description="`aggregate: attention`: slices (samples) of a study per training step, drawn at random "
+        "each time from a larger study; evaluation uses all; a step holds `train.batch_size // max_slices` studies "
+        "(at least one)")
+    attention_dim: int = Field(128, ge=1, description="`aggregate: attention`: hidden size of the attention pooling")
 
 
 class PreprocessConfig(Strict):

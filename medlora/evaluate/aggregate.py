@@ -2,7 +2,8 @@
 
 A study is read as one decision, so clinical metrics are computed per study: several slices or views
 of it become one score (``max``: abnormal if any part looks abnormal, the usual choice for lesion
-detection; ``mean``: a smoother consensus). Labels must agree within a key; a disagreement means the
+detection; ``mean``: a smoother consensus; ``attention``: a study-level model already scored the
+study, and each of its samples carries that one score, taken as it is). Labels must agree within a key; a disagreement means the
 label join is wrong and is an error, never silently resolved. Output keys are sorted (``np.unique``
 order), so results do not depend on the order samples arrived in.
 """
@@ -18,7 +19,7 @@ from medlora.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-AGGREGATIONS = ("max", "mean")
+AGGREGATIONS = ("max", "mean", "attention")
 
 
 def _group(keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +33,7 @@ def aggregate_scores(
     keys: np.ndarray,
     scores: np.ndarray,
     labels: np.ndarray,
-    how: Literal["max", "mean"] = "max",
+    how: Literal["max", "mean", "attention"] = "max",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(unique_keys, key_scores, key_labels)``, one row per distinct key (sorted).
 
@@ -46,7 +47,7 @@ def aggregate_scores(
         raise ValueError(f"scores and labels differ in length: {s.size} vs {y.size}")
     uniq, inv = _group(keys, s.size)
     key_labels = aggregate_attribute(keys, y, name="label")
-    if how == "max":
+    if how in ("max", "attention"):  # attention: the samples of a study carry its one score; max keeps it
         key_scores = np.full(uniq.size, -np.inf)
         np.maximum.at(key_scores, inv, s)
     else:

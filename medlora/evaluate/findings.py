@@ -88,7 +88,8 @@ def study_matrix(frame: pd.DataFrame, names: tuple[str, ...], how: str = "max") 
     """Aggregate per-sample ``score.<name>``/``label.<name>`` columns to one row per study (sorted keys)."""
     score_cols, label_cols = [f"score.{n}" for n in names], [f"label.{n}" for n in names]
     groups = frame.groupby("study_key", sort=True)
-    scores = groups[score_cols].agg(how)
+    # attention: a study model gave every sample of a study the study's scores; max keeps them
+    scores = groups[score_cols].agg("max" if how == "attention" else how)
     first = groups[label_cols + ["patient_key"]].first()
     spread = groups[label_cols].nunique(dropna=False).max(axis=1)
     if (spread > 1).any():

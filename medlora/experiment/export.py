@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import nn
 
+from ..bundle.aggregator import FOLDER as AGGREGATOR_FOLDER
+from ..bundle.aggregator import save_aggregator
 from ..bundle.layout import METADATA_FILE, artifact_of, write_export
 from ..review.build import export_bundle
 from ..tracking import mlflow_run as track
@@ -36,21 +38,26 @@ def record_failure(run_id: str, err: BaseException, tracking_uri: str | None = N
 
 
 def run_export(out: Path, model: nn.Module, metadata: dict[str, Any], tracking_uri: str | None = None,
-               items: dict[str, dict[str, Any]] | None = None) -> Path:
+               items: dict[str, dict[str, Any]] | None = None, aggregator: nn.Module | None = None) -> Path:
     """Export the active run ``metadata["mlflow_run_id"]``: write and log its weights and
     ``medlora.json`` under ``out``, then its review bundle at ``out/bundle`` (also logged to the run
     as ``bundle/``); returns the bundle.
 
     Call it inside the run block, after the run's predictions and metrics are logged. ``items``
-    (sample id → MONAI item) spares re-ingesting the data for the saliency examples.
+    (sample id → MONAI item) spares re-ingesting the data for the saliency examples. ``aggregator`` (a
+    study-level run's attention pooling) is saved beside the method's artifact and pinned in ``medlora.json``.
     """
     out = Path(out)
     run_id = metadata["mlflow_run_id"]
     try:
+        if aggregator is not None:
+            metadata = {**metadata, "aggregator": save_aggregator(out, aggregator)}
         write_export(out, model, metadata)
         art = artifact_of(metadata["method"])
         track.log_artifact(out / METADATA_FILE)
         track.log_artifact(out / art.folder, art.folder)
+        if aggregator is not None:
+            track.log_artifact(out / AGGREGATOR_FOLDER, AGGREGATOR_FOLDER)
         bundle = export_bundle(run_id, out / "bundle", tracking_uri=tracking_uri, overwrite=True, items=items)
         track.log_artifact(bundle, "bundle")  # report, plots, saliency, metrics: on the run that made them
         return bundle

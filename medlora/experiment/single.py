@@ -28,6 +28,7 @@ from . import resume
 from .context import start
 from .export import run_export
 from .feature_stats import write_feature_stats
+from .study import study_training
 from .train_eval import run_head, study_subgroups, train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,20 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
             return make_loader(ds, cfg.train, shuffle, dist)
 
         loaders = {s: loader(ds, s == "train") for s, ds in datasets.items()}
-        # LoRA on the upper blocks only, no augmentation: the frozen blocks below run once per image
-        split = prefix_loaders(model, datasets, loader, device, augment=cfg.preprocess.augment,
-                               every_sample=lambda ds, shuffle: make_loader(ds, cfg.train, shuffle))
-        trained, loaders = split or (model, loaders)
-        result = train_and_evaluate(trained, loaders, cfg, device, built.params.trainable,
+        study = study_training(model, datasets, cfg, device, dist) \
+            if cfg.preprocess.view.aggregate == "attention" else None  # trained on bags of studies
+        trainable = built.params.trainable
+        if study is not None:
+            trained, loaders = study.trained, study.loaders
+            trainable = sum(p.numel() for p in study.study_model.parameters() if p.requires_grad)
+        else:  # LoRA on the upper blocks only, no augmentation: the frozen blocks below run once per image
+            split = prefix_loaders(model, datasets, loader, device, augment=cfg.preprocess.augment,
+                                   every_sample=lambda ds, shuffle: make_loader(ds, cfg.train, shuffle))
+            trained, loaders = split or (model, loaders)
+        result = train_and_evaluate(trained, loaders, cfg, device, trainable,
                                     out=out if dist.is_main else None, checkpoint=checkpoint, dist=dist,
-                                    head=run_head(cfg, data), subgroups=study_subgroups(data, cfg))
+                                    head=run_head(cfg, data), subgroups=study_subgroups(data, cfg),
+                                    augment=study.augment if study is not None else True)
         if dist.is_main:
             stats = write_feature_stats(model, datasets, cfg, device, out)  # familiarity, shipped in the bundle
             if stats is not None:
@@ -84,7 +92,8 @@ def run_single(cfg: Config, out: Path) -> RunSummary:
                                 {str(k): int(v) for k, v in modalities.items()}, thresholds)
             if lineage is not None:
                 meta["lineage"] = {**lineage, "data": {"name": cfg.data.name, "fingerprint": data.fingerprint}}
-            run_export(out, model, meta, ctx.uri, items=items)
+            run_export(out, model, meta, ctx.uri, items=items,
+                       aggregator=study.study_model.pool if study is not None else None)
             resume.forget(out)
         dist.barrier()  # the other ranks end with rank 0, after its export
     return RunSummary(mlrun.info.run_id if mlrun else "", ctx.experiment, ctx.uri, out, result.metrics, str(built.params))

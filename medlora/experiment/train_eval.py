@@ -35,6 +35,7 @@ from ..io.subgroups import subgroup_table
 from ..models.lora import for_inference
 from ..tracking import mlflow_run as track
 from ..tracking import tags as T
+from ..train.bags import BagAugment, predict_studies
 from ..train.distributed import Dist
 from ..train.features import FeatureDataset
 from ..train.head import Head, head_for
@@ -84,9 +85,13 @@ def train_and_evaluate(model: nn.Module, loaders: Mapping[str, Any], cfg: Config
     (:mod:`medlora.evaluate.findings`), logged as ``test_auroc.<finding>``, ``test_auroc_macro``, ...
     ``subgroups`` (one row per study: ``study_key`` and the ``evaluate.subgroups`` columns) gives
     per-subgroup metrics (``test_subgroup_<column>_<value>_...``; multi-label: of "any finding").
+    With ``preprocess.view.aggregate: attention`` the loaders yield bags of studies
+    (:mod:`medlora.experiment.study`) and the predictions carry each slice's ``attention``.
     """
     head = head or head_for(cfg, train_findings(loaders["train"]) if cfg.train.pos_weight else None)
-    augmenter = BatchAugment(seed=cfg.train.seed) if augment and cfg.preprocess.augment else None
+    study = cfg.preprocess.view.aggregate == "attention"  # a study-level model on bags of slices (experiment.study)
+    augmenter = (BagAugment if study else BatchAugment)(seed=cfg.train.seed) if augment and cfg.preprocess.augment \
+        else None
     result = fit(
         model, loaders["train"], loaders["val"], cfg.train, device, abnormal_index(cfg), val_metric=val_metric(cfg, head),
         on_epoch=log_epoch, augment=augmenter, checkpoint=checkpoint, dist=dist, head=head,
@@ -124,10 +129,16 @@ def evaluate_trained(model: nn.Module, result: TrainResult, loaders: Mapping[str
     how, names, abnormal = cfg.preprocess.view.aggregate, head.names, abnormal_index(cfg)
     # the best epoch's validation predictions are those of the restored weights (eval mode is deterministic)
     dist = dist or Dist()
-    val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal, head,
-                                                             autocast=False))
-    test = dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal, head,
-                                           autocast=False))
+    # a study model's final scores: one row per slice with its study's score and the slice's attention
+    study = how == "attention"
+    if study:
+        val = dist.gather_predictions(predict_studies(model, loaders["val"], device, abnormal, head))
+        test = dist.gather_predictions(predict_studies(for_inference(model), loaders["test"], device, abnormal, head))
+    else:  # evaluation in fp32 whatever the training precision
+        val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal, head,
+                                                                 autocast=False))
+        test = dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal, head,
+                                               autocast=False))
     multi = test_matrix = None
     if head.multi:
         test_matrix = study_matrix(test.frame(), names, how)

@@ -6,7 +6,9 @@ ellipse (soft tissue), two lungs (air-filled parenchyma), a spine (bone) and noi
 slice of the series. Pixels are stored as unsigned 16-bit with ``RescaleIntercept=-1024`` so that
 readers must apply the Modality LUT to get Hounsfield units, and each file carries a lung
 ``WindowCenter/WindowWidth``. Patients carry synthetic names, IDs and birth dates so that
-de-identification can be tested. Everything is deterministic from ``seed``.
+de-identification can be tested. Everything is deterministic from ``seed``. With ``lesion_slices`` the
+nodule is an ellipsoid spanning about that many slices at a random height of the series: a volume
+phantom whose abnormal studies show the lesion on a few slices only (study-level training's test).
 
 With ``findings`` (multi-label mode) every study carries each listed lesion kind independently
 (``nodule``: a solid disk in a lung; ``effusion``: fluid filling the base of one lung;
@@ -64,7 +66,15 @@ class SynthResult:
     abnormal_studies: int
 
 
-def _phantom(rng: np.random.Generator, size: int, z: float, lesion: tuple[float, float, float, float] | None) -> np.ndarray:
+def _slice_radius2(rad: float, z: float, z0: float, z_half: float | None) -> float:
+    """The squared radius on slice ``z`` of a lesion of in-plane radius ``rad`` centred on slice ``z0``: a
+    sphere, or with ``z_half`` an ellipsoid reaching ``z_half`` slices either side."""
+    dz = (z - z0) if z_half is None else (z - z0) * rad / z_half
+    return rad**2 - dz**2
+
+
+def _phantom(rng: np.random.Generator, size: int, z: float, lesion: tuple[float, float, float, float] | None,
+             z_half: float | None = None) -> np.ndarray:
     """One slice in HU. ``lesion`` = (row, col, z-centre, radius) in pixels, or None."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     c = size / 2
@@ -78,7 +88,7 @@ def _phantom(rng: np.random.Generator, size: int, z: float, lesion: tuple[float,
     hu[spine] = 700.0
     if lesion is not None:
         r0, c0, z0, rad = lesion
-        r_slice2 = rad**2 - (z - z0) ** 2
+        r_slice2 = _slice_radius2(rad, z, z0, z_half)
         if r_slice2 > 0:
             nodule = (yy - r0) ** 2 + (xx - c0) ** 2 <= r_slice2
             hu[nodule] = 30.0
@@ -150,7 +160,7 @@ def _ellipse(yy: np.ndarray, xx: np.ndarray, e: tuple[float, float, float, float
     return ((yy - e[0]) / e[2]) ** 2 + ((xx - e[1]) / e[3]) ** 2 <= 1
 
 
-def _subtle_phantom(rng: np.random.Generator, size: int, z: float, a: _Anatomy) -> np.ndarray:
+def _subtle_phantom(rng: np.random.Generator, size: int, z: float, a: _Anatomy, z_half: float | None = None) -> np.ndarray:
     """One subtle slice in HU: textured lungs, vessels drifting with ``z``, a faint soft nodule."""
     from scipy.ndimage import gaussian_filter
 
@@ -171,7 +181,7 @@ def _subtle_phantom(rng: np.random.Generator, size: int, z: float, a: _Anatomy) 
         inside += contrast * np.exp(-d2 / (2 * rad**2))
     if a.nodule is not None:
         r, col, z0, rad, contrast = a.nodule
-        r_slice2 = rad**2 - (z - z0) ** 2
+        r_slice2 = _slice_radius2(rad, z, z0, z_half)
         if r_slice2 > 0:
             d2 = (yy - r) ** 2 + (xx - col) ** 2
             inside += contrast / (1 + np.exp((np.sqrt(d2) - np.sqrt(r_slice2)) / 0.6))  # solid, soft edge
@@ -292,6 +302,7 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
     abnormal[rng.choice(cfg.patients, n_abnormal, replace=False)] = True
     kinds = list(cfg.findings or [])
     frng = np.random.default_rng([seed, 15])  # multi-label draws: the binary phantoms stay as they were
+    zrng = np.random.default_rng([seed, 16])  # lesion heights (lesion_slices): the other phantoms stay as they were
     present = frng.random((cfg.patients, len(kinds))) < cfg.abnormal_fraction
     if kinds:
         abnormal[:] = False  # the lesion kinds replace the single nodule
@@ -325,11 +336,20 @@ def write_phantoms(out: Path, cfg: SynthConfig) -> SynthResult:
                 float(rad),
             )
         lesions = {k: _finding_params(frng, k, size) for k, has in zip(kinds, present[p], strict=True) if has}
+        z_half = None
+        if cfg.lesion_slices and abnormal[p]:  # the lesion on a few slices at a random height (own draws)
+            z_half = cfg.lesion_slices / 2
+            n = cfg.images_per_patient
+            z0 = float(zrng.uniform(min(z_half, (n - 1) / 2), max(n - 1 - z_half, (n - 1) / 2)))
+            if lesion is not None:
+                lesion = (*lesion[:2], z0, lesion[3])
+            if anatomy is not None and anatomy.nodule is not None:
+                anatomy.nodule = (*anatomy.nodule[:2], z0, *anatomy.nodule[3:])
         series_dir = out / f"patient{p:04d}" / "study1" / "series1"
         series_dir.mkdir(parents=True, exist_ok=True)
         for i in range(cfg.images_per_patient):
-            hu = _phantom(rng, size, float(i), lesion) if anatomy is None else \
-                _subtle_phantom(rng, size, float(i), anatomy)
+            hu = _phantom(rng, size, float(i), lesion, z_half) if anatomy is None else \
+                _subtle_phantom(rng, size, float(i), anatomy, z_half)
             for kind, params in lesions.items():
                 _add_finding(hu, kind, params)
             hu = _site_effects(hu, rng, site)
@@ -355,6 +375,8 @@ def _stamp(cfg: SynthConfig) -> dict:
     settings = cfg.model_dump(mode="json")
     if settings.get("site") == "a":  # the demo's own site: folders written before sites existed stay valid
         del settings["site"]
+    if settings.get("lesion_slices") is None:  # likewise for folders written before lesion_slices existed
+        settings.pop("lesion_slices", None)
     return {"generator": GENERATOR_VERSION, **settings}
 
 

@@ -35,11 +35,13 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ..bundle.aggregator import copy_aggregator
 from ..bundle.bundle import Bundle
 from ..bundle.familiarity import FEATURE_STATS_FILE
 from ..bundle.layout import (
@@ -58,6 +60,7 @@ from ..errors import BundleError, MedloraError
 from ..evaluate.operating_point import OperatingPoint
 from ..hashing import sha256_file
 from ..tracking import mlflow_run as track
+from .attention import write_attention
 from .card import model_card, too_small
 from .figures import KINDS, pick_examples, sample_items, write_plots, write_saliency
 from .html import Figure, render_report
@@ -144,6 +147,9 @@ def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.Data
     target = bundle.abnormal_index if bundle.task == "binary" else None
     figs, methods, problems = write_saliency(model, bundle.preprocess(), examples, items, bundle.threshold,
                                              tmp / "saliency", target=target, labels=names)
+    if "attention" in samples:  # a study model: saliency on its most attended slice, then the slices it attended to
+        figs = [replace(f, caption=f.caption.replace("highest-scoring image", "most attended slice")) for f in figs]
+        figs += write_attention(examples, samples, items, bundle.preprocess(), tmp / "saliency", names)
     if not figs:
         if problems:
             return [], f"Saliency omitted: no map could be drawn for this model ({problems[0]})."
@@ -156,6 +162,10 @@ def _saliency(tmp: Path, bundle: Bundle, studies: pd.DataFrame, samples: pd.Data
     absent = [name for (kind, _, _), name in KINDS.items() if kind not in {e[0] for e in examples}]
     if absent:
         note += f" The test set has no {', no '.join(absent)} at this operating point."
+    if "attention" in samples:
+        note += (" The model scores each study from all its slices (gated-attention pooling); the overlays are "
+                 "drawn on the slice with the highest attention, and each example's attention over its slices "
+                 "follows, with the most attended slices.")
     if problems:
         note += f" {len(problems)} example(s) omitted: {problems[0]}."
     return figs, note
@@ -195,6 +205,7 @@ def build_bundle(tmp: Path, local: Path, run_id: str, phi_sources: list[Path], d
     check_test_size(metrics, meta["labels"], run_id, strict)
     config = read_config_file(local / "config.yaml") if (local / "config.yaml").is_file() else {}
     copy_weights(local, tmp, meta, f"run {run_id}")
+    copy_aggregator(local, tmp, meta, f"run {run_id}")
     meta["base"] = bundle_base(meta, tmp)
     meta["samples"] = sample_rules(config.get("data") or {})
     meta["export"] = {"exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

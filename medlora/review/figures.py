@@ -57,7 +57,8 @@ def write_plots(studies: pd.DataFrame, op: OperatingPoint, classes: tuple[str, s
 
 
 def pick_examples(studies: pd.DataFrame, samples: pd.DataFrame, per_kind: int = 2) -> list[tuple[str, str, Any]]:
-    """``(kind, sample_id, row)`` of the most confident test examples of each kind (TP, FN, FP, TN)."""
+    """``(kind, sample_id, row)`` of the most confident test examples of each kind (TP, FN, FP, TN); the
+    sample shown is the study's highest-scoring one, or with a study model's ``attention`` the most attended."""
     test = studies[studies["split"] == "test"]
     picked = []
     for (kind, label, call), _ in KINDS.items():
@@ -65,7 +66,8 @@ def pick_examples(studies: pd.DataFrame, samples: pd.DataFrame, per_kind: int = 
         rows = rows.sort_values("score", ascending=(kind in ("fn", "tn"))).head(per_kind)
         for row in rows.itertuples():
             imgs = samples[(samples["split"] == "test") & (samples["study_key"] == row.study_key)]
-            picked.append((kind, imgs.sort_values("score", ascending=False)["sample_id"].iloc[0], row))
+            by = "attention" if "attention" in imgs else "score"
+            picked.append((kind, imgs.sort_values(by, ascending=False, kind="stable")["sample_id"].iloc[0], row))
     return picked
 
 

@@ -64,11 +64,13 @@ def output_studies(samples: pd.DataFrame, outputs: list[str], how: str, threshol
 
 def sample_predictions(samples: pd.DataFrame, threshold: float | None, outputs: list[str] | None = None) -> pd.DataFrame:
     """Per-sample rows with the image-level call at the same threshold (none without one), and each
-    output's ``score.<name>`` for a multi-label/multi-class run."""
+    output's ``score.<name>`` for a multi-label/multi-class run, and a study model's slice ``attention``."""
     keys = ["split", "sample_id", "study_key", "patient_key"]
     out = samples[keys + ([] if threshold is None else ["label", "score"])].copy()
     if threshold is not None:
         out["call"] = (out["score"] >= threshold).astype(int)
     for name in outputs or []:
         out[f"score.{name}"] = samples[f"score.{name}"].to_numpy()
+    if "attention" in samples:  # a study model: each slice's weight in its study's score
+        out["attention"] = samples["attention"].to_numpy()
     return out

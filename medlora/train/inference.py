@@ -35,12 +35,15 @@ class Predictions:
     targets: np.ndarray | None = None
 
     def frame(self) -> pd.DataFrame:
-        """One row per sample; with several outputs also ``score.<name>`` and ``label.<name>`` columns."""
+        """One row per sample; with several outputs also ``score.<name>`` and ``label.<name>`` columns, and a
+        column per ``extra``."""
         df = pd.DataFrame({"sample_id": self.sample_id, "study_key": self.study_key, "patient_key": self.patient_key,
                            "label": self.label, "score": self.score})
         if self.scores is not None and self.targets is not None:
             df = pd.concat([df, pd.DataFrame(self.scores, columns=[f"score.{n}" for n in self.names]),
                             pd.DataFrame(self.targets, columns=[f"label.{n}" for n in self.names])], axis=1)
+        for name, values in self.extra.items():  # per-sample extras, e.g. a study model's slice ``attention``
+            df[name] = values
         return df
 
 

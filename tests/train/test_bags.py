@@ -1,0 +1,88 @@
+"""Studies as bags: grouping by study, the bound on training bags, padding, the refusal for 2D-only data."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from medlora.train.bags import StudyBags, bag_loader, collate_bags, studies_per_step
+
+
+class _Samples(torch.utils.data.Dataset):
+    """Manifest-like samples (``data``: the items) whose image is its own index."""
+
+    def __init__(self, studies: dict[str, int]) -> None:
+        self.data = [{"study_key": k, "patient_key": f"p{k}", "sample_id": f"{k}-{i}", "label": int(k == "b"),
+                      "image": torch.full((1, 2, 2), float(j))}
+                     for j, (k, i) in enumerate((k, i) for k, n in studies.items() for i in range(n))]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.data[i]
+
+
+def test_training_bags_hold_at_most_max_slices_in_slice_order_and_evaluation_bags_all(caplog) -> None:
+    samples = _Samples({"a": 10, "b": 3, "c": 1})
+    with caplog.at_level(logging.INFO, logger="medlora.train.bags"):
+        train = StudyBags(samples, max_slices=4, seed=0, name="train")
+    assert sum("max_slices=4" in r.message for r in caplog.records) == 1  # said once
+    assert train.sizes() == [10, 3, 1]
+    draws = [train[0]["image"][:, 0, 0, 0].tolist() for _ in range(5)]
+    assert all(len(d) == 4 and d == sorted(d) and set(d) <= set(range(10)) for d in draws)
+    assert len({tuple(d) for d in draws}) > 1  # drawn anew each time
+    assert len(train[1]["image"]) == 3 and len(train[2]["image"]) == 1  # smaller studies whole; one slice: a bag of one
+    evaluation = StudyBags(samples)
+    assert evaluation[0]["image"][:, 0, 0, 0].tolist() == list(range(10))
+    assert evaluation[1]["label"] == 1 and evaluation[1]["sample_id"] == "b"
+    assert evaluation[1]["members"] == ["b-0", "b-1", "b-2"]
+
+
+def test_collate_pads_shorter_studies_with_nan_slices() -> None:
+    bags = StudyBags(_Samples({"a": 3, "b": 1}))
+    batch = collate_bags([bags[0], bags[1]])
+    assert batch["image"].shape == (2, 3, 1, 2, 2)
+    assert torch.isnan(batch["image"][1, 1:]).all() and not torch.isnan(batch["image"][1, 0]).any()
+    assert batch["label"].tolist() == [0, 1] and batch["study_key"] == ["a", "b"]
+
+
+def test_a_training_step_holds_batch_size_worth_of_full_bags() -> None:
+    from medlora.config import TrainConfig
+
+    cfg = TrainConfig(batch_size=32)
+    assert studies_per_step(cfg, 16) == 2 and studies_per_step(cfg, 64) == 1
+    loader = bag_loader(StudyBags(_Samples({"a": 2, "b": 2, "c": 2}), max_slices=2), cfg, True, studies=2)
+    assert [len(b["label"]) for b in loader] == [2, 1]
+
+
+def test_attention_is_refused_when_every_study_is_one_image(tmp_path) -> None:
+    from medlora.config import config_from_dict
+    from medlora.errors import ConfigError
+    from medlora.experiment.study import require_bags
+
+    cfg = config_from_dict({"data": {"name": "xrays", "root": str(tmp_path)},
+                            "preprocess": {"view": {"aggregate": "attention"}}})
+    with pytest.raises(ConfigError, match="every study of data 'xrays' has one sample.*nothing to pool"):
+        require_bags({"train": [1, 1], "val": [1], "test": [1]}, cfg)
+    require_bags({"train": [1, 3], "val": [1], "test": [1]}, cfg)  # one study with several images is enough
+
+
+def test_attention_is_refused_outside_single_runs(tmp_path) -> None:
+    from medlora.config import config_from_dict
+    from medlora.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="pipeline: classify only"):
+        config_from_dict({"pipeline": "fewshot", "fewshot": {}, "data": {"name": "x", "root": str(tmp_path)},
+                          "preprocess": {"view": {"aggregate": "attention"}}})
+
+
+def test_study_scores_pass_through_the_attention_aggregation() -> None:
+    from medlora.evaluate.aggregate import aggregate_scores
+
+    keys, scores, labels = aggregate_scores(np.array(["s2", "s1", "s2"]), np.array([0.7, 0.2, 0.7]),
+                                            np.array([1, 0, 1]), how="attention")
+    assert keys.tolist() == ["s1", "s2"] and scores.tolist() == [0.2, 0.7] and labels.tolist() == [0, 1]
