@@ -153,7 +153,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     out = Path(args.out) if args.out else Path("runs") / f"validate-{Path(args.bundle).name}-{cfg.data.name}"
-    summary = run_validate(Path(args.bundle), cfg, out, args.calibrate_on, args.strict)
+    summary = run_validate(Path(args.bundle), cfg, out, args.calibrate_on, args.strict, args.push)
     m = summary.metrics
     print(f"validated {args.bundle} on {summary.n_studies} site studies: test AUROC {m.get('test_auroc', float('nan')):.3f} "
           f"[{m.get('test_auroc_delong_ci_low', float('nan')):.3f}, {m.get('test_auroc_delong_ci_high', float('nan')):.3f}], "
@@ -164,6 +164,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"report: {out / 'validation.html'}" + (f"; MLflow run {summary.run_id}" if summary.run_id else ""))
     if summary.adjusted_bundle is not None:
         print(f"site-adjusted bundle: {summary.adjusted_bundle}")
+    if summary.pushed is not None:
+        print(summary.pushed.describe())
     return 0
 
 
@@ -244,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refit threshold and calibration on this share of the site's patients (or this split of "
                         "data.split) and evaluate on the others only; writes an adjusted bundle")
     v.add_argument("--strict", action="store_true", help="refuse a site set below evaluate.min_per_class per class")
+    v.add_argument("--push", metavar="URL", help="also send each study's findings (Comprehensive SR) and saliency "
+                                               "(Secondary Capture) back to the PACS the studies came from (STOW-RS)")
     v.set_defaults(func=_cmd_validate)
     pl = sub.add_parser("pull", help="pull studies from a DICOMweb server (PACS) into a local cache that ingest reads "
                                      "(data.root); credentials from $MEDLORA_DICOMWEB_TOKEN, "

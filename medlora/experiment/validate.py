@@ -15,6 +15,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,7 @@ class ValidationSummary:
     metrics: dict[str, float]
     n_studies: int
     adjusted_bundle: Path | None = None
+    pushed: Any = None  # what --push sent (medlora.io.dicomweb.push.PushResult)
 
 
 def study_table(scores: SiteScores, bundle: Bundle, cfg: Config, stats: FeatureStats | None) -> pd.DataFrame:
@@ -87,10 +89,16 @@ def _site_set(studies: pd.DataFrame, column: str = "score") -> SiteSet:
 
 
 def run_validate(bundle_path: Path, cfg: Config, out: Path, calibrate_on: str | None = None,
-                 strict: bool = False) -> ValidationSummary:
-    """Validate the bundle at ``bundle_path`` on the studies of ``cfg.data``; outputs go to ``out``."""
+                 strict: bool = False, push: str | None = None) -> ValidationSummary:
+    """Validate the bundle at ``bundle_path`` on the studies of ``cfg.data``; outputs go to ``out``. With
+    ``push`` (the DICOMweb URL of the PACS the studies came from) each study's findings at the shipped
+    operating point also go back there, as ``medlora predict --push`` sends them."""
     out = Path(out)
     calibrate = parse_calibrate_on(calibrate_on)
+    if push is not None:  # a URL with credentials is refused before any work
+        from ..io.dicomweb.client import server_url
+
+        server_url(push)
     require_verified(Path(bundle_path))
     bundle = open_bundle(Path(bundle_path))
     if not bundle.binary_call:
@@ -130,9 +138,15 @@ def run_validate(bundle_path: Path, cfg: Config, out: Path, calibrate_on: str | 
            "site_adjustment": adjustment.to_json() if adjustment is not None else None}
     write_outputs(out, evaluated, doc, result, bundle, stats, data.card.name if data.card is not None else cfg.data.name)
     run_id = log_validation(ctx, bundle, metrics, out)
+    pushed = None
+    if push is not None:
+        from ..review.push import push_predictions
+
+        inputs = [Path(cfg.data.root)]
+        pushed = push_predictions(predictor, predictor.predict_files(inputs), inputs, push)
     log.info("validated %s on %d site studies: AUROC %.3f at the shipped threshold %.4g (outputs in %s)",
              bundle.name, len(evaluated), metrics.get("test_auroc", float("nan")), bundle.threshold, out)
-    return ValidationSummary(out, run_id, metrics, len(evaluated), adjusted_path)
+    return ValidationSummary(out, run_id, metrics, len(evaluated), adjusted_path, pushed)
 
 
 def _check_size(evaluated: pd.DataFrame, cfg: Config, strict: bool) -> None:

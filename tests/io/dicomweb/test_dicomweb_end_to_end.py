@@ -102,6 +102,19 @@ def test_pull_run_predict_push_round_trip(round_trip, orthanc, capsys):
         assert value not in said.out + said.err
 
 
+def test_a_validation_pushes_its_findings_to_the_pacs_too(round_trip, orthanc, capsys):
+    """``medlora validate --push``: the same findings objects as predict's, so the PACS already has them."""
+    from medlora.cli import main
+
+    cfg_file = round_trip["tmp"] / "pulled.yaml"
+    capsys.readouterr()
+    assert main(["validate", str(round_trip["out"] / "bundle"), str(cfg_file), "--out", str(round_trip["tmp"] / "v"),
+                 "--push", orthanc.url]) == 0
+    said = capsys.readouterr().out
+    assert "already there (skipped)" in said and f"sent to {orthanc.url}" in said
+    assert (round_trip["tmp"] / "v" / "validation.html").is_file()
+
+
 def test_identifiers_stay_in_the_cache_and_on_the_pacs(round_trip):
     """The run's outputs (MLflow store, bundle, reports, predictions) hold no UID, ID, name or accession."""
     import pydicom
