@@ -33,6 +33,7 @@ from ..evaluate.familiarity import FeatureStats
 from ..evaluate.operating_point import OperatingPoint
 from ..evaluate.stage import study_scores, test_subgroups
 from ..evaluate.validation import ValidationResult, validate_scores, validation_json, validation_metrics
+from ..evaluate.validation_findings import finding_metrics, finding_rows
 from ..io.findings import normal_vs_abnormal
 from ..io.site import CALIBRATION, EVALUATION, parse_calibrate_on, prepare_site_data
 from ..transforms.samples import with_views
@@ -104,6 +105,9 @@ def run_validate(bundle_path: Path, cfg: Config, out: Path, calibrate_on: str | 
     if not bundle.binary_call:
         raise BundleError(f"{bundle.path}: a multi-class model without data.normal makes no abnormal-vs-normal call; "
                           "validate needs the bundle's 'any finding' operating point")
+    if bundle.aggregate == "attention":
+        raise BundleError(f"{bundle.path} is a study-level (attention) model; validate scores slice by slice and does "
+                          "not support it yet: score its studies with medlora predict")
     notes = check_labels(bundle, cfg.data)
     predictor = Predictor([bundle])  # loads the base and checks its sha256 before any study is read
     stats = load_feature_stats(bundle)
@@ -132,8 +136,11 @@ def run_validate(bundle_path: Path, cfg: Config, out: Path, calibrate_on: str | 
         adjustment = adjust_on_site(bundle, studies[studies["split"] == CALIBRATION], evaluated, cfg.evaluate,
                                     seed=cfg.train.seed)
         adjusted_path = write_adjusted_bundle(bundle, adjustment, out / "adjusted_bundle", cfg.data.name)
-    metrics = validation_metrics(result)
-    doc = {**validation_json(result), "notes": notes, "bundle": _bundle_summary(bundle),
+    findings = finding_rows(scores.samples[scores.samples["split"] == EVALUATION], cfg.data.task, list(cfg.data.outputs),
+                            bundle.output_thresholds, bundle.aggregate, op.policy, cfg.evaluate,
+                            seed=cfg.train.seed) if bundle.outputs else []
+    metrics = {**validation_metrics(result), **finding_metrics(findings)}
+    doc = {**validation_json(result), "notes": notes, "bundle": _bundle_summary(bundle), "findings": findings,
            "skipped_files": int(len(data.skipped)),
            "site_adjustment": adjustment.to_json() if adjustment is not None else None}
     write_outputs(out, evaluated, doc, result, bundle, stats, data.card.name if data.card is not None else cfg.data.name)

@@ -43,6 +43,23 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
     return f'<table class="metrics">{head}<tbody>{"".join(map(_comparison_row, rows))}</tbody></table>'
 
 
+def _findings(rows: list[dict[str, Any]]) -> str:
+    """Each finding (class) the site labels, at the threshold the bundle shipped for it."""
+    if not rows:
+        return ""
+    head = ("<thead><tr><th>finding</th><th>studies (positive)</th><th>shipped threshold</th><th>AUROC</th>"
+            "<th>sensitivity</th><th>specificity</th></tr></thead>")
+    body = "".join(
+        f"<tr><th>{html.escape(r['finding'])}</th><td class=num>{r.get('n', 0)} ({r.get('n_positive', 0)})</td>"
+        f"<td class=num>{_num(r.get('threshold'), 4)}</td>"
+        + ("".join(f"<td class=num>{_num(r.get(m))} {_band(r.get(m + '_ci'))}</td>"
+                   for m in ("auroc", "sensitivity", "specificity")) if "auroc" in r
+           else f"<td colspan=3>{html.escape(r.get('note', ''))}</td>") + "</tr>" for r in rows)
+    return (f"<h2>Findings at their shipped thresholds</h2><p>Each finding judged one against the rest at the "
+            f"threshold the bundle shipped for it; the rows above are its \"any finding\" score.</p>"
+            f"<table class=metrics>{head}<tbody>{body}</tbody></table>")
+
+
 def _familiarity(fam: dict[str, Any]) -> str:
     if not fam.get("available"):
         return "<p>Not available: the bundle carries no feature statistics of its training studies.</p>"
@@ -110,6 +127,7 @@ def render_validation(doc: dict[str, Any], labels: dict[str, Any], plots: list[F
 <h2>The bundle and the site</h2><div class="facts">{_rows(facts)}</div>
 <h2>Internal vs external</h2>{comparison}
 <h2>Site performance at the shipped operating point</h2>{_metric_table(doc, labels)}
+{_findings(doc.get('findings') or [])}
 <h2>Calibration</h2>{calib}
 <h2>Where it does not hold</h2><h3>Score distributions</h3>{shift_p}
 <h3>Studies unlike the training studies (familiarity)</h3>{_familiarity(doc.get('familiarity') or {})}

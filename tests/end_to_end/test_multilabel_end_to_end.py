@@ -69,3 +69,38 @@ def test_multilabel_run_logs_per_finding_metrics(tmp_path, tiny_cfg):
     targets = test_rows[[f"label.{f}" for f in FINDINGS]]
     known = targets.eq(1).any(axis=1) | targets.notna().all(axis=1)
     assert known.sum() == doc["counts"]["n"]
+
+
+@pytest.mark.slow
+def test_a_multilabel_bundle_is_validated_finding_by_finding(tmp_path, tiny_cfg):
+    """``medlora validate`` of a multi-label bundle on a second site labelling two of its three findings."""
+    import yaml
+
+    from medlora.cli import main
+    from medlora.config import SynthConfig, config_to_dict
+    from medlora.experiment.single import run_single
+    from medlora.io.synth import write_phantoms
+
+    root, site = tmp_path / "data", tmp_path / "site"
+    write_phantoms(root, SynthConfig(patients=60, images_per_patient=1, size=32, seed=3, findings=FINDINGS))
+    write_phantoms(site, SynthConfig(patients=40, images_per_patient=1, size=32, seed=4, site="b",
+                                     findings=["effusion", "cardiomegaly"]))
+    multi = {"data.task": "multilabel", "train.epochs": 6}
+    cfg = tiny_cfg(root, tmp_path, **multi, **{"data.findings": "[nodule, effusion, cardiomegaly]"})
+    run_single(cfg, tmp_path / "out")
+    site_cfg = tiny_cfg(site, tmp_path / "s", **multi, **{"data.findings": "[effusion, cardiomegaly]",
+                                                          "data.name": "site_multi"})
+    (tmp_path / "s").mkdir(exist_ok=True)
+    cfg_file = tmp_path / "s" / "site.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_to_dict(site_cfg)))
+    out = tmp_path / "validation"
+    assert main(["validate", str(tmp_path / "out" / "bundle"), str(cfg_file), "--out", str(out)]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    meta = json.loads((tmp_path / "out" / "bundle" / "medlora.json").read_text())
+    rows = {r["finding"]: r for r in doc["findings"]}
+    assert set(rows) == {"effusion", "cardiomegaly"}
+    for name, row in rows.items():
+        assert row["n"] == 40 and row["threshold"] == pytest.approx(meta["operating_point"]["per_output"][name])
+        assert 0 <= row["auroc"] <= 1 and len(row["auroc_ci"]) == 2
+    assert any("nodule" in n for n in doc["notes"])  # the finding the site does not label is named
+    assert "Findings at their shipped thresholds" in (out / "validation.html").read_text()
