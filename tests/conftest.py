@@ -221,6 +221,21 @@ def plain_reload_scores():
     return score
 
 
+def stop_process_group(proc) -> None:
+    """End a server started in its own process group (``start_new_session``): SIGTERM, then SIGKILL after 20 s."""
+    import signal
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def free_port() -> int:
     import socket
 
@@ -262,17 +277,7 @@ class MlflowServer:
 
     def stop(self) -> None:
         """Stop the server and its workers (its own process group)."""
-        import signal
-        import subprocess
-
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process_group(self.proc)
 
 
 @pytest.fixture

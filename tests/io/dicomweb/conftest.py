@@ -10,7 +10,6 @@ Orthanc binary or its DICOMweb plugin, these tests skip with the reason.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -20,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import stop_process_group
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -105,14 +106,7 @@ class Orthanc:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process_group(self.proc)
 
 
 @pytest.fixture(scope="session")
