@@ -5,8 +5,8 @@
 
 1. the machine: CPU, the flags that decide ``train.precision: auto`` (AVX-512, AVX512-BF16, AMX), the
    precision every row trained in, the 1-minute load and the fp32 GEMM peak before and after;
-2. the sweep of :mod:`benchmarks.sweep` (BreastMNIST as DICOM, 3 methods × shots × seeds) in one
-   process: the naive loop (CPU only), medlora one by one (``together: off``) and medlora together
+2. the sweep of :mod:`benchmarks.sweep` (BreastMNIST as DICOM, 3 methods × shots × seeds; ``--demo``: at
+   ``configs/fewshot_demo.yaml``'s size) in one process: the naive loop (CPU only), medlora one by one (``together: off``) and medlora together
    (``auto``); then the LoRA points alone (one by one vs together); each child's own training time
    (``train_seconds``) summed apart from the rest (evaluation, bootstrap, MLflow: the fixed costs);
 3. the scaling table: N = 1, 2, 4, 8, 16 LoRA points of the demo's model (ViT-Ti/8, 6 blocks, 64 px,
@@ -34,6 +34,9 @@ SWEEP = {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 4, "depth": 6
          "size": 28, "epochs": 2, "batch": 32, "lr": 3e-3, "shots": [1, 5, 10, "all"], "seeds": [0, 1, 2],
          "methods": ["lora", "linear_probe", "full"], "limit": 64, "bootstrap": 200}  # benchmarks/sweep.py's
 SMALL = {**SWEEP, "shots": [1, 5, "all"], "seeds": [0, 1]}  # 18 points, for a loaded machine
+# configs/fewshot_demo.yaml-size work: its model (ViT-Ti/8, 6 blocks, 64 px), 12 epochs, 36 points, ~360 training images
+DEMO = {**SWEEP, "kwargs": {"patch_size": 8, "depth": 6, "global_pool": "avg"}, "size": 64, "epochs": 12,
+        "limit": 360, "bootstrap": 500}
 QUICK = {**SWEEP, "kwargs": {"patch_size": 4, "depth": 1, "global_pool": "avg"}, "epochs": 1, "shots": [1, "all"],
          "seeds": [0, 1], "limit": 16, "bootstrap": 20}
 DEMO_MODEL = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 64, "patch_size": 8, "depth": 6, "global_pool": "avg"},
@@ -249,12 +252,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", default=["sweep", "scaling", "profile"])
     p.add_argument("--scaling", nargs="*", type=int, default=[1, 2, 4, 8, 16])
     p.add_argument("--small", action="store_true", help="18 sweep points (shots 1, 5, all; seeds 0, 1) instead of 36")
+    p.add_argument("--demo", action="store_true",
+                   help="the sweep at configs/fewshot_demo.yaml's size: ViT-Ti/8 at 64 px, 12 epochs, 360 training images")
     p.add_argument("--lora-only", action="store_true", help="the sweep rows of the LoRA points only")
     p.add_argument("--bmm-max", type=int, default=16, help="time the bmm kernel up to this many points")
     p.add_argument("--steps", type=int, default=2, help="timed steps per scaling row (after one warm-up step)")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
-    s = QUICK if a.quick else SMALL if a.small else SWEEP
+    s = QUICK if a.quick else SMALL if a.small else DEMO if a.demo else SWEEP
     for module in ("timm", "peft", "pydicom", "monai", "mlflow", "pipelines.fewshot", "benchmarks.naive_loop",
                    "sklearn.metrics", "torchvision.transforms.v2"):
         importlib.import_module(module)  # imports excluded from every clock

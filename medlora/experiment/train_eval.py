@@ -122,10 +122,12 @@ def log_epoch(e: EpochLog) -> None:
 
 def evaluate_trained(model: nn.Module, result: TrainResult, loaders: Mapping[str, Any], cfg: Config,
                      device: torch.device, trainable_params: int, head: Head, out: Path | None = None,
-                     dist: Dist | None = None, subgroups: pd.DataFrame | None = None) -> ExperimentResult:
+                     dist: Dist | None = None, subgroups: pd.DataFrame | None = None,
+                     test: Predictions | None = None) -> ExperimentResult:
     """The second half of :func:`train_and_evaluate`: ``model``, trained (``result``), evaluated on
     ``loaders['test']`` and its final metrics and files logged, as after ``fit`` (also for a model trained
-    elsewhere, e.g. among other LoRA points: :mod:`medlora.train.together`)."""
+    elsewhere, e.g. among other LoRA points: :mod:`medlora.train.together`, which passes the ``test``
+    predictions it scored for all its points in one pass)."""
     how, names, abnormal = cfg.preprocess.view.aggregate, head.names, abnormal_index(cfg)
     # the best epoch's validation predictions are those of the restored weights (eval mode is deterministic)
     dist = dist or Dist()
@@ -137,8 +139,8 @@ def evaluate_trained(model: nn.Module, result: TrainResult, loaders: Mapping[str
     else:  # evaluation in fp32 whatever the training precision
         val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal, head,
                                                                  autocast=False))
-        test = dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal, head,
-                                               autocast=False))
+        test = test or dist.gather_predictions(predict(for_inference(model), loaders["test"], device, abnormal, head,
+                                                       autocast=False))
     multi = test_matrix = None
     if head.multi:
         test_matrix = study_matrix(test.frame(), names, how)

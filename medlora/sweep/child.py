@@ -26,6 +26,7 @@ from ..tracking import mlflow_run as track
 from ..tracking import tags as T
 from ..train.features import probe_head
 from ..train.head import Head
+from ..train.inference import Predictions
 from ..train.loop import TrainResult
 from ..train.support import SupportSet, draw_support
 from .points import SweepPoint
@@ -71,12 +72,13 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, 
 
 def log_trained_child(bench: Workbench, cfg: Config, point: SweepPoint, support: SupportSet, model: nn.Module,
                       result: TrainResult, head: Head, tags: dict[str, str], out: Path,
-                      dataset: Any | None = None) -> ExperimentResult:
+                      dataset: Any | None = None, test: Predictions | None = None) -> ExperimentResult:
     """A point trained elsewhere (among other LoRA points, :mod:`.together`), in its child run: its
-    per-epoch history, then the evaluation, metrics and files of a point trained here."""
+    per-epoch history, then the evaluation, metrics and files of a point trained here (``test``: its test
+    predictions, already scored there)."""
     with child_run(bench, cfg, point, support, tags, dataset):
         for entry in result.history:
             log_epoch(entry)
         loaders = bench.loaders(cfg, point, support)
         return evaluate_trained(model.to(bench.device), result, loaders, cfg, bench.device, count_params(model).trainable,
-                                head, out=out, subgroups=bench.subgroups)
+                                head, out=out, subgroups=bench.subgroups, test=test)

@@ -7,7 +7,8 @@ most ``fewshot.group_size``; each group trains in one :class:`~medlora.models.mu
 optimiser, schedule and early stopping, initialised exactly as it would be alone
 (:meth:`.workbench.Workbench.model_for`). Then each point's trained adapter is written back into its
 own peft model and evaluated and logged as its own child run, by the same code a point trained alone
-goes through (:func:`.child.log_trained_child`). A kill loses the group's training; the points of the
+goes through (:func:`.child.log_trained_child`); the test set is scored for all the group's points in one
+pass, as the validation set is every epoch. A kill loses the group's training; the points of the
 group are not FINISHED, so the next run of the sweep trains them again (finished ones are skipped).
 
 What cannot train together runs alone, as before: LoRA on frozen-prefix tokens (``model.lora.blocks``
@@ -29,8 +30,9 @@ from ..models.multi_lora import MultiLora, TogetherUnsupported, adapter_weights
 from ..models.prefix import frozen_prefix_depth
 from ..tracking import tags as T
 from ..train.head import head_for
+from ..train.inference import Predictions
 from ..train.support import draw_support
-from ..train.together import PointRun, fit_together
+from ..train.together import PointRun, fit_together, predict_together
 from ..transforms.augment import BatchAugment
 from .child import log_trained_child
 from .points import SweepPoint
@@ -110,13 +112,14 @@ def run_group(bench: Workbench, group: Todo, tags: dict[str, str], out: Path,
     except MedloraError as err:  # e.g. a validation split that cannot be scored: each point then fails alone
         log.error("training %d LoRA points together failed (%s); they run one by one", len(group), err)
         return 0, [], group
+    tests = _score_test(bench, multi, runs, group, supports)
     ran, failed = 0, []
     for i, ((point, pcfg, phash), support, result) in enumerate(zip(group, supports, results, strict=True)):
         model = multi.write_back(i, bench.model_for(pcfg, point))
         try:
             log_trained_child(bench, pcfg, point, support, model, result, runs[i].head,
                               {**tags, T.POINT_HASH: phash, T.TOGETHER: str(len(group))},
-                              out / "children" / point.name, dataset=dataset)
+                              out / "children" / point.name, dataset=dataset, test=tests[i])
             ran += 1
         except TrackingUnavailableError:
             raise
@@ -125,6 +128,16 @@ def run_group(bench: Workbench, group: Todo, tags: dict[str, str], out: Path,
             failed.append(point.name)
     multi.to("cpu")
     return ran, failed, []
+
+
+def _score_test(bench: Workbench, multi: MultiLora, runs: list[PointRun], group: Todo,
+                supports: list[Any]) -> list[Predictions]:
+    """Every point's test predictions in one pass (each with its restored best adapter and head), as
+    scoring each point alone would give them to float rounding."""
+    cfg0 = group[0][1]
+    test_loader = bench.loaders(cfg0, group[0][0], supports[0])["test"]
+    return predict_together(multi, test_loader, bench.device, abnormal_index(cfg0), [r.head for r in runs],
+                            list(range(len(runs))))
 
 
 def _build(bench: Workbench, group: Todo) -> tuple[MultiLora, list[PointRun], list[Any]]:

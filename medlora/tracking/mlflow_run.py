@@ -34,12 +34,14 @@ def configure(cfg: TrackingConfig) -> str:
     """Point MLflow at the configured store; returns the URI in use."""
     import mlflow
 
+    from .sqlite_seed import seed_sqlite_store
     from .store import check_store
 
     if cfg.uri:
         mlflow.set_tracking_uri(cfg.uri)
     uri = mlflow.get_tracking_uri()
-    check_store(uri)  # a team store that is down or refuses the credentials fails in seconds, not minutes
+    check_store(uri)
+    seed_sqlite_store(uri)  # a new local store: copied from an empty migrated one, not migrated again  # a team store that is down or refuses the credentials fails in seconds, not minutes
     return uri
 
 

@@ -28,7 +28,6 @@ from ..config import TrainConfig
 from ..device import maybe_compile, precision_name, training_dtype
 from ..models.dropout import batch_share, share_dropout
 from ..models.head_norm import StandardizedHeads, head_linears
-from ..models.lora import for_inference
 from . import checkpoint as ckpt
 from .distributed import Dist, wrap
 from .head import Head
@@ -209,8 +208,8 @@ def fit(
         st.train_time += time.perf_counter() - t0
         st.data_time += epoch_data
         st.images += int(n)
-        val = dist.gather_predictions(predict(for_inference(model), val_loader, device, abnormal_index, head,
-                                                 autocast=False))
+        # the model as it trains, in eval mode: a merged copy per epoch (``for_inference``) costs more than it saves
+        val = dist.gather_predictions(predict(model, val_loader, device, abnormal_index, head, autocast=False))
         val_auroc = val_metric(val)
         val_loss = binary_log_loss(val) if val.scores is None else head.log_loss(val.scores, val.targets)
         entry = EpochLog(epoch, total / max(n, 1), val_auroc, val_loss, scheduler.get_last_lr()[0], time.perf_counter() - t0,
