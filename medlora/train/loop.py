@@ -28,6 +28,7 @@ from ..config import TrainConfig
 from ..device import maybe_compile, precision_name, training_dtype
 from ..models.dropout import batch_share, share_dropout
 from ..models.head_norm import StandardizedHeads, head_linears
+from ..models.lora import for_inference, merge_pays
 from . import checkpoint as ckpt
 from .distributed import Dist, wrap
 from .head import Head
@@ -172,6 +173,9 @@ def fit(
         torch.cuda.reset_peak_memory_stats(device)
 
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    # validation scores a merged copy where that is faster, else the training model itself in eval mode
+    samples = len(getattr(val_loader, "dataset", None) or ())
+    scorer = for_inference if merge_pays(model, samples) else (lambda m: m)
     st = ckpt.LoopState()
     if checkpoint is not None and Path(checkpoint).is_file():
         st = ckpt.load(checkpoint, trainable, optimizer, scheduler, train_loader, augment)
@@ -208,8 +212,7 @@ def fit(
         st.train_time += time.perf_counter() - t0
         st.data_time += epoch_data
         st.images += int(n)
-        # the model as it trains, in eval mode: a merged copy per epoch (``for_inference``) costs more than it saves
-        val = dist.gather_predictions(predict(model, val_loader, device, abnormal_index, head, autocast=False))
+        val = dist.gather_predictions(predict(scorer(model), val_loader, device, abnormal_index, head, autocast=False))
         val_auroc = val_metric(val)
         val_loss = binary_log_loss(val) if val.scores is None else head.log_loss(val.scores, val.targets)
         entry = EpochLog(epoch, total / max(n, 1), val_auroc, val_loss, scheduler.get_last_lr()[0], time.perf_counter() - t0,

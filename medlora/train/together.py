@@ -13,7 +13,8 @@ leaves the group.
 Exactness: a point here and the same point under ``fit`` draw the same batches, augmentations and
 dropout masks and take the same optimiser steps; what differs is the summation order inside the
 frozen matrix products (the batch is larger) and validation on the unmerged adapter (``fit`` merges
-it): differences of float rounding, 1e-6 relative in fp32 (``tests/train/test_together.py``).
+it where that pays, :func:`~medlora.models.lora.merge_pays`): differences of float rounding, 1e-6
+relative in fp32 (``tests/train/test_together.py``).
 The global random state a point alone starts from (its caller's ``torch.manual_seed(seed)``) is
 replayed by a per-point generator; every validation pass of a point alone draws one loader seed from
 it, which is drawn here too.

@@ -104,3 +104,18 @@ def test_hub_failure_names_the_alternatives(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network here, and fail fast
     with pytest.raises(WeightsError, match="model.weights: PATH"):
         create_base(ModelConfig(backbone="vit_tiny_patch16_224", pretrained=True, kwargs=TINY), 2)
+
+
+def test_a_merged_copy_is_made_only_where_it_pays():
+    from medlora.models.lora import MERGE_MIN_FLOPS, merge_pays
+
+    import timm
+
+    small = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=64, patch_size=8,
+                              depth=2)
+    tokens, params = 64, sum(p.numel() for p in small.parameters())
+    enough = int(MERGE_MIN_FLOPS // (2 * params * tokens)) + 1
+    assert not merge_pays(small, 120)  # the demo's validation set on a tiny ViT: the copy costs more
+    assert not merge_pays(small, enough - 1)
+    assert merge_pays(small, enough)
+    assert merge_pays(torch.nn.Linear(4, 2), 1)  # no patch grid to size it by: merged, as before
