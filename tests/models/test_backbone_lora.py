@@ -107,9 +107,9 @@ def test_hub_failure_names_the_alternatives(monkeypatch):
 
 
 def test_a_merged_copy_is_made_only_where_it_pays():
-    from medlora.models.lora import MERGE_MIN_FLOPS, merge_pays
-
     import timm
+
+    from medlora.models.lora import MERGE_MIN_FLOPS, merge_pays
 
     small = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=64, patch_size=8,
                               depth=2)
