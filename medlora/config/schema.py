@@ -86,9 +86,9 @@ class Config(Strict):
         if self.data.task != "binary" and self.evaluate.calibration != "none":
             raise ValueError(f"evaluate.calibration={self.evaluate.calibration!r} recalibrates the one score of data.task "
                              f"binary; a {self.data.task} run's per-finding scores are not recalibrated (use 'none')")
-        if self.preprocess.view.aggregate == "attention" and self.pipeline != "classify":
+        if self.preprocess.view.aggregate == "attention" and self.pipeline not in ("classify", "fewshot"):
             raise ValueError(f"preprocess.view.aggregate: attention trains one model per study and is available for "
-                             f"pipeline: classify only, not {self.pipeline}; use max or mean there")
+                             f"pipeline: classify and fewshot, not {self.pipeline}; use max or mean there")
         return self
 
 

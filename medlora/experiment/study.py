@@ -60,14 +60,18 @@ def require_bags(sizes: Mapping[str, list[int]], cfg: Config) -> None:
 
 
 def study_training(model: nn.Module, datasets: Mapping[str, Dataset], cfg: Config, device: Any,
-                   dist: Dist | None = None) -> StudySetup:
-    """The study model of ``model`` and the bag loaders of ``datasets`` (per-sample datasets of each split)."""
+                   dist: Dist | None = None, encoded: bool = False) -> StudySetup:
+    """The study model of ``model`` and the bag loaders of ``datasets`` (per-sample datasets of each split).
+    ``encoded``: a linear probe's ``datasets`` are already its encoder's slice features (a sweep's cache,
+    :meth:`medlora.sweep.workbench.Workbench.features`), not images."""
     view = cfg.preprocess.view
     pool = attention_pool(model, cfg).to(device)
     study_model = StudyModel(model, pool)
     samples: dict[str, Dataset] = dict(datasets)
     probe = cfg.model.method == "linear_probe"
-    if probe:  # the encoder is frozen: its features once, then only the pooling trains
+    if encoded and not probe:
+        raise ValueError("encoded slice features train a linear probe's pooling only")
+    if probe and not encoded:  # the encoder is frozen: its features once, then only the pooling trains
         samples = {s: FeatureDataset(extract_features(model.to(device), make_loader(ds, cfg.train, False), device,
                                                       f"{s} slice features")) for s, ds in datasets.items()}
     bags = {s: StudyBags(ds, view.max_slices if s == "train" else None, cfg.train.seed, s) for s, ds in samples.items()}

@@ -12,8 +12,9 @@ pass, as the validation set is every epoch. A kill loses the group's training; t
 group are not FINISHED, so the next run of the sweep trains them again (finished ones are skipped).
 
 What cannot train together runs alone, as before: LoRA on frozen-prefix tokens (``model.lora.blocks``
-without augmentation: already cheap), ``train.head_norm: true``, DoRA and whatever
-:class:`~medlora.models.multi_lora.TogetherUnsupported` names; a group of one; ``fewshot.together: off``.
+without augmentation: already cheap), study-level points (``aggregate: attention``), ``train.head_norm:
+true``, DoRA and whatever :class:`~medlora.models.multi_lora.TogetherUnsupported` names; a group of one;
+``fewshot.together: off``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ Todo = list[tuple[SweepPoint, Config, str]]
 
 def _why_alone(cfg: Config) -> str | None:
     """Why a LoRA point of ``cfg`` trains alone, or ``None``."""
+    if cfg.preprocess.view.aggregate == "attention":
+        return "preprocess.view.aggregate: attention (trained on bags of studies)"
     if cfg.model.lora.use_dora:
         return "model.lora.use_dora"
     if cfg.train.head_norm is True:

@@ -230,3 +230,47 @@ def test_lora_points_train_together_and_measure_what_they_measure_alone(finished
         twin = lora[(r.data.params["shots"], r.data.params["seed"])]
         for name in ("test_auroc", "val_auroc", "best_epoch", "test_sensitivity", "trainable_params"):
             assert twin.data.metrics[name] == pytest.approx(r.data.metrics[name], rel=1e-5), name
+
+
+def test_study_level_sweep_trains_each_point_on_bags_of_its_support_studies(finished_run, tmp_path, sweep_config,
+                                                                           caplog):
+    """``aggregate: attention`` in a few-shot sweep: every point is a study model trained on its support
+    set's studies as bags (LoRA alone, not among other LoRA points; the probe's pooling on the sweep's
+    cached slice features), scored one score per study with each slice's attention."""
+    import logging
+
+    import pandas as pd
+
+    from medlora.config import SynthConfig
+    from medlora.io.synth import write_phantoms
+    from medlora.sweep.driver import run_sweep
+    from medlora.transforms.samples import prepare_samples
+
+    root = tmp_path / "volumes"
+    write_phantoms(root, SynthConfig(patients=24, images_per_patient=4, size=16, abnormal_fraction=0.5, seed=5,
+                                     lesion_slices=2))
+    cfg, _ = sweep_config(root, tmp_path, **{
+        "data.name": "phantom_volumes_sweep", "tracking.uri": finished_run[1].tracking.uri,
+        "data.volume_min_slices": 4, "preprocess.image_size": 16,
+        "model.kwargs": "{img_size: 16, patch_size: 8, depth: 1, embed_dim: 32, num_heads: 2, global_pool: avg}",
+        "preprocess.view": "{kind: every_k, k: 1, aggregate: attention, max_slices: 3, attention_dim: 8}",
+        "fewshot.methods": "[lora, linear_probe]", "fewshot.shots": "[2, all]", "fewshot.seeds": "[0]"})
+    with caplog.at_level(logging.INFO):
+        summary = run_sweep(cfg, prepare_samples(cfg.data, cfg.preprocess), tmp_path / "out")
+    assert summary.ran == 4 and not summary.failed
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert "trains alone: preprocess.view.aggregate: attention" in log and "training 2 LoRA points together" not in log
+    assert "cached: linear probe" in log and "features train" in log and "slice features" not in log  # cached once
+    for child in sorted((tmp_path / "out" / "children").iterdir()):
+        samples = pd.read_csv(child / "predictions.csv")
+        per_study = samples.groupby("study_key")
+        assert (per_study["score"].nunique() == 1).all() and (per_study.size() == 4).all()
+        assert abs(per_study["attention"].sum() - 1).max() < 1e-5
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.tracking.uri)
+    children = client.search_runs([client.get_experiment_by_name("phantom_volumes_sweep").experiment_id],
+                                  "tags.`medlora.role` = 'child'")
+    shots = {r.data.params["shots"]: r for r in children}
+    assert shots["2"].data.params["support_patients"] == "4"  # the support set's studies, 2 per class
+    assert all(0.0 <= r.data.metrics["test_auroc"] <= 1.0 for r in children)

@@ -71,13 +71,16 @@ def test_attention_is_refused_when_every_study_is_one_image(tmp_path) -> None:
     require_bags({"train": [1, 3], "val": [1], "test": [1]}, cfg)  # one study with several images is enough
 
 
-def test_attention_is_refused_outside_single_runs(tmp_path) -> None:
+def test_attention_is_refused_for_one_class_runs_and_allowed_in_sweeps(tmp_path) -> None:
     from medlora.config import config_from_dict
     from medlora.errors import ConfigError
 
-    with pytest.raises((ConfigError, ValueError), match="pipeline: classify only"):
-        config_from_dict({"pipeline": "fewshot", "fewshot": {}, "data": {"name": "x", "root": str(tmp_path)},
+    with pytest.raises((ConfigError, ValueError), match="pipeline: classify and fewshot, not oneclass"):
+        config_from_dict({"pipeline": "oneclass", "data": {"name": "x", "root": str(tmp_path)},
                           "preprocess": {"view": {"aggregate": "attention"}}})
+    cfg = config_from_dict({"pipeline": "fewshot", "fewshot": {}, "data": {"name": "x", "root": str(tmp_path)},
+                            "preprocess": {"view": {"aggregate": "attention"}}})
+    assert cfg.preprocess.view.aggregate == "attention"
 
 
 def test_study_scores_pass_through_the_attention_aggregation() -> None:
