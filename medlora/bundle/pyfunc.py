@@ -99,9 +99,15 @@ def output_columns(bundle: Any) -> list[str]:
 
 
 def _image_scores(predictor: Any, x: Any) -> dict[str, Any]:
-    """The output values of one preprocessed image (a study of one image)."""
+    """The output values of one preprocessed image (a study of one image: for a study-level bundle, a bag
+    of one slice through its attention pooling)."""
+    from .aggregator import is_study_level
+
     bundle = predictor.bundles[0]
-    score, per = predictor.score_outputs(0, x)
+    if is_study_level(bundle.meta):
+        score, per, _ = predictor.score_studies(0, [""], [x[0]])
+    else:
+        score, per = predictor.score_outputs(0, x)
     out: dict[str, Any] = {"score": None, "call": None}
     if bundle.binary_call:  # a multi-class bundle without data.normal has no abnormal-vs-normal score
         out["score"] = float(bundle.study_scores(score)[0])

@@ -108,3 +108,33 @@ def test_plain_timm_peft_reload_reproduces_the_study_scores(study_run) -> None:
         score = torch.softmax(logits, 1)[0, meta["labels"]["abnormal_index"]].item()
         assert score == pytest.approx(rows["score"].iloc[0], abs=1e-5)
         np.testing.assert_allclose(attention[0].numpy(), rows["attention"].to_numpy(), atol=1e-5)
+
+
+def test_the_pyfunc_scores_studies_and_single_slices_through_the_pooling(study_run, tmp_path) -> None:
+    """The MLflow pyfunc of a study-level bundle: a study folder gets the run's study score; one
+    preprocessed slice is a bag of one (the pooling's output, not the slice encoder's own head)."""
+    import mlflow
+
+    from medlora.bundle.bundle import open_bundle
+    from medlora.bundle.predict import Predictor
+    from medlora.bundle.pyfunc import MedloraPyfunc, signature
+    out, cfg, _ = study_run
+    bundle_dir = out / "bundle"
+    mlflow.pyfunc.save_model(tmp_path / "pyfunc", python_model=MedloraPyfunc(),
+                             artifacts={"bundle": str(bundle_dir)}, signature=signature(open_bundle(bundle_dir)))
+    model = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
+    manifest = pd.read_csv(out / "manifest.csv")
+    test = manifest[manifest["split"] == "test"]
+    folders = sorted({str(Path(cfg.data.root) / Path(p).parent) for p in test["path"]})
+    got = model.predict(pd.DataFrame({"path": folders})).set_index("study_key")
+    expected = pd.read_csv(bundle_dir / "predictions.csv").query("split == 'test'").set_index("study_key")
+    assert sorted(got.index) == sorted(expected.index) and (got["n_images"] == 6).all()
+    np.testing.assert_allclose(got["score"].astype(float), expected.loc[got.index, "score"], atol=1e-5)
+
+    bundle = open_bundle(bundle_dir)
+    _, size, _, _ = bundle.preprocess()
+    image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))  # one preprocessed slice
+    one = model.predict(pd.DataFrame({"image": [image.numpy().astype(float).tolist()]}))
+    score, _, attention = Predictor([bundle]).score_studies(0, ["s"], [image])
+    assert one["score"].iloc[0] == pytest.approx(float(bundle.study_scores(score)[0]), abs=1e-6)
+    assert attention.tolist() == [1.0]
