@@ -17,7 +17,6 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import Subset
 
 from ..config import Config
 from ..experiment.session import open_run, run_name
@@ -26,7 +25,7 @@ from ..experiment.train_eval import ExperimentResult, evaluate_trained, log_epoc
 from ..models.lora import count_params
 from ..tracking import mlflow_run as track
 from ..tracking import tags as T
-from ..train.features import FeatureDataset, probe_head
+from ..train.features import probe_head
 from ..train.head import Head
 from ..train.inference import Predictions
 from ..train.loop import TrainResult
@@ -61,13 +60,14 @@ def run_child(bench: Workbench, cfg: Config, point: SweepPoint, tags: dict[str, 
     support = draw_support(bench.train_frame, point.shots, point.seed, names=cfg.data.outputs)
     with child_run(bench, cfg, point, support, tags, dataset, run_id):
         model = bench.model_for(cfg, point)
+        if point.method == "linear_probe":
+            track.log_metrics({"feature_seconds": sum(f.seconds for f in bench.features().values())})
         if cfg.preprocess.view.aggregate == "attention":
             return _study_child(bench, cfg, point, support, model, out)
         trainable = count_params(model).trainable
         split = bench.prefix(model, cfg, support) if cfg.model.method == "lora" else None
         model, loaders = split or (model, bench.loaders(cfg, point, support))
         if point.method == "linear_probe":
-            track.log_metrics({"feature_seconds": sum(f.seconds for f in bench.features().values())})
             model = probe_head(model)
         torch.manual_seed(point.seed)
         return train_and_evaluate(model.to(bench.device), loaders, cfg, bench.device, trainable, out=out,
@@ -78,16 +78,9 @@ def _study_child(bench: Workbench, cfg: Config, point: SweepPoint, support: Supp
                  out: Path) -> ExperimentResult:
     """A study-level point (``aggregate: attention``): the support set's studies as bags; a linear probe's
     pooling trains on the sweep's cached slice features."""
-    if point.method == "linear_probe":
-        track.log_metrics({"feature_seconds": sum(f.seconds for f in bench.features().values())})
-        f = bench.features()
-        sets: dict[str, Any] = {"train": FeatureDataset(f["train"], support.positions), "val": FeatureDataset(f["val"]),
-                                "test": FeatureDataset(f["test"])}
-    else:
-        sets = {"train": Subset(bench.datasets["train"], support.positions.tolist()), "val": bench.datasets["val"],
-                "test": bench.datasets["test"]}
     torch.manual_seed(point.seed)
-    study = study_training(model.to(bench.device), sets, cfg, bench.device, encoded=point.method == "linear_probe")
+    study = study_training(model.to(bench.device), bench.sample_sets(point, support), cfg, bench.device,
+                           encoded=point.method == "linear_probe")
     trainable = sum(p.numel() for p in study.study_model.parameters() if p.requires_grad)
     return train_and_evaluate(study.trained, study.loaders, cfg, bench.device, trainable, out=out,
                               augment=study.augment, subgroups=bench.subgroups)

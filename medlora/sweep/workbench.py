@@ -87,13 +87,16 @@ class Workbench:
                 "test": FeatureDataset(t["test"])}
         return SuffixModel(model, depth), {s: make_loader(ds, cfg.train, shuffle=s == "train") for s, ds in sets.items()}
 
-    def loaders(self, cfg: Config, point: SweepPoint, support: SupportSet) -> dict[str, Any]:
-        """Loaders of one child: the support set of the training data, all of val and test."""
+    def sample_sets(self, point: SweepPoint, support: SupportSet) -> dict[str, Any]:
+        """One child's samples: the support set of the training data, all of val and test (a linear probe's
+        as cached features)."""
         if point.method == "linear_probe":
             f = self.features()
-            sets = {"train": FeatureDataset(f["train"], support.positions), "val": FeatureDataset(f["val"]),
+            return {"train": FeatureDataset(f["train"], support.positions), "val": FeatureDataset(f["val"]),
                     "test": FeatureDataset(f["test"])}
-        else:
-            sets = {"train": Subset(self.datasets["train"], support.positions.tolist()), "val": self.datasets["val"],
-                    "test": self.datasets["test"]}
-        return {s: make_loader(ds, cfg.train, shuffle=s == "train") for s, ds in sets.items()}
+        return {"train": Subset(self.datasets["train"], support.positions.tolist()), "val": self.datasets["val"],
+                "test": self.datasets["test"]}
+
+    def loaders(self, cfg: Config, point: SweepPoint, support: SupportSet) -> dict[str, Any]:
+        """Loaders of one child's :meth:`sample_sets`."""
+        return {s: make_loader(ds, cfg.train, shuffle=s == "train") for s, ds in self.sample_sets(point, support).items()}
