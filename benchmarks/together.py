@@ -1,13 +1,13 @@
-"""LoRA points trained together (``fewshot.together: auto``) vs one by one vs the naive loop, side by side.
+"""LoRA points trained together (``fewshot.together: on``) vs one by one vs the naive loop, side by side.
 
 ``python -m benchmarks.together [--device cpu|cuda] [--quick] [--json FILE]`` prints, in one process
 (imports paid before any clock starts):
 
-1. the machine: CPU, the flags that decide ``train.precision: auto`` (AVX-512, AVX512-BF16, AMX), the
-   precision every row trained in, the 1-minute load and the fp32 GEMM peak before and after;
+1. the machine: CPU, the flags and the one-off bf16 measurement that decide ``train.precision: auto``
+   (AVX-512, AVX512-BF16, AMX; bf16 vs fp32 on a ViT-S MLP block), the precision every row trained in, the 1-minute load and the fp32 GEMM peak before and after;
 2. the sweep of :mod:`benchmarks.sweep` (BreastMNIST as DICOM, 3 methods × shots × seeds; ``--demo``: at
    ``configs/fewshot_demo.yaml``'s size) in one process: the naive loop (CPU only), medlora one by one (``together: off``) and medlora together
-   (``auto``); then the LoRA points alone (one by one vs together); each child's own training time
+   (``on``); then the LoRA points alone (one by one vs together); each child's own training time
    (``train_seconds``) summed apart from the rest (evaluation, bootstrap, MLflow: the fixed costs);
 3. the scaling table: N = 1, 2, 4, 8, 16 LoRA points of the demo's model (ViT-Ti/8, 6 blocks, 64 px,
    batch 32 each) trained together for a few steps, against N times one point alone (medlora's
@@ -44,10 +44,13 @@ DEMO_MODEL = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 64, "patch_
 
 
 def cpu_flag_report() -> dict[str, Any]:
-    from medlora.device import BF16_CPU_FLAGS, cpu_flags
+    from medlora.device import BF16_CPU_FLAGS, cpu_bf16_speed, cpu_flags, cpu_has_bf16
 
     flags = cpu_flags()
-    return {f: f in flags for f in ("avx512f", *BF16_CPU_FLAGS)}
+    report: dict[str, Any] = {f: f in flags for f in ("avx512f", *BF16_CPU_FLAGS)}
+    if cpu_has_bf16(flags):  # what train.precision: auto decides by on this CPU
+        report["bf16_vs_fp32"] = round(cpu_bf16_speed()["speedup"], 3)
+    return report
 
 
 def precision_of(device: str, precision: str) -> str:
@@ -78,7 +81,8 @@ def medlora_sweep(root: Path, work: Path, s: dict, methods: list[str], together:
     lora = children[children["method"] == "lora"]
     return {"seconds": seconds, "points": len(children), "train_s": float(children["train_seconds"].sum()),
             "lora_train_s": float(lora["train_seconds"].sum()),
-            "mean_test_auroc": {m: round(float(g["test_auroc"].mean()), 3) for m, g in children.groupby("method")}}
+            "mean_test_auroc": {m: round(float(g["test_auroc"].mean()), 3) for m, g in children.groupby("method")},
+            "test_auroc": {f"{r.method}-{r.shots}-{r.seed}": round(float(r.test_auroc), 4) for r in children.itertuples()}}
 
 
 def sweep_rows(s: dict, device: str, precision: str, naive: bool, lora_only: bool = False) -> list[dict]:
@@ -96,7 +100,7 @@ def sweep_rows(s: dict, device: str, precision: str, naive: bool, lora_only: boo
                      "device": "cpu", "precision": "fp32"})
         _print_row(rows[-1])
     for methods, label in ((s["methods"], "all"), (["lora"], "lora"))[1 if lora_only else 0:]:
-        for together in ("off", "auto"):
+        for together in ("off", "on"):
             with tempfile.TemporaryDirectory(prefix="medlora-bench-together-") as work:
                 r = medlora_sweep(root, Path(work), s, methods, together, device, precision)
             impl = "medlora one by one" if together == "off" else "medlora together"

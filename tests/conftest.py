@@ -138,7 +138,8 @@ def test_split(finished_run):
 
 
 SWEEP = {"pipeline": "fewshot", "train.epochs": 1, "train.threads": 1, "evaluate.bootstrap": 50, "fewshot.shots": "[1, 2]",
-         "fewshot.seeds": "[0, 1]", "fewshot.methods": "[lora, linear_probe, full]"}
+         "fewshot.seeds": "[0, 1]", "fewshot.methods": "[lora, linear_probe, full]",
+         "fewshot.together": "on"}  # on a CPU, auto would train the LoRA points one by one
 
 
 def write_sweep_config(root: Path, tmp: Path, **overrides) -> tuple[object, Path]:

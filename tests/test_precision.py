@@ -28,13 +28,68 @@ def cpuinfo(monkeypatch, tmp_path):
     return use
 
 
+@pytest.fixture
+def bf16_speed(monkeypatch):
+    """Stand in for the one-off bf16 measurement: ``set(x)`` makes bf16 measure ``x`` times fp32; the calls are counted."""
+    calls = []
+
+    def set_speed(speedup: float) -> list:
+        def measured():
+            calls.append(speedup)
+            return {"fp32_s": 1.0, "bf16_s": 1.0 / speedup, "speedup": speedup, "cpu": "Some CPU"}
+        monkeypatch.setattr(dev, "cpu_bf16_speed", measured)
+        return calls
+
+    return set_speed
+
+
 @pytest.mark.parametrize("extra, native", [("", False), ("avx512_bf16", True), ("amx_bf16 amx_tile", True),
                                            ("avx512_vnni", False)])
-def test_auto_is_bf16_exactly_on_cpus_reporting_avx512_bf16_or_amx(cpuinfo, extra, native):
+def test_auto_is_bf16_on_cpus_reporting_avx512_bf16_or_amx_where_it_measured_faster(cpuinfo, bf16_speed, extra, native):
     cpuinfo(extra)
+    calls = bf16_speed(1.6)
     assert "avx512f" in cpu_flags() and cpu_has_bf16() is native
     assert training_dtype(CPU, "auto") == (torch.bfloat16 if native else None)
     assert precision_name(training_dtype(CPU, "auto")) == ("bf16" if native else "fp32")
+    assert bool(calls) is native  # a CPU without the flags is never measured
+
+
+def test_auto_stays_fp32_on_a_bf16_cpu_where_bf16_measured_slower(cpuinfo, bf16_speed, caplog):
+    """An Intel Xeon with AVX512-BF16 but no AMX ran bf16 at 0.57x fp32: auto must not pick it there."""
+    cpuinfo("avx512_bf16")
+    bf16_speed(0.57)
+    with caplog.at_level(logging.INFO, logger="medlora.device"):
+        assert training_dtype(CPU, "auto") is None
+    assert "0.57x fp32" in caplog.text and "training in fp32" in caplog.text
+    bf16_speed(dev.BF16_MIN_SPEEDUP)
+    assert training_dtype(CPU, "auto") == torch.bfloat16
+    assert training_dtype(CPU, "bf16") == torch.bfloat16  # asked for: honoured whatever the measurement
+
+
+def test_the_bf16_measurement_is_taken_once_per_machine_and_kept_in_the_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDLORA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(dev, "_measured", {})
+    runs = []
+
+    def measure():
+        runs.append(1)
+        return {"fp32_s": 2.0, "bf16_s": 1.0, "speedup": 2.0}
+
+    monkeypatch.setattr(dev, "measure_cpu_bf16", measure)
+    first = dev.cpu_bf16_speed()
+    assert first["speedup"] == 2.0 and len(runs) == 1 and (tmp_path / "cpu-bf16.json").is_file()
+    monkeypatch.setattr(dev, "_measured", {})  # a new process: read back, not measured again
+    assert dev.cpu_bf16_speed()["speedup"] == 2.0 and len(runs) == 1
+    (tmp_path / "cpu-bf16.json").write_text("not json")  # a damaged file is measured again and rewritten
+    monkeypatch.setattr(dev, "_measured", {})
+    assert dev.cpu_bf16_speed()["speedup"] == 2.0 and len(runs) == 2
+    assert "speedup" in (tmp_path / "cpu-bf16.json").read_text()
+
+
+def test_the_bf16_probe_times_both_precisions():
+    speed = dev.measure_cpu_bf16(repeats=1)
+    assert speed["fp32_s"] > 0 and speed["bf16_s"] > 0
+    assert speed["speedup"] == pytest.approx(speed["fp32_s"] / speed["bf16_s"])
 
 
 def test_fp32_never_autocasts_and_bf16_is_honoured_with_a_warning_where_emulated(cpuinfo, caplog):

@@ -1,4 +1,5 @@
-"""A sweep's LoRA points trained together over one frozen base (``fewshot.together: auto``, the default).
+"""A sweep's LoRA points trained together over one frozen base (``fewshot.together: on``, and ``auto``, the
+default, on CUDA).
 
 The local executor hands this module every LoRA point still to run. Points whose resolved configs
 differ only in the seed (the same base, preprocessing, LoRA and training settings) form groups of at
@@ -14,7 +15,9 @@ group are not FINISHED, so the next run of the sweep trains them again (finished
 What cannot train together runs alone, as before: LoRA on frozen-prefix tokens (``model.lora.blocks``
 without augmentation: already cheap), study-level points (``aggregate: attention``), ``train.head_norm:
 true``, DoRA and whatever :class:`~medlora.models.multi_lora.TogetherUnsupported` names; a group of one;
-``fewshot.together: off``.
+``fewshot.together: off``, and ``auto`` on a CPU: there one point's batch already keeps the cores busy and
+N points together cost what N points cost one by one (measured 0.88x and 1.15x end to end on two 2-core
+CPUs, ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..device import resolve_device
 from ..errors import MedloraError, TrackingUnavailableError
 from ..experiment.train_eval import abnormal_index, train_findings, val_metric
 from ..models.multi_lora import MultiLora, TogetherUnsupported, adapter_weights
@@ -67,6 +71,11 @@ def plan_groups(cfg: Config, todo: Todo) -> tuple[list[Todo], Todo]:
     ``fewshot.group_size`` points of one training config, and every other point, in ``todo``'s order."""
     fewshot = cfg.fewshot
     if fewshot is None or fewshot.together == "off":
+        return [], list(todo)
+    if fewshot.together == "auto" and (device := resolve_device(cfg.train.device)).type != "cuda":
+        if any(point.method == "lora" for point, _, _ in todo):
+            log.info("fewshot.together: auto trains the LoRA points one by one on %s (together they measured "
+                     "0.88-1.15x on CPUs); fewshot.together: on trains them together anyway", device.type)
         return [], list(todo)
     by_key: dict[str, Todo] = {}
     alone: Todo = []

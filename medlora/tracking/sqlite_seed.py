@@ -19,14 +19,9 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+from ..cache import cache_dir
+
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """``MEDLORA_CACHE_DIR``, else ``$XDG_CACHE_HOME/medlora``, else ``~/.cache/medlora``."""
-    if os.environ.get("MEDLORA_CACHE_DIR"):
-        return Path(os.environ["MEDLORA_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medlora"
 
 
 def sqlite_path(uri: str) -> Path | None:

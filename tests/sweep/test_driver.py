@@ -208,7 +208,7 @@ def test_multilabel_sweep_summarises_per_finding_and_macro_with_subgroups(finish
 
 def test_lora_points_train_together_and_measure_what_they_measure_alone(finished_sweep, phantom_root, tmp_path,
                                                                         sweep_config):
-    """The session sweep (``fewshot.together: auto``) trained its 4 LoRA points as one group; the same
+    """The session sweep (``fewshot.together: on``) trained its 4 LoRA points as one group; the same
     points one by one (``off``) log the same metrics, up to float rounding."""
     from medlora.cli import main
 

@@ -8,7 +8,7 @@ from medlora.sweep.together import plan_groups
 
 
 def sweep(**fewshot):
-    raw = {"data": {"root": "/nowhere"}, "fewshot": {"shots": [1, 5, "all"], "seeds": [0, 1], **fewshot}}
+    raw = {"data": {"root": "/nowhere"}, "fewshot": {"shots": [1, 5, "all"], "seeds": [0, 1], "together": "on", **fewshot}}
     cfg = config_from_dict(raw)
     return cfg, [(p, point_config(cfg, p), point_hash(point_config(cfg, p), p, "fp")) for p in sweep_points(cfg.fewshot)]
 
@@ -37,7 +37,7 @@ def test_off_trains_every_point_alone_and_a_lone_lora_point_is_not_a_group():
 @pytest.mark.parametrize("update", [{"model": {"lora": {"use_dora": True}}}, {"train": {"head_norm": True}},
                                     {"model": {"lora": {"blocks": [-1]}}, "preprocess": {"augment": False}}])
 def test_what_cannot_train_together_trains_alone(update):
-    raw = {"data": {"root": "/nowhere"}, "fewshot": {"shots": [1, "all"], "seeds": [0]}, **update}
+    raw = {"data": {"root": "/nowhere"}, "fewshot": {"shots": [1, "all"], "seeds": [0], "together": "on"}, **update}
     cfg = config_from_dict(raw)
     todo = [(p, point_config(cfg, p), "h") for p in sweep_points(cfg.fewshot)]
     groups, alone = plan_groups(cfg, todo)
@@ -54,6 +54,23 @@ def test_together_and_group_size_leave_the_sweep_and_point_hashes_alone():
     assert point_hash(point_config(bf16, p), p, "fp") != todo[0][2]  # an explicit precision is part of a point
 
 
-@pytest.mark.parametrize("value, expected", [("off", "off"), (False, "off"), ("auto", "auto"), (True, "auto")])
+def test_auto_groups_lora_points_on_cuda_and_trains_them_one_by_one_on_a_cpu(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    cfg, todo = sweep(together="auto")
+    with caplog.at_level(logging.INFO, logger="medlora.sweep.together"):
+        assert plan_groups(cfg, todo) == ([], todo)  # this machine: train.device auto resolves to the CPU
+    assert "one by one on cpu" in caplog.text and "fewshot.together: on" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    groups, _ = plan_groups(cfg, todo)
+    assert [len(g) for g in groups] == [6]  # the 6 LoRA points (3 shots x 2 seeds) in one group
+    cpu = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})})
+    assert plan_groups(cpu, todo) == ([], todo)  # the device the sweep trains on, not the machine's best
+
+
+@pytest.mark.parametrize("value, expected", [("off", "off"), (False, "off"), ("auto", "auto"), ("on", "on"),
+                                             (True, "on")])
 def test_yaml_off_is_off(value, expected):
     assert sweep(together=value)[0].fewshot.together == expected
