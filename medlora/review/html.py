@@ -76,8 +76,11 @@ def _examples(figs: list[Figure]) -> str:
         return ""
     items = []
     for f in figs:
-        pair = (f'<div>{_img(f.raw, "image")}<br>image</div>' if f.raw else "") + \
-            f'<div>{_img(f.path, f.caption)}<br>attention overlay</div>'
+        # a saliency example: the image beside its overlay, named by its method; a study's attention over its
+        # slices (no image beside it) is named by its caption
+        method = dict(f.facts).get("saliency", "saliency")
+        pair = (f'<div>{_img(f.raw, "image")}<br>image</div><div>{_img(f.path, f.caption)}<br>'
+                f'{html.escape(method)} overlay</div>') if f.raw else f"<div>{_img(f.path, f.caption)}</div>"
         facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in f.facts)
         items.append(f'<figure class="example"><div class="pair">{pair}</div>'
                      f"<figcaption>{html.escape(f.caption)}</figcaption><table>{facts}</table></figure>")

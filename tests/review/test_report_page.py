@@ -116,10 +116,13 @@ def test_saliency_examples_show_the_image_beside_the_overlay_with_key_score_and_
 
     imsave(png, np.zeros((4, 4)))
     fig = Figure(png, "true positive", png, (("study key (pseudonym)", "stu-abc123"), ("study score", "0.910"),
-                                            ("call", "abnormal (threshold 0.400)"), ("truth", "abnormal")))
-    page = render_report(_meta(), _metrics(), [], [fig], "note", "# card", None)
-    example = page.split('<figure class="example">', 1)[1].split("</figure>", 1)[0]
-    assert example.count("<img") == 2 and "attention overlay" in example
+                                            ("call", "abnormal (threshold 0.400)"), ("truth", "abnormal"),
+                                            ("saliency", "Grad-CAM")))
+    slices = Figure(png, "true positive: attention over the study's slices", None, (("slices", "10"),))
+    page = render_report(_meta(), _metrics(), [], [fig, slices], "note", "# card", None)
+    example, strip = [part.split("</figure>", 1)[0] for part in page.split('<figure class="example">')[1:3]]
+    assert example.count("<img") == 2 and "Grad-CAM overlay" in example
+    assert strip.count("<img") == 1 and "overlay" not in strip  # a study's attention strip is no overlay
     for text in ("stu-abc123", "0.910", "abnormal (threshold 0.400)"):
         assert text in example
 
