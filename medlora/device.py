@@ -46,16 +46,21 @@ PRECISIONS = ("auto", "fp32", "bf16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matrix products
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags Linux reports (``/proc/cpuinfo``); empty where it is not readable."""
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line of ``/proc/cpuinfo`` (``flags``, ``model name``); ``None`` where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if line.startswith(field):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (``/proc/cpuinfo``); empty where it is not readable."""
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:
@@ -69,14 +74,7 @@ _PROBE_VERSION = 1
 
 
 def _cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "unknown"
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+    return _cpuinfo("model name") or "unknown"
 
 
 def measure_cpu_bf16(repeats: int = 3) -> dict[str, float]:
@@ -84,13 +82,15 @@ def measure_cpu_bf16(repeats: int = 3) -> dict[str, float]:
     fp32 and under ``torch.autocast("cpu", bf16)``, best of ``repeats`` each, and their ratio.
 
     A CPU that reports AVX512-BF16 is not always faster in bf16: measured on 2-core VMs, an AMD EPYC
-    ran a 2048² ``torch.mm`` 2.3x faster in bf16, an Intel Xeon with AVX512-BF16 but no AMX 0.57x
-    (slower). The probe takes about a tenth of a second."""
+    ran a 2048² ``torch.mm`` 2.3x faster in bf16, an Intel Xeon with AVX512-BF16 but no AMX 0.54x
+    (slower). The probe takes about a tenth of a second and leaves torch's global random state as it found
+    it (it may run inside a seeded training run)."""
     import time
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 384, generator=gen)
-    block = nn.Sequential(nn.Linear(384, 1536), nn.GELU(), nn.Linear(1536, 384))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = torch.randn(512, 384)
+        block = nn.Sequential(nn.Linear(384, 1536), nn.GELU(), nn.Linear(1536, 384))
     seconds = {}
     for name, enabled in (("fp32", False), ("bf16", True)):
         best = float("inf")

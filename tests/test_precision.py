@@ -86,8 +86,14 @@ def test_the_bf16_measurement_is_taken_once_per_machine_and_kept_in_the_cache_fo
     assert "speedup" in (tmp_path / "cpu-bf16.json").read_text()
 
 
-def test_the_bf16_probe_times_both_precisions():
+def test_the_bf16_probe_times_both_precisions_and_leaves_the_random_state_alone():
+    """The probe can run inside a seeded training run (its first call on a machine): it must not draw from
+    torch's global generator, or that first run would train differently from every later one."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     speed = dev.measure_cpu_bf16(repeats=1)
+    assert torch.equal(torch.rand(3), expected)
     assert speed["fp32_s"] > 0 and speed["bf16_s"] > 0
     assert speed["speedup"] == pytest.approx(speed["fp32_s"] / speed["bf16_s"])
 
