@@ -97,12 +97,11 @@ def put_head(model: nn.Module, state: dict[str, torch.Tensor], bundle: Bundle) -
 
 def load_full(bundle: Bundle) -> nn.Module:
     """A full fine-tune: timm's architecture from ``medlora.json`` with the bundle's whole state."""
-    import timm
+    from ..models.backbone import architecture
 
     if bundle.method != "full":
         raise BundleError(f"bundle {bundle.path} is a {bundle.method} bundle, not a full fine-tune")
-    b = bundle.meta["base"]
-    model = timm.create_model(b["timm_name"], pretrained=False, num_classes=b["num_classes"], **b.get("timm_kwargs", {}))
+    model = architecture(bundle.meta["base"])
     _load_state(model, read_weights(bundle), bundle, strict=True)
     return model.eval()
 

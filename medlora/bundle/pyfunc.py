@@ -11,7 +11,7 @@ hub cache where the model is loaded. A full fine-tune carries its whole model an
 ``mlflow.pyfunc.load_model("models:/NAME@candidate").predict(frame)`` takes a DataFrame with a
 ``path`` column (a DICOM file or a folder holding one study) and/or an ``image`` column (an
 already-preprocessed ``C×H×W`` array, as :func:`medlora.transforms.pipeline.build_transforms`
-makes) and returns one row per study: ``input`` (row number), ``study_key``, ``n_images``,
+makes; ``C×D×H×W`` for a bundle of a volume ViT, ``preprocess.view.kind: volume``) and returns one row per study: ``input`` (row number), ``study_key``, ``n_images``,
 ``score``, ``call``, ``error``; a multi-label or multi-class bundle adds ``score.<output>`` and
 ``call.<output>`` per output, a multi-class one ``class`` (the arg-max call; without ``data.normal``
 ``score`` and ``call`` stay null, as there is no abnormal-vs-normal score). A study that cannot be read gets no score and no call (``call`` is
@@ -126,13 +126,16 @@ def _no_call(row: int, error: str) -> dict[str, Any]:
 
 
 def signature(bundle: Any = None):
-    """Input: optional ``path`` (string) and ``image`` (C×H×W array); output: the study rows
-    (:func:`output_columns` of ``bundle``; without one, those of a binary bundle)."""
+    """Input: optional ``path`` (string) and ``image`` (C×H×W array; C×D×H×W for a bundle whose model takes
+    whole volumes); output: the study rows (:func:`output_columns` of ``bundle``; without one, those of a
+    binary bundle)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Schema
 
-    inputs = Schema([ColSpec("string", "path", required=False),
-                     ColSpec(Array(Array(Array("double"))), "image", required=False)])
+    image: Any = Array(Array(Array("double")))
+    if bundle is not None and bundle.preprocess()[0].view.kind == "volume":
+        image = Array(image)
+    inputs = Schema([ColSpec("string", "path", required=False), ColSpec(image, "image", required=False)])
     extra = [] if bundle is None else output_columns(bundle)[len(OUTPUT_COLUMNS):]
     outputs = Schema([ColSpec("long", "input"), ColSpec("string", "study_key"), ColSpec("long", "n_images"),
                       ColSpec("double", "score", required=False), ColSpec("long", "call", required=False),

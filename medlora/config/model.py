@@ -47,6 +47,9 @@ class ModelConfig(Strict):
         None, description="the Hugging Face cache `model.pretrained` loads from (only with `pretrained: true`)",
         json_schema_extra=shown("`HF_HUB_CACHE`, else `HF_HOME/hub`"))
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to `timm.create_model`")
+    tubelet: int = Field(
+        2, ge=1, description="`preprocess.view.kind: volume`: slices per 3D patch of the ViT's volume patch embedding "
+        "(each patch is `tubelet` × patch size × patch size)")
     method: Method = Field("lora", description="`lora`, `linear_probe`, `full`")
     lora: LoraConfigModel = Field(default_factory=LoraConfigModel, description="the adapter of `method: lora`")
     adapter: Path | None = Field(

@@ -32,12 +32,15 @@ class WindowConfig(Strict):
 
 
 class ViewConfig(Strict):
-    """How a volume becomes 2D samples: ``slice`` (central), ``every_k``, ``slab``, ``2.5d``, ``mip``
-    across ``axis`` of the RAS volume (2 axial, 1 coronal, 0 sagittal); see :mod:`medlora.transforms.views`."""
+    """How a volume becomes samples: 2D ``slice`` (central), ``every_k``, ``slab``, ``2.5d``, ``mip`` across
+    ``axis`` of the RAS volume (2 axial, 1 coronal, 0 sagittal), or the whole ``volume`` as one 3D sample;
+    see :mod:`medlora.transforms.views`."""
 
-    kind: Literal["slice", "every_k", "slab", "2.5d", "mip"] = Field(
+    kind: Literal["slice", "every_k", "slab", "2.5d", "mip", "volume"] = Field(
         "slice", description="`slice` (central), `every_k`, `slab` (central `slab` slices), `2.5d` (each central "
-        "slice with its neighbours as 3 channels), `mip`")
+        "slice with its neighbours as 3 channels), `mip`, or `volume`: the whole volume, resampled to `depth` slices "
+        "of `image_size`², is one sample and the ViT takes it whole (3D patches of `model.tubelet` slices; a 2D "
+        "base's patch and position embeddings are inflated, `medlora/models/volume.py`)")
     k: int = Field(4, ge=1, description="`every_k`: take every k-th slice")
     slab: int = Field(5, ge=1, description="`slab`: slices of the central slab")
     axis: int = Field(2, ge=0, le=2, description="axis of the RAS volume: 2 axial, 1 coronal, 0 sagittal")
@@ -50,6 +53,16 @@ class ViewConfig(Strict):
         "each time from a larger study; evaluation uses all; a step holds `train.batch_size // max_slices` studies "
         "(at least one)")
     attention_dim: int = Field(128, ge=1, description="`aggregate: attention`: hidden size of the attention pooling")
+    depth: int = Field(16, ge=1, description="`kind: volume`: slices (along `axis`) every volume is resampled to; a "
+                       "multiple of `model.tubelet`")
+
+    @model_validator(mode="after")
+    def _volume_is_one_sample(self) -> ViewConfig:
+        if self.kind == "volume" and self.aggregate == "attention":
+            raise ValueError("preprocess.view.kind: volume makes each volume one 3D sample: there are no slices for "
+                             "aggregate: attention to pool; use aggregate: max (a study of several volumes takes the "
+                             "highest score)")
+        return self
 
 
 class PreprocessConfig(Strict):

@@ -86,6 +86,13 @@ class Config(Strict):
         if self.data.task != "binary" and self.evaluate.calibration != "none":
             raise ValueError(f"evaluate.calibration={self.evaluate.calibration!r} recalibrates the one score of data.task "
                              f"binary; a {self.data.task} run's per-finding scores are not recalibrated (use 'none')")
+        view = self.preprocess.view
+        if view.kind == "volume" and view.depth % self.model.tubelet:
+            raise ValueError(f"preprocess.view.depth={view.depth} must be a multiple of model.tubelet="
+                             f"{self.model.tubelet} (the slices of one 3D patch)")
+        if view.kind == "volume" and self.pipeline == "oneclass":
+            raise ValueError("preprocess.view.kind: volume trains a 3D ViT; pipeline: oneclass scores 2D images "
+                             "(use a 2D view)")
         if self.preprocess.view.aggregate == "attention" and self.pipeline not in ("classify", "fewshot"):
             raise ValueError(f"preprocess.view.aggregate: attention trains one model per study and is available for "
                              f"pipeline: classify and fewshot, not {self.pipeline}; use max or mean there")

@@ -161,8 +161,21 @@ def _record(cfg: Config, mae: MaskedAutoencoder, inputs: dict[str, Any], pdata: 
     }
 
 
+def slices_of_volumes(cfg: Config) -> Config:
+    """The config a 2D pretraining reads: for ``preprocess.view.kind: volume`` every slice along the view's
+    axis is an image (``every_k``, ``k: 1``), so the masked autoencoder learns the site's slices and the
+    run inflates the base to 3D (:mod:`medlora.models.volume`); any other config as it is."""
+    view = cfg.preprocess.view
+    if view.kind != "volume":
+        return cfg
+    pre = cfg.preprocess.model_copy(update={"view": view.model_copy(update={"kind": "every_k", "k": 1})})
+    return cfg.model_copy(update={"preprocess": pre})
+
+
 def run_pretrain(cfg: Config, out: Path | None = None) -> PretrainSummary:
-    """Pretrain (or reuse) the MAE base of ``cfg``; in ``out``, else ``pretrain.out/<data.name>-<key>``."""
+    """Pretrain (or reuse) the MAE base of ``cfg``; in ``out``, else ``pretrain.out/<data.name>-<key>``.
+    A volume run's base is pretrained on the volumes' slices (:func:`slices_of_volumes`)."""
+    cfg = slices_of_volumes(cfg)
     p = cfg.pretrain or PretrainConfig()
     preflight(cfg, build=False)  # the masked autoencoder below builds and checks the encoder
     mae, inputs = build_mae(cfg)  # fails fast on a bad size or model

@@ -14,6 +14,10 @@ Four weight sources, one record (:class:`BaseInfo`):
 * neither — timm's random initialisation, saved once as safetensors and referenced by path +
   sha256, so an adapter can always be put back on the exact base it was trained on.
 
+``volume`` (a :class:`~.volume.VolumeInput`) builds the same architecture for whole volumes: timm's ViT
+with a 3D patch embedding, a 2D base's weights inflated into it (:mod:`.volume`); the geometry is
+recorded with the base, so a rebuild inflates the same file the same way.
+
 ``state_sha256`` hashes the base's own tensors (classifier head excluded) in a canonical
 safetensors serialisation, whatever the source: it is what a loader checks before putting an
 adapter on a base. Tensors that do not fit are reported key by key with the likely ``model.kwargs``.
@@ -33,9 +37,10 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import WeightsError
 from ..hashing import sha256_file
+from .volume import VolumeInput, inflate_state
 from .weights import fit_state, load_weights_file, read_folder
 
-__all__ = ["LOCAL_SOURCES", "BaseInfo", "base_state", "create_base", "head_name", "head_names", "head_prefixes",
+__all__ = ["LOCAL_SOURCES", "BaseInfo", "architecture", "base_state", "create_base", "head_name", "head_names", "head_prefixes",
            "load_weights_file", "rebuild_base", "state_sha256"]
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,7 @@ class BaseInfo:
     num_classes: int
     # where the weights came from: hub repo + revision + file, folder, file, or pretraining run
     origin: dict[str, Any] = field(default_factory=dict)
+    volume: dict[str, int] | None = None  # VolumeInput of a volume ViT (depth, tubelet); None for 2D
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,9 +103,12 @@ def state_sha256(model: nn.Module) -> str:
     return hashlib.sha256(save(base_state(model))).hexdigest()
 
 
-def _timm(name: str, num_classes: int, kwargs: dict[str, Any], **extra: Any) -> nn.Module:
+def _timm(name: str, num_classes: int, kwargs: dict[str, Any], volume: VolumeInput | None = None,
+          **extra: Any) -> nn.Module:
     import timm
 
+    if volume is not None:
+        extra["embed_layer"] = volume.embed_layer()
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **extra, **kwargs)
     except (RuntimeError, TypeError, ValueError, AssertionError) as err:
@@ -122,28 +131,47 @@ def _file_origin(path: Path) -> dict[str, Any]:
     return {"kind": "file", "path": str(path.resolve()), **({"metadata": meta} if meta else {})}
 
 
-def _from_folder(cfg: ModelConfig, num_classes: int, folder: Path) -> tuple[nn.Module, BaseInfo]:
+def _fit(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """:func:`fit_state`, a 2D state inflated first where ``model`` takes volumes."""
+    fit_state(model, inflate_state(state, model), source, head_prefixes(model))
+
+
+def _as_volume(model2d: nn.Module, name: str, num_classes: int, kwargs: dict[str, Any], volume: VolumeInput,
+               source: str) -> nn.Module:
+    """The volume ViT of ``name`` carrying ``model2d``'s weights, inflated."""
+    model = _timm(name, num_classes, kwargs, volume, pretrained_cfg=getattr(model2d, "pretrained_cfg", None))
+    _fit(model, model2d.state_dict(), Path(source))
+    return model
+
+
+def _from_folder(cfg: ModelConfig, num_classes: int, folder: Path,
+                 volume: VolumeInput | None) -> tuple[nn.Module, BaseInfo]:
     found = read_folder(folder)
     if cfg.backbone.split(".")[0] != found.architecture.split(".")[0]:
         raise WeightsError(f"model.weights folder {folder} holds a {found.architecture!r} (its config.json) but "
                            f"model.backbone={cfg.backbone!r}; drop model.backbone to take the folder's architecture")
     kwargs = {**{k: v for k, v in found.model_args.items() if k != "num_classes"}, **cfg.kwargs}  # the task's head
-    model = _timm(found.architecture, num_classes, kwargs, pretrained_cfg=found.pretrained_cfg)
-    fit_state(model, load_weights_file(found.weights), found.weights, head_prefixes(model))
+    model = _timm(found.architecture, num_classes, kwargs, volume, pretrained_cfg=found.pretrained_cfg)
+    _fit(model, load_weights_file(found.weights), found.weights)
     origin = {"kind": "folder", "path": str(folder.resolve()), "config_sha256": sha256_file(folder / "config.json"),
               "file": found.weights.name}
     info = BaseInfo(found.architecture, kwargs, "folder", str(found.weights.resolve()), sha256_file(found.weights),
-                    state_sha256(model), num_classes, origin)
+                    state_sha256(model), num_classes, origin, _volume(volume))
     log.info("base %s from folder %s sha256=%s", found.architecture, folder, info.sha256[:12])
     return model, info
 
 
+def _volume(volume: VolumeInput | None) -> dict[str, int] | None:
+    return volume.to_dict() if volume is not None else None
+
+
 def create_base(cfg: ModelConfig, num_classes: int, init_dir: Path | None = None, seed: int = 0,
-                save_init: bool = True) -> tuple[nn.Module, BaseInfo]:
+                save_init: bool = True, volume: VolumeInput | None = None) -> tuple[nn.Module, BaseInfo]:
     """Create the timm model with a ``num_classes`` head from the configured weight source.
 
     ``init_dir`` is where a randomly initialised base is saved (required when neither ``pretrained``
     nor ``weights`` is set, unless ``save_init=False``: a check that builds the base and keeps nothing).
+    ``volume``: build it for whole volumes (:mod:`.volume`), a 2D source's weights inflated.
     """
     kwargs = dict(cfg.kwargs)
     if cfg.pretrained:
@@ -151,25 +179,28 @@ def create_base(cfg: ModelConfig, num_classes: int, init_dir: Path | None = None
 
         model = load_pretrained(cfg.backbone, num_classes, kwargs, cfg.cache_dir)
         origin = hub_origin(model, cfg.backbone, cfg.cache_dir)
+        if volume is not None:
+            model = _as_volume(model, cfg.backbone, num_classes, kwargs, volume, f"hub {cfg.backbone}")
         state = state_sha256(model)
-        info = BaseInfo(cfg.backbone, kwargs, "hub", None, origin.get("file_sha256") or state, state, num_classes, origin)
+        info = BaseInfo(cfg.backbone, kwargs, "hub", None, origin.get("file_sha256") or state, state, num_classes, origin,
+                        _volume(volume))
         log.info("base %s from hub repo %s revision %s", cfg.backbone, origin.get("repo"), origin.get("revision"))
         return model, info
     if cfg.weights is not None and Path(cfg.weights).is_dir():
-        return _from_folder(cfg, num_classes, Path(cfg.weights))
+        return _from_folder(cfg, num_classes, Path(cfg.weights), volume)
     torch.manual_seed(seed)
-    model = _timm(cfg.backbone, num_classes, kwargs)
+    model = _timm(cfg.backbone, num_classes, kwargs, volume)
     if cfg.weights is not None:
         path = Path(cfg.weights)
-        fit_state(model, load_weights_file(path), path, head_prefixes(model))
+        _fit(model, load_weights_file(path), path)
         origin = _file_origin(path)
         info = BaseInfo(cfg.backbone, kwargs, origin["kind"], str(path.resolve()), sha256_file(path),
-                        state_sha256(model), num_classes, origin)
-        log.info("base weights %s sha256=%s", path, info.sha256[:12])
+                        state_sha256(model), num_classes, origin, _volume(volume))
+        log.info("base weights %s sha256=%s%s", path, info.sha256[:12], " (inflated to 3D)" if volume else "")
         return model, info
     if not save_init:
         return model, BaseInfo(cfg.backbone, kwargs, "init", None, "", state_sha256(model), num_classes,
-                                 {"kind": "init"})
+                                 {"kind": "init"}, _volume(volume))
     if init_dir is None:
         raise WeightsError("a randomly initialised base needs a folder to be saved in")
     from safetensors.torch import save_file
@@ -178,13 +209,21 @@ def create_base(cfg: ModelConfig, num_classes: int, init_dir: Path | None = None
     path = init_dir / "base.safetensors"
     save_file(base_state(model), path)
     info = BaseInfo(cfg.backbone, kwargs, "init", str(path.resolve()), sha256_file(path), state_sha256(model),
-                    num_classes, {"kind": "init", "seed": seed})
+                    num_classes, {"kind": "init", "seed": seed}, _volume(volume))
     log.info("randomly initialised base saved to %s (sha256=%s)", path, info.sha256[:12])
     return model, info
 
 
+def architecture(info: dict[str, Any]) -> nn.Module:
+    """The untrained timm architecture a :class:`BaseInfo` dict describes (a volume ViT where it has
+    ``volume``): what a full fine-tune's own weights are loaded into."""
+    volume = VolumeInput(**info["volume"]) if info.get("volume") else None
+    return _timm(info["timm_name"], info["num_classes"], info.get("timm_kwargs") or {}, volume)
+
+
 def rebuild_base(info: dict[str, Any]) -> nn.Module:
     """Rebuild a base from a :class:`BaseInfo` dict (``medlora.json``) and verify its content."""
+    volume = VolumeInput(**info["volume"]) if info.get("volume") else None
     if info["source"] == "hub":
         from .hub import load_pretrained
 
@@ -192,12 +231,15 @@ def rebuild_base(info: dict[str, Any]) -> nn.Module:
         cache = origin.get("cache_dir")
         model = load_pretrained(info["timm_name"], info["num_classes"], info["timm_kwargs"],
                                 cache if cache and Path(cache).is_dir() else None, origin.get("revision"))
+        if volume is not None:
+            model = _as_volume(model, info["timm_name"], info["num_classes"], info["timm_kwargs"], volume,
+                               f"hub {info['timm_name']}")
     else:
         path = Path(info["weights_path"])
-        model = _timm(info["timm_name"], info["num_classes"], info["timm_kwargs"])
+        model = _timm(info["timm_name"], info["num_classes"], info["timm_kwargs"], volume)
         if sha256_file(path) != info["sha256"]:
             raise WeightsError(f"base weights {path} have sha256 {sha256_file(path)[:12]}…, expected {info['sha256'][:12]}…")
-        fit_state(model, load_weights_file(path), path, head_prefixes(model))
+        _fit(model, load_weights_file(path), path)
     actual = state_sha256(model)
     if actual != info["state_sha256"]:
         raise WeightsError(f"the rebuilt base {info['timm_name']} differs from the one the adapter was trained on "

@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from .backbone import BaseInfo, create_base
 from .families import check_image_size, require_targets, transformer_blocks
 from .lora import ParamCount, apply_method, count_params, resolve_targets
+from .volume import volume_input
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def _model_size(model: nn.Module) -> int | None:
 def check_model(cfg: Config) -> BaseInfo:
     """Build the base from its weight source and check that it fits the run (input size, method, LoRA
     targets) without keeping anything: what :func:`build_model` would refuse, in seconds, before any data."""
-    base, info = create_base(cfg.model, len(cfg.data.classes), seed=cfg.train.seed, save_init=False)
+    base, info = create_base(cfg.model, len(cfg.data.classes), seed=cfg.train.seed, save_init=False,
+                             volume=volume_input(cfg.preprocess, cfg.model))
     input_config(base, cfg.preprocess.image_size)
     methods = {"classify": [cfg.model.method], "fewshot": list(cfg.fewshot.methods) if cfg.fewshot else []}
     if {"lora", "adapter_continued"} & set(methods.get(cfg.pipeline, [])):
@@ -75,7 +77,8 @@ def check_model(cfg: Config) -> BaseInfo:
 
 def build_model(cfg: Config, out: Path) -> BuiltModel:
     """The base (saved under ``out/base`` when randomly initialised) with ``cfg.model.method`` applied."""
-    base, info = create_base(cfg.model, len(cfg.data.outputs), init_dir=Path(out) / "base", seed=cfg.train.seed)
+    base, info = create_base(cfg.model, len(cfg.data.outputs), init_dir=Path(out) / "base", seed=cfg.train.seed,
+                             volume=volume_input(cfg.preprocess, cfg.model))
     data_config = input_config(base, cfg.preprocess.image_size)
     model = apply_method(base, cfg.model.method, cfg.model.lora)
     params = count_params(model)

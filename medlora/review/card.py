@@ -131,6 +131,10 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any], data_card_present:
     small = too_small(metrics, labels)
     banner = f"\n> **{small}**\n" if small else ""
     window = pre.get("window", {})
+    view = pre.get("view") or {}
+    size = pre.get("image_size")
+    inputs = (f"whole volumes resampled to {view.get('depth')} slices of {size} × {size} px (a 3D ViT, patches of "
+              f"{(base.get('volume') or {}).get('tubelet')} slices)" if view.get("kind") == "volume" else f"{size} px")
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
     adapted = (f"adapted with LoRA (r={lora.get('r')}, alpha={lora.get('alpha')}, targets `{lora.get('targets')}`) "
                "using peft; the classifier head is trained and saved with the adapter" if lora else
@@ -174,7 +178,7 @@ The held-out test split of dataset `{ds.get('name')}`: {_test_counts(metrics, la
 
 ## Training data
 The training split of the same dataset (patient-level, label-stratified split); the validation split chose
-the epoch, the operating point and any recalibration. Preprocessing: window `{window.get('mode')}`, input {pre.get('image_size')} px,
+the epoch, the operating point and any recalibration. Preprocessing: window `{window.get('mode')}`, input {inputs},
 mean {pre.get('mean')}, std {pre.get('std')}.
 
 ## Quantitative analyses

@@ -101,7 +101,7 @@ def write_saliency(model: nn.Module, bundle_pre: tuple, examples: list[tuple[str
     and its reason kept, so that an explanation never blocks an export.
     """
     from ..transforms.pipeline import build_transforms
-    from .saliency import display_image, saliency_map, save_overlay
+    from .saliency import display_pair, saliency_map, save_overlay
 
     pre, size, mean, std = bundle_pre
     transform = build_transforms(pre, size, mean, std)
@@ -119,14 +119,17 @@ def write_saliency(model: nn.Module, bundle_pre: tuple, examples: list[tuple[str
             continue
         methods.add(method)
         counters[kind] = counters.get(kind, 0) + 1
-        shown = display_image(image, mean, std)
+        shown, heat, where = display_pair(image, heat, mean, std)
         stem = f"{kind}_{counters[kind]}"
         path = save_overlay(shown, heat, folder / f"{stem}.png", f"{kind.upper()} {row.score:.3f}")
-        raw = save_image(shown, folder / f"{stem}_image.png", "image")
+        raw = save_image(shown, folder / f"{stem}_image.png", where or "image")
         facts = (("study key (pseudonym)", str(row.study_key)), ("study score", f"{row.score:.3f}"),
                  ("call", f"{labels[int(row.call)]} (threshold {threshold:.3f})"), ("truth", labels[int(row.label)]),
                  ("saliency", method))
-        figures.append(Figure(path, f"{names[kind]}: the highest-scoring image of the study", raw, facts))
+        if where is not None:
+            facts += (("slice shown", f"{where}, the one with the most saliency in the volume"),)
+        what = "the highest-scoring image of the study" if where is None else "the study's volume"
+        figures.append(Figure(path, f"{names[kind]}: {what}", raw, facts))
     return figures, methods, problems
 
 

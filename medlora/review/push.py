@@ -29,7 +29,7 @@ from ..io.deid import pseudonym
 from ..io.dicomweb.objects import Algorithm, FindingCall, build_sc, build_sr, render_overlay
 from ..io.dicomweb.push import PushResult, push
 from ..transforms.pipeline import build_transforms
-from .saliency import display_image, saliency_map
+from .saliency import display_pair, saliency_map
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def saliency_picture(predictor: Predictor, index: int, transform: Any, study: So
                 slot.activate()
             heat, _ = saliency_map(slot.model, image)
             ref = study.headers[study.files.index(spec.files[len(spec.files) // 2])]
-            return render_overlay(display_image(image, mean, std), heat, algorithm, findings), ref
+            shown, heat, _ = display_pair(image, heat, mean, std)
+            return render_overlay(shown, heat, algorithm, findings), ref
     raise ValueError("the study's highest-scoring sample was not found again")
 
 

@@ -17,6 +17,9 @@ Grad-CAM: the gradient of the target class's logit weights the channels of the l
 map (timm's ``feature_info``: a CNN's or Swin's last stage, NCHW or NHWC); for token models the map is
 the input of the last block (its patch tokens still reach a class-token head there), laid out on the
 patch grid.
+
+A volume ViT (:mod:`medlora.models.volume`) is explained the same way on its 3D patch grid: the map is
+``(D, H, W)``, and :func:`display_pair` shows the slice holding the most of it.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def _captured_attention(vit: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 @torch.inference_mode()
 def attention_rollout(model: nn.Module, image: torch.Tensor) -> np.ndarray:
-    """A ``(H, W)`` map in [0, 1] of where ``model`` looked in one preprocessed ``(C, H, W)`` image."""
+    """A map in [0, 1] of where ``model`` looked in one preprocessed ``(C, H, W)`` image (``(H, W)``) or
+    ``(C, D, H, W)`` volume (``(D, H, W)``)."""
     vit = timm_vit(model)
     model.eval()
     with _captured_attention(vit) as maps:
@@ -75,9 +79,15 @@ def attention_rollout(model: nn.Module, image: torch.Tensor) -> np.ndarray:
     prefix = int(getattr(vit, "num_prefix_tokens", 1))
     rows = rollout[:1] if getattr(vit, "global_pool", "token") == "token" and prefix else rollout[prefix:]
     patch = rows[:, prefix:].mean(0)
-    gh, gw = vit.patch_embed.grid_size
-    grid = patch.reshape(1, 1, gh, gw)
-    heat = torch.nn.functional.interpolate(grid, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
+    grid = tuple(vit.patch_embed.grid_size)
+    return _upsample(patch.reshape(1, *grid), image)
+
+
+def _upsample(grid: torch.Tensor, image: torch.Tensor) -> np.ndarray:
+    """A ``(1, h, w)`` or ``(1, d, h, w)`` map on the patch grid → the input's spatial size, in [0, 1]."""
+    spatial = tuple(image.shape[-(grid.ndim - 1):])
+    mode = "trilinear" if grid.ndim == 4 else "bilinear"
+    heat = torch.nn.functional.interpolate(grid[None].float(), size=spatial, mode=mode, align_corners=False)[0, 0]
     heat = heat - heat.min()
     return (heat / heat.max().clamp_min(1e-12)).numpy()
 
@@ -95,7 +105,7 @@ def _last_stage(net: nn.Module) -> tuple[nn.Module, bool]:
 
 
 def _spatial(net: nn.Module, act: torch.Tensor) -> torch.Tensor:
-    """One sample's activation ``act`` as a (C, h, w) map."""
+    """One sample's activation ``act`` as a (C, h, w) map ((C, d, h, w) on a volume ViT's grid)."""
     if act.ndim == 3 and getattr(net, "output_fmt", "NCHW") == "NHWC":
         return act.permute(2, 0, 1)
     if act.ndim == 3:
@@ -105,7 +115,7 @@ def _spatial(net: nn.Module, act: torch.Tensor) -> torch.Tensor:
         patches = act[prefix:]
         side = int(round(patches.shape[0] ** 0.5))
         grid = tuple(getattr(getattr(net, "patch_embed", None), "grid_size", None) or (side, side))
-        if grid[0] * grid[1] != patches.shape[0]:
+        if int(np.prod(grid)) != patches.shape[0]:
             raise ValueError(f"cannot lay {patches.shape[0]} tokens on a {grid} patch grid")
         return patches.T.reshape(-1, *grid)
     raise ValueError(f"cannot map an activation of shape {tuple(act.shape)} onto the image")
@@ -113,7 +123,7 @@ def _spatial(net: nn.Module, act: torch.Tensor) -> torch.Tensor:
 
 def grad_cam(model: nn.Module, image: torch.Tensor, target: int | None = None) -> np.ndarray:
     """A ``(H, W)`` Grad-CAM map in [0, 1] for class ``target`` (default: the predicted class) of one
-    preprocessed ``(C, H, W)`` image, on any timm model (peft-wrapped or not)."""
+    preprocessed ``(C, H, W)`` image, on any timm model (peft-wrapped or not); ``(D, H, W)`` for a volume."""
     net = model.get_base_model() if hasattr(model, "get_base_model") else model
     module, use_input = _last_stage(net)
     model.eval()
@@ -131,11 +141,9 @@ def grad_cam(model: nn.Module, image: torch.Tensor, target: int | None = None) -
     finally:
         handle.remove()
     fmap, weights = _spatial(net, acts[-1][0].detach()), _spatial(net, grad[0])
-    cam = torch.relu((weights.mean(dim=(1, 2), keepdim=True) * fmap).sum(0)).float()
-    heat = torch.nn.functional.interpolate(cam[None, None], size=tuple(image.shape[-2:]), mode="bilinear",
-                                           align_corners=False)[0, 0]
-    heat = heat - heat.min()
-    return (heat / heat.max().clamp_min(1e-12)).numpy()
+    axes = tuple(range(1, weights.ndim))
+    cam = torch.relu((weights.mean(dim=axes, keepdim=True) * fmap).sum(0)).float()
+    return _upsample(cam[None], image)
 
 
 ROLLOUT, GRAD_CAM = "attention rollout", "Grad-CAM"
@@ -158,6 +166,17 @@ def display_image(image: torch.Tensor, mean: list[float], std: list[float]) -> n
     """The first channel of a normalised input, back in [0, 1] for display."""
     grey = image[0].numpy() * std[0] + mean[0]
     return np.clip(grey, 0.0, 1.0)
+
+
+def display_pair(image: torch.Tensor, heat: np.ndarray, mean: list[float], std: list[float],
+                 ) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """``(image, map, where)`` to draw: a 2D input as it is (``where`` None); for a ``(C, D, H, W)`` volume,
+    the slice holding the most saliency and its map, ``where`` naming it (``slice 5/16``)."""
+    shown = display_image(image, mean, std)
+    if shown.ndim == 2:
+        return shown, heat, None
+    z = int(np.asarray(heat).reshape(heat.shape[0], -1).sum(1).argmax())
+    return shown[z], heat[z], f"slice {z + 1}/{shown.shape[0]}"
 
 
 def save_overlay(image: np.ndarray, heat: np.ndarray, path: Path, title: str) -> Path:

@@ -24,6 +24,7 @@ from ..models.backbone import create_base
 from ..models.build import input_config
 from ..models.lora import apply_method
 from ..models.prefix import SuffixModel, frozen_prefix_depth
+from ..models.volume import volume_input
 from ..registry import CONTINUED
 from ..train.features import FeatureDataset, FeatureSet, extract_features, prefix_token_sets
 from ..train.loaders import make_datasets, make_loader
@@ -40,7 +41,7 @@ class Workbench:
         self.device = resolve_device(cfg.train.device)
         self.num_classes = len(cfg.data.outputs)  # one output per class, or per finding (multilabel)
         self.base, self.base_info = create_base(cfg.model, self.num_classes, init_dir=Path(out) / "base",
-                                                seed=cfg.train.seed)
+                                                seed=cfg.train.seed, volume=volume_input(cfg.preprocess, cfg.model))
         self.base.requires_grad_(False)
         self.input_cfg = input_config(self.base, cfg.preprocess.image_size)
         self.train_frame = data.split("train").reset_index(drop=True)

@@ -5,7 +5,8 @@ one affine matrix per image, resampled for the whole batch in one call of MONAI'
 transformer (:class:`monai.networks.layers.AffineTransform`, i.e. ``affine_grid`` + ``grid_sample``)
 on the device that trains. Per-sample ``RandFlipd``/``RandAffined`` after the cache cost 2–4 ms per
 image and epoch on a CPU core; the batched call costs a fraction of that and never copies the
-cached item.
+cached item. A batch of volumes ``(N, C, D, H, W)`` moves in plane: each volume's slices all get that
+volume's one matrix (the slices are folded into the channels for the call).
 
 Draws come from a :class:`torch.Generator` seeded with the run's seed, so a run repeats. Images are
 ``(N, C, H, W)`` and square (``Resized`` makes them so); rotation is about the image centre.
@@ -60,12 +61,14 @@ class BatchAugment:
         ``total`` from ``rank`` on: the draws are made for the whole global batch, as one process
         would make them, and this rank keeps its images' rows (each image moves as it would in a
         single-process run)."""
-        if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
-            raise ValueError(f"batch augmentation needs square (N, C, H, W) images, got shape {tuple(images.shape)}")
+        if images.ndim not in (4, 5) or images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"batch augmentation needs square (N, C, H, W) images or (N, C, D, H, W) volumes, got "
+                             f"shape {tuple(images.shape)}")
         theta = self.matrices(images.shape[0] if total is None else total)[rank::world]
         if len(theta) != images.shape[0]:
             raise ValueError(f"rank {rank} of {world} holds {images.shape[0]} images of a global batch of {total}; "
                              f"expected {len(theta)}")
         theta = theta.to(images.device)
-        return self.resample(images.float(), theta).to(images.dtype)
+        planes = images.flatten(1, 2) if images.ndim == 5 else images  # a volume's slices move together
+        return self.resample(planes.float(), theta).to(images.dtype).reshape(images.shape)
 

@@ -35,12 +35,14 @@ from ..io.findings import decode
 
 
 def to_channels(image: torch.Tensor | np.ndarray, channels: int) -> torch.Tensor | np.ndarray:
-    """Make a channel-first image have ``channels`` channels (grey → repeated, RGB → grey mean)."""
+    """Make a channel-first image (2D or 3D) have ``channels`` channels (grey → repeated, RGB → grey mean)."""
     c = image.shape[0]
     if c == channels:
         return image
     if c == 1:
-        return image.repeat(channels, 1, 1) if isinstance(image, torch.Tensor) else np.repeat(image, channels, 0)
+        if isinstance(image, torch.Tensor):
+            return image.repeat(channels, *[1] * (image.ndim - 1))
+        return np.repeat(image, channels, 0)
     if channels == 1:
         return image.mean(0, keepdims=True) if isinstance(image, np.ndarray) else image.mean(0, keepdim=True)
     raise ValueError(f"cannot map {c} channels to {channels}")
@@ -159,12 +161,13 @@ class LoadSampled(MapTransform):
 
 def build_transforms(pre: PreprocessConfig, size: int, mean: Sequence[float], std: Sequence[float]):
     """The transform chain of every split (deterministic). ``size``/``mean``/``std`` come from the
-    model's data config."""
+    model's data config. A ``volume`` view is resampled to ``(view.depth, size, size)``."""
     from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, Resized
 
+    spatial = (pre.view.depth, size, size) if pre.view.kind == "volume" else (size, size)
     return Compose([
         LoadSampled(keys="image", preprocess=pre),
-        Resized(keys="image", spatial_size=(size, size), mode="area"),
+        Resized(keys="image", spatial_size=spatial, mode="area"),
         ToChannelsd(keys="image", channels=len(mean)),
         NormalizeIntensityd(keys="image", subtrahend=np.asarray(mean), divisor=np.asarray(std), channel_wise=True),
         EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),

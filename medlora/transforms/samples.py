@@ -8,6 +8,9 @@ object, expanded *after* ingest (so the manifest and its fingerprint do not depe
 * ``frames`` (a multi-frame object that could not be placed as a volume): one sample per frame
   (``view`` = ``frame``, ``view_index`` = the frame).
 
+``view.kind: volume`` (a model that takes whole volumes) has one sample per volume and no use for 2D
+images: a data set holding any is refused, naming them (:func:`expand_views`).
+
 Every sample of a volume keeps the volume's ``study_key``, so evaluation aggregates the view scores
 into a study score. A derived sample id is :func:`view_sample_id` of the row's id: already a
 pseudonym, it needs no secret, and predict derives the same ids from the same volume.
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import DataConfig, PreprocessConfig
+from ..errors import InputError
 from ..io.prepare import PreparedData, prepare_dataset
 from .views import view_count
 from .volume import VOLUME_KINDS, oriented_shape
@@ -45,9 +49,15 @@ def volume_slices(row: dict[str, Any], pre: PreprocessConfig) -> int:
 
 
 def expand_views(manifest: pd.DataFrame, pre: PreprocessConfig) -> pd.DataFrame:
-    """One row per model sample (see the module docstring), in manifest order, views consecutive."""
+    """One row per model sample (see the module docstring), in manifest order, views consecutive.
+
+    Raises:
+        InputError: ``view.kind: volume`` with rows that are not volumes (named, with their count).
+    """
     rows: list[dict[str, Any]] = []
     view = pre.view.kind
+    if view == "volume":
+        _require_volumes(manifest)
     for rec in manifest.to_dict("records"):
         kind = rec.get("kind") if isinstance(rec.get("kind"), str) and rec.get("kind") else "dicom2d"
         if kind in VOLUME_KINDS:
@@ -61,6 +71,19 @@ def expand_views(manifest: pd.DataFrame, pre: PreprocessConfig) -> pd.DataFrame:
         else:
             rows.append({**rec, "view": "image", "view_index": 0, "slices": int(rec.get("frames") or 1)})
     return pd.DataFrame(rows, columns=[*manifest.columns, *[c for c in SAMPLE_COLUMNS if c not in manifest.columns]])
+
+
+def _require_volumes(manifest: pd.DataFrame) -> None:
+    kinds = manifest["kind"].fillna("dicom2d") if "kind" in manifest else pd.Series("dicom2d", index=manifest.index)
+    flat = manifest[~kinds.isin(VOLUME_KINDS)]
+    if flat.empty:
+        return
+    column = "path" if "path" in flat else "source"
+    names = ", ".join(str(v) for v in flat[column].head(5))
+    raise InputError(f"preprocess.view.kind: volume trains on whole volumes, but {len(flat)} of {len(manifest)} "
+                     f"samples are 2D images or frames that are not a volume ({names}{', ...' if len(flat) > 5 else ''}). "
+                     "Keep only CT/MR series (at least data.volume_min_slices slices) and NIfTI volumes in data.root, "
+                     "or use a 2D view (every_k, slab, 2.5d) with aggregate: max, mean or attention")
 
 
 def with_views(data: PreparedData, pre: PreprocessConfig) -> PreparedData:

@@ -13,6 +13,8 @@ kind        samples                                                             
 ``2.5d``    the ``slab`` central slices, each with its two neighbours as channels    3 (C must be 1)
             ``(i - 1, i, i + 1)``, clamped at the volume's ends; ``slab: 1`` = one
 ``mip``     one maximum-intensity projection over all ``n`` slices                   C
+``volume``  the whole volume, one 3D sample ``(C, n, H, W)``: its ``n`` slices in       C
+            order, each a display plane (resampled to ``view.depth`` slices later)
 ==========  ======================================================================  =============
 
 Each returned image is in *radiological display* orientation: for an axial view rows run anterior →
@@ -36,7 +38,7 @@ def view_positions(n: int, view: ViewConfig) -> list[int]:
     if n < 1:
         return []
     centre = n // 2
-    if view.kind in ("slice", "mip"):
+    if view.kind in ("slice", "mip", "volume"):
         return [centre]
     if view.kind == "every_k":
         return list(range(((n - 1) % view.k) // 2, n, view.k))
@@ -51,12 +53,13 @@ def view_count(n: int, view: ViewConfig) -> int:
 
 
 def display_plane(plane: np.ndarray) -> np.ndarray:
-    """``(C, a, b)`` plane of a RAS array → radiological display ``(C, b, a)`` (both axes flipped)."""
-    return np.ascontiguousarray(np.flip(plane, (1, 2)).transpose(0, 2, 1))
+    """``(..., a, b)`` plane(s) of a RAS array → radiological display ``(..., b, a)`` (both axes flipped)."""
+    return np.ascontiguousarray(np.swapaxes(np.flip(plane, (-2, -1)), -2, -1))
 
 
 def extract_view(volume: np.ndarray, view: ViewConfig, index: int) -> np.ndarray:
-    """Sample ``index`` of ``view`` from a ``(C, X, Y, Z)`` RAS volume → ``(C', H, W)`` float32.
+    """Sample ``index`` of ``view`` from a ``(C, X, Y, Z)`` RAS volume → ``(C', H, W)`` float32, or for
+    ``volume`` the whole of it as ``(C, n, H, W)`` (slices along ``view.axis`` in increasing RAS order).
 
     ``index`` beyond the last position is clamped to it (the manifest's count was estimated at ingest
     from the header geometry; see :func:`medlora.transforms.volume.oriented_shape`).
@@ -71,6 +74,8 @@ def extract_view(volume: np.ndarray, view: ViewConfig, index: int) -> np.ndarray
     n = vol.shape[axis]
     if view.kind == "mip":
         return display_plane(vol.max(axis=axis)).astype(np.float32, copy=False)
+    if view.kind == "volume":
+        return display_plane(np.moveaxis(vol, axis, 1)).astype(np.float32, copy=False)
     positions = view_positions(n, view)
     pos = positions[min(max(index, 0), len(positions) - 1)]
     if view.kind == "2.5d":

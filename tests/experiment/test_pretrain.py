@@ -262,3 +262,31 @@ def test_shipped_configs_pretrain_their_base(name):
     assert cfg.pretrain is not None and cfg.pretrain.out.resolve() == (repo / "runs" / "pretrain").resolve()
     size, patch = cfg.preprocess.image_size, cfg.model.kwargs["patch_size"]
     assert size == cfg.model.kwargs["img_size"] and size % patch == 0
+
+
+def test_a_volume_runs_base_is_pretrained_on_its_slices_and_inflated_to_3d(tiny_cfg, tmp_path, store):
+    """``preprocess.view.kind: volume`` with a ``pretrain:`` section: the masked autoencoder learns every
+    slice of the training volumes as a 2D image; the run then builds the volume ViT on that base, inflated."""
+    from safetensors.torch import load_file
+
+    from medlora.config import SynthConfig
+    from medlora.experiment.pretrain import with_pretrained_base
+    from medlora.io.synth import write_phantoms
+    from medlora.models.build import build_model
+    from medlora.transforms.samples import prepare_samples
+
+    root = tmp_path / "volumes"
+    write_phantoms(root, SynthConfig(patients=12, images_per_patient=6, size=16, seed=2))
+    cfg = pretrain_config(tiny_cfg, root, tmp_path, store, **{
+        "pretrain.epochs": 1, "data.name": "pretrain_volumes", "data.volume_min_slices": 6,
+        "preprocess.image_size": 16, "preprocess.view": "{kind: volume, depth: 4}", "model.tubelet": 2,
+        "model.kwargs": "{img_size: 16, patch_size: 8, depth: 1, embed_dim: 32, num_heads: 2, global_pool: avg}"})
+    run_cfg = with_pretrained_base(cfg)
+    card = (Path(run_cfg.model.weights).parent / "base_card.md").read_text()
+    train_volumes = (prepare_samples(cfg.data, cfg.preprocess).manifest["split"] == "train").sum()
+    assert f"images: {train_volumes * 6}" in card  # every slice of every training volume
+    built = build_model(run_cfg, tmp_path / "run")
+    kernel2d = load_file(run_cfg.model.weights)["patch_embed.proj.weight"]
+    kernel3d = built.model.get_base_model().patch_embed.proj.weight
+    assert built.base.volume == {"depth": 4, "tubelet": 2} and kernel3d.shape == (32, 3, 2, 8, 8)
+    torch.testing.assert_close(kernel3d[:, :, 0] * 2, kernel2d)

@@ -69,3 +69,15 @@ def test_keeps_shape_dtype_and_device_and_rejects_non_square_batches():
         BatchAugment()(torch.zeros(2, 3, 8, 10))
     with pytest.raises(ValueError, match="square"):
         BatchAugment()(torch.zeros(3, 8, 8))
+
+
+def test_a_volumes_slices_move_together_in_plane_as_its_image_would():
+    """(N, C, D, H, W): each volume gets one draw, applied to all its slices, the same draw a batch of
+    images would get (so a volume of identical slices moves like that image)."""
+    x = _images(4)
+    volumes = x[:, :, None].repeat(1, 1, 5, 1, 1)
+    moved = BatchAugment(seed=3)(volumes)
+    flat = BatchAugment(seed=3)(x)
+    assert moved.shape == volumes.shape
+    for d in range(5):
+        torch.testing.assert_close(moved[:, :, d], flat, atol=1e-5, rtol=0)

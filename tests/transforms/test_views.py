@@ -88,3 +88,18 @@ def test_index_past_the_last_position_is_clamped_and_bad_inputs_raise() -> None:
         extract_view(VOLUME[0], view, 0)
     with pytest.raises(ValueError, match="single-channel"):
         extract_view(np.concatenate([VOLUME, VOLUME]), ViewConfig(kind="2.5d"), 0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_volume_view_is_every_slice_view_in_order(axis) -> None:
+    """``kind: volume`` is one sample: the ``slab`` views of every slice along ``axis``, stacked in slice order."""
+    n = VOLUME.shape[axis + 1]
+    whole = extract_view(VOLUME, ViewConfig(kind="volume", axis=axis), 0)
+    slices = [extract_view(VOLUME, ViewConfig(kind="every_k", k=1, axis=axis), i) for i in range(n)]
+    assert view_positions(n, ViewConfig(kind="volume")) == [n // 2] and whole.shape == (1, n, *slices[0].shape[1:])
+    np.testing.assert_array_equal(whole, np.stack([s[0] for s in slices])[None])
+
+
+def test_volume_view_and_attention_pooling_are_refused_together() -> None:
+    with pytest.raises(ValueError, match="no slices for aggregate: attention"):
+        ViewConfig(kind="volume", aggregate="attention")

@@ -108,3 +108,23 @@ def test_disk_cache_keeps_the_views_of_one_volume_apart(permuted_nifti, tmp_path
     images = [ds[i]["image"] for i in range(3)]
     assert all(im.shape == (1, 8, 8) for im in images)
     assert not torch.equal(images[0], images[1]) and len(list((tmp_path / "c" / "fp").glob("*.pt"))) == 3
+
+
+def test_a_volume_sample_is_resampled_to_depth_by_size_squared_with_the_models_channels(permuted_nifti) -> None:
+    pre = PreprocessConfig(window=LINEAR, view=ViewConfig(kind="volume", depth=4, axis=2), augment=False)
+    image = build_transforms(pre, 8, [0.5] * 3, [0.5] * 3)({"image": str(permuted_nifti), "kind": "nifti",
+                                                             "view_index": 0})["image"]
+    assert tuple(image.shape) == (3, 4, 8, 8)  # (C, depth, size, size), grey repeated into 3 channels
+    torch.testing.assert_close(image[0], image[2])
+
+
+def test_volume_view_refuses_a_data_set_holding_2d_images_naming_them() -> None:
+    import pandas as pd
+
+    from medlora.errors import InputError
+    from medlora.transforms.samples import expand_views
+
+    manifest = pd.DataFrame({"sample_id": ["a", "b"], "kind": ["nifti", "dicom2d"], "path": ["v.nii.gz", "cxr/1.dcm"],
+                             "source": ["v.nii.gz", "cxr/1.dcm"], "shape": ["4x4x4", ""], "affine": [str(np.eye(4).tolist()), ""]})
+    with pytest.raises(InputError, match=r"1 of 2 samples are 2D images .*cxr/1\.dcm"):
+        expand_views(manifest, PreprocessConfig(view=ViewConfig(kind="volume")))

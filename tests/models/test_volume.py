@@ -1,0 +1,104 @@
+"""medlora.models.volume: the 3D patch embedding in timm's ViT, a 2D base inflated into it, rebuilt the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from medlora.config import ModelConfig
+from medlora.errors import WeightsError
+from medlora.models.backbone import base_state, create_base, rebuild_base
+from medlora.models.volume import VolumeInput, inflate_state
+
+KWARGS = {"img_size": 16, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
+VOLUME = VolumeInput(depth=4, tubelet=2)
+
+
+@pytest.fixture(scope="module")
+def base2d(tmp_path_factory) -> Path:
+    """A 2D ViT's weights (class token, no head), as a file a site would hand in."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("base2d") / "base.safetensors"
+    save_file(base_state(timm.create_model("vit_tiny_patch16_224", num_classes=0, **KWARGS)), path)
+    return path
+
+
+def _cfg(weights: Path | None) -> ModelConfig:
+    return ModelConfig(backbone="vit_tiny_patch16_224", kwargs=KWARGS, weights=weights)
+
+
+def test_a_volume_of_one_repeated_image_embeds_as_that_image_does_in_2d(base2d) -> None:
+    model3d, info = create_base(_cfg(base2d), 2, volume=VOLUME)
+    model2d, _ = create_base(_cfg(base2d), 2)
+    image = torch.randn(1, 3, 16, 16)
+    tokens3d = model3d.patch_embed(image[:, :, None].repeat(1, 1, 4, 1, 1))  # 2 slabs x 4 patches
+    tokens2d = model2d.patch_embed(image)
+    assert tokens3d.shape == (1, 8, 32) and info.volume == {"depth": 4, "tubelet": 2}
+    torch.testing.assert_close(tokens3d[:, :4], tokens2d, atol=1e-5, rtol=0)
+    torch.testing.assert_close(tokens3d[:, 4:], tokens2d, atol=1e-5, rtol=0)
+
+
+def test_the_position_embedding_keeps_the_2d_code_per_slab_and_tells_slabs_apart(base2d) -> None:
+    model3d, _ = create_base(_cfg(base2d), 2, volume=VOLUME)
+    model2d, _ = create_base(_cfg(base2d), 2)
+    pos3d, pos2d = model3d.pos_embed.detach(), model2d.pos_embed.detach()
+    assert pos3d.shape == (1, 1 + 8, 32)
+    torch.testing.assert_close(pos3d[:, :1], pos2d[:, :1])  # the class token's is untouched
+    slab0, slab1 = pos3d[0, 1:5], pos3d[0, 5:9]
+    offset0, offset1 = slab0 - pos2d[0, 1:], slab1 - pos2d[0, 1:]
+    torch.testing.assert_close(offset0 - offset0[:1], torch.zeros_like(offset0))  # one code per slab, every patch
+    assert not torch.allclose(offset0, offset1)  # slabs differ
+    scale = pos2d[0, 1:].std().item()  # a sine-cosine code of amplitude one 2D standard deviation
+    assert 0.5 * scale < offset1.abs().max().item() <= scale + 1e-6
+
+
+def test_the_inflated_base_is_rebuilt_to_the_same_tensors_and_lora_finds_its_attention(base2d) -> None:
+    from medlora.models.lora import apply_method
+
+    model3d, info = create_base(_cfg(base2d), 2, volume=VOLUME)
+    rebuilt = rebuild_base(info.to_dict())
+    x = torch.randn(2, 3, 4, 16, 16)
+    torch.testing.assert_close(rebuilt.forward_features(x), model3d.forward_features(x))
+    adapted = apply_method(model3d, "lora", _cfg(base2d).lora)
+    trainable = [n for n, p in adapted.named_parameters() if p.requires_grad]
+    assert any(".attn.qkv.lora_A." in n for n in trainable) and adapted(x).shape == (2, 2)
+    assert not any("patch_embed" in n or "pos_embed" in n for n in trainable)  # the inflated base stays frozen
+
+
+def test_a_random_volume_base_is_saved_3d_and_rebuilt(tmp_path) -> None:
+    model, info = create_base(_cfg(None), 2, init_dir=tmp_path, volume=VOLUME)
+    assert info.source == "init" and model.patch_embed.proj.weight.shape == (32, 3, 2, 8, 8)
+    x = torch.randn(1, 3, 4, 16, 16)
+    torch.testing.assert_close(rebuild_base(info.to_dict()).forward_features(x), model.forward_features(x))
+
+
+def test_a_2d_input_or_another_depth_is_refused_with_the_expected_shape(base2d) -> None:
+    model3d, _ = create_base(_cfg(base2d), 2, volume=VOLUME)
+    with pytest.raises(ValueError, match=r"built for \(4, 16, 16\) volumes .* expected \(N, C, 4, 16, 16\)"):
+        model3d(torch.randn(1, 3, 16, 16))
+    with pytest.raises(WeightsError, match="not a multiple of the tubelet"):
+        create_base(_cfg(base2d), 2, volume=VolumeInput(depth=5, tubelet=2))
+
+
+def test_a_2d_state_of_another_input_size_is_resampled_before_inflation(base2d) -> None:
+    """A base made for 32 px used at 16 px: timm's position-embedding resampling, then inflation."""
+    import timm
+
+    big = timm.create_model("vit_tiny_patch16_224", num_classes=0, **{**KWARGS, "img_size": 32})
+    model3d, _ = create_base(_cfg(None), 2, volume=VOLUME, save_init=False)
+    state = inflate_state(base_state(big), model3d)
+    assert state["pos_embed"].shape == model3d.pos_embed.shape
+    assert state["patch_embed.proj.weight"].shape == model3d.patch_embed.proj.weight.shape
+
+
+def test_config_wants_depth_a_multiple_of_the_tubelet() -> None:
+    from medlora.config.loader import config_from_dict
+    from medlora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"depth=5 must be a multiple of model.tubelet=2"):
+        config_from_dict({"data": {"root": "."}, "preprocess": {"view": {"kind": "volume", "depth": 5}}})
