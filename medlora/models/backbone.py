@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import WeightsError
+from ..errors import ConfigError, WeightsError
 from ..hashing import sha256_file
-from .volume import VolumeInput, inflate_state
+from .volume import VolumeInput, VolumePatchEmbed, inflate_state
 from .weights import fit_state, load_weights_file, read_folder
 
 __all__ = ["LOCAL_SOURCES", "BaseInfo", "architecture", "base_state", "create_base", "head_name", "head_names", "head_prefixes",
@@ -110,9 +110,19 @@ def _timm(name: str, num_classes: int, kwargs: dict[str, Any], volume: VolumeInp
     if volume is not None:
         extra["embed_layer"] = volume.embed_layer()
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **extra, **kwargs)
-    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **extra, **kwargs)
+    except (TypeError, ValueError) as err:
+        if volume is not None and ("embed_layer" in str(err) or "volume" in str(err)):
+            raise ConfigError(f"preprocess.view.kind: volume builds timm's VisionTransformer with a 3D patch "
+                              f"embedding (ViT, DeiT, DINOv2 names); timm {name!r} cannot take it ({err}). Use a ViT "
+                              "backbone, or a 2D view (every_k, slab, 2.5d) for this one") from None
         raise WeightsError(f"timm cannot create {name!r} with model.kwargs {kwargs}: {err}") from None
+    except (RuntimeError, AssertionError) as err:
+        raise WeightsError(f"timm cannot create {name!r} with model.kwargs {kwargs}: {err}") from None
+    if volume is not None and not isinstance(getattr(model, "patch_embed", None), VolumePatchEmbed):
+        raise ConfigError(f"preprocess.view.kind: volume needs timm's VisionTransformer (ViT, DeiT, DINOv2 names); "
+                          f"timm {name!r} is a {type(model).__name__}")
+    return model
 
 
 def _file_origin(path: Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medlora.config import ModelConfig
-from medlora.errors import WeightsError
+from medlora.errors import ConfigError
 from medlora.models.backbone import base_state, create_base, rebuild_base
 from medlora.models.volume import VolumeInput, inflate_state
 
@@ -81,8 +81,14 @@ def test_a_2d_input_or_another_depth_is_refused_with_the_expected_shape(base2d) 
     model3d, _ = create_base(_cfg(base2d), 2, volume=VOLUME)
     with pytest.raises(ValueError, match=r"built for \(4, 16, 16\) volumes .* expected \(N, C, 4, 16, 16\)"):
         model3d(torch.randn(1, 3, 16, 16))
-    with pytest.raises(WeightsError, match="not a multiple of the tubelet"):
+    with pytest.raises(ConfigError, match="not a multiple of the tubelet"):
         create_base(_cfg(base2d), 2, volume=VolumeInput(depth=5, tubelet=2))
+
+
+@pytest.mark.parametrize(("backbone", "kwargs"), [("convnext_atto", {}), ("swin_tiny_patch4_window7_224", {"img_size": 28})])
+def test_a_model_that_is_not_a_vit_is_refused_for_volumes_naming_the_choice(backbone, kwargs) -> None:
+    with pytest.raises(ConfigError, match=rf"volume .*VisionTransformer.*timm '{backbone}'"):
+        create_base(ModelConfig(backbone=backbone, kwargs=kwargs), 2, volume=VOLUME, save_init=False)
 
 
 def test_a_2d_state_of_another_input_size_is_resampled_before_inflation(base2d) -> None:
