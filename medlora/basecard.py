@@ -35,8 +35,7 @@ def render(record: dict[str, Any]) -> str:
         f"reconstructed the rest; loss on the masked patches only"
         f"{', pixels normalised per patch' if pre.get('norm_pix_loss') else ''}.",
         f"- Training: {pre.get('epochs')} epochs, batch {pre.get('batch_size')}, lr {pre.get('lr')}, final loss "
-        f"{pre.get('final_loss', float('nan')):.4f}, {pre.get('seconds', 0):.0f} s on {pre.get('device')}"
-        f"{'; the base is the moving average of the encoder (decay ' + str(pre['ema']) + ' per step)' if pre.get('ema') else ''}.",
+        f"{pre.get('final_loss', float('nan')):.4f}, {pre.get('seconds', 0):.0f} s on {pre.get('device')}.",
         f"- Data: {data.get('images')} unlabelled images ({data.get('used')}) of dataset `{data.get('name')}`, "
         f"fingerprint `{data.get('fingerprint')}`; labels were not used. Input {data.get('image_size')} px.",
         f"- Tracking: MLflow run `{record.get('mlflow_run_id')}` (loss curve, reconstructions, config).",

@@ -81,9 +81,6 @@ class PretrainConfig(optimiser_section(epochs=20, batch_size=64, lr=1.5e-3, weig
     decoder_depth: int = Field(2, ge=1, description="transformer blocks of the decoder")
     decoder_heads: int = Field(4, ge=1, description="attention heads of the decoder (divides `decoder_dim`)")
     norm_pix_loss: bool = Field(True, description="the target is each patch's pixels normalised by its own mean/std")
-    ema: float | None = Field(
-        None, gt=0, lt=1, description="keep an exponential moving average of the encoder's weights with this decay "
-        "per step (e.g. 0.99) and save the average as the base instead of the last step's weights")
     out: Path | None = Field(
         None, description="where bases are kept: `<out>/<data.name>-<key>/`, the key over the data fingerprint and "
         "these settings", json_schema_extra=shown("`runs/pretrain`"))

@@ -75,9 +75,7 @@ class PretrainSummary:
 def pretrain_identity(cfg: Config, fingerprint: str) -> dict[str, Any]:
     """What makes a pretrained base what it is: the data fingerprint and every setting that changes the
     weights (what an interrupted pretraining is resumed by, :mod:`.resume`)."""
-    section = cfg.pretrain or PretrainConfig()
-    unset = {"ema"} if section.ema is None else set()  # a field added later leaves earlier bases' keys alone
-    p = section.model_dump(mode="json", exclude={"out"} | unset)
+    p = (cfg.pretrain or PretrainConfig()).model_dump(mode="json", exclude={"out"})
     m = cfg.model
     return {"data": fingerprint, "pretrain": p, "backbone": m.backbone, "kwargs": m.kwargs, "pretrained": m.pretrained,
             "weights": sha256_file(m.weights) if m.weights else None, "seed": cfg.train.seed,
@@ -156,7 +154,6 @@ def _record(cfg: Config, mae: MaskedAutoencoder, inputs: dict[str, Any], pdata: 
         "pretraining": {"method": "masked autoencoder", "key": key, "epochs": p.epochs, "mask_ratio": p.mask_ratio,
                         "batch_size": p.batch_size, "lr": p.lr, "decoder_dim": p.decoder_dim,
                         "decoder_depth": p.decoder_depth, "norm_pix_loss": p.norm_pix_loss,
-                        **({"ema": p.ema} if p.ema is not None else {}),
                         "final_loss": round(result.final_loss, 6), "seconds": round(result.seconds, 1),
                         "device": device.type,
                         "started_from": str(cfg.model.weights) if cfg.model.weights else
@@ -211,8 +208,7 @@ def run_pretrain(cfg: Config, out: Path | None = None) -> PretrainSummary:
         reconstruction_grid(mae, sample.to(device), inputs["mean"], inputs["std"], folder / GRID, cfg.train.seed)
         from safetensors.torch import save_file
 
-        encoder = result.ema if result.ema is not None else mae.encoder  # the average, when one was kept
-        save_file(base_state(encoder), folder / WEIGHTS, metadata={"medlora": "mae-encoder", "key": key})
+        save_file(base_state(mae.encoder), folder / WEIGHTS, metadata={"medlora": "mae-encoder", "key": key})
         record = _record(cfg, mae, inputs, pdata, key, result, folder / WEIGHTS, run.info.run_id, device)
         (folder / basecard.CARD).write_text(basecard.render(record), encoding="utf-8")
         track.log_metrics({"pretrain_seconds": result.seconds, "pretrain_images": pdata.images,

@@ -2,9 +2,7 @@
 
 No labels, no validation: an epoch is one pass over the unlabelled images, its number is the mean
 masked-patch loss. Batches are augmented like training batches (:class:`~medlora.transforms.augment.BatchAugment`,
-flip and small affine) when ``preprocess.augment``. With ``pretrain.ema`` an exponential moving average of
-the encoder's weights is kept after every step (torch's ``AveragedModel``) and is what the result offers
-as the base. After every epoch the loop's state (all weights,
+flip and small affine) when ``preprocess.augment``. After every epoch the loop's state (all weights,
 optimizer, scheduler, random states, history) is saved with :mod:`.checkpoint`, so an interrupted
 pretraining continues where it stopped and computes the same epochs.
 """
@@ -19,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..config import PretrainConfig
 from ..device import autocast_dtype
@@ -43,7 +40,6 @@ class PretrainResult:
     history: list[PretrainEpoch] = field(default_factory=list)
     seconds: float = 0.0
     images: int = 0
-    ema: nn.Module | None = None  # the averaged encoder (pretrain.ema), else None
 
     @property
     def final_loss(self) -> float:
@@ -67,12 +63,6 @@ def pretrain_fit(mae: MaskedAutoencoder, loader, cfg: PretrainConfig, device: to
     steps = max(1, len(loader))
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
     weights = dict(mae.named_parameters())
-    ema = None
-    if cfg.ema is not None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(mae.encoder, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-        weights.update({f"ema.{k}": v for k, v in ema.state_dict().items()})  # checkpointed with the rest
     st = ckpt.LoopState()
     if checkpoint is not None and Path(checkpoint).is_file():
         st = ckpt.load(checkpoint, weights, optimizer, scheduler, loader, augment)
@@ -93,8 +83,6 @@ def pretrain_fit(mae: MaskedAutoencoder, loader, cfg: PretrainConfig, device: to
             loss.backward()
             optimizer.step()
             scheduler.step()
-            if ema is not None:
-                ema.update_parameters(mae.encoder)
             total += loss.item() * len(x)
             n += len(x)
         entry = PretrainEpoch(epoch, total / max(n, 1), scheduler.get_last_lr()[0], time.perf_counter() - t0)
@@ -108,4 +96,4 @@ def pretrain_fit(mae: MaskedAutoencoder, loader, cfg: PretrainConfig, device: to
             on_epoch(entry)
         if checkpoint is not None:
             ckpt.save(checkpoint, st, weights, optimizer, scheduler, loader, augment)
-    return PretrainResult(list(st.history), st.train_time, st.images, ema.module if ema is not None else None)
+    return PretrainResult(list(st.history), st.train_time, st.images)

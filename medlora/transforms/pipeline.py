@@ -85,7 +85,8 @@ class LoadSampled(MapTransform):
     instead of the central one. ``series``/``nifti``: the volume of ``data[key]`` is
     loaded and preprocessed (:func:`.volume.load_volume`, :func:`.volume.preprocess_volume`) at most
     once while it stays among the ``cache_size`` most recent volumes, then view ``data["view_index"]``
-    of ``preprocess.view`` is extracted (:func:`.views.extract_view`) as a float32 tensor.
+    of ``preprocess.view`` is extracted (:func:`.views.extract_view`) as a float32 tensor (``view.kind: volume``:
+    the whole volume, ``(C, D, H, W)``).
     """
 
     def __init__(self, keys: KeysCollection, preprocess: PreprocessConfig, cache_size: int = 2) -> None:
