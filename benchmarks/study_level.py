@@ -69,6 +69,12 @@ def raw_config(dataset: str, work: Path, how: str, method: str, seed: int, epoch
         base["preprocess"]["window"] = {"mode": "manual", "center": 128, "width": 256}
         base["model"]["kwargs"] = {**MODEL["kwargs"], "img_size": 28, "patch_size": 4}
         base["preprocess"]["image_size"] = 28
+    if args.base:  # a pretrained 2D base (its card): its architecture, inflated for the volume rows
+        from medlora.basecard import read
+
+        base["model"]["weights"] = str(args.base.resolve())
+        base["model"]["kwargs"] = dict(read(args.base)["timm_kwargs"])
+        base["train"]["head_norm"] = True  # a masked autoencoder's features are far from unit scale (as the demo)
     if how == "volume":
         base["preprocess"]["view"] = {"kind": "volume", "depth": args.depth, "axis": 2}
         base["preprocess"]["augment"] = bool(args.volume_augment)
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tubelet", type=int, default=7, help="volume: slices per 3D patch")
     ap.add_argument("--volume-patch", type=int, default=7, help="volume: in-plane patch size (7: 4 x 4 per slab at 28 px)")
     ap.add_argument("--volume-augment", type=int, default=1, help="volume: in-plane flip and affine (1) or none (0)")
+    ap.add_argument("--base", type=Path, default=None,
+                    help="base_card.md of a pretrained 2D base for every row (its timm kwargs; inflated for volume)")
     ap.add_argument("--npz", type=Path, default=NPZ, help="adrenalmnist3d.npz")
     ap.add_argument("--work", type=Path, default=None, help="folder for data, runs and the MLflow store")
     ap.add_argument("--results", type=Path, default=None, help="also write the rows as JSON here")
@@ -137,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in args.seeds:
                     raw = raw_config(dataset, work, how, method, seed, args.epochs, args)
                     shape = f"-d{args.depth}t{args.tubelet}p{args.volume_patch}" if how == "volume" else ""
+                    shape += f"-{args.base.parent.name}" if args.base else ""
                     name = f"{dataset}-{method}-{how}{shape}-e{args.epochs}-{seed}"
                     r = run_isolated("benchmarks.study_level:one_run", {"raw": raw, "out": str(work / "runs" / name)})
                     rows.append({"set": dataset, "method": method, "aggregate": how, "seed": seed, **r})
