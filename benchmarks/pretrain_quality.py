@@ -31,6 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_NPZ = REPO.parent / "shared" / "data" / "medmnist"
 NPZ = DEFAULT_NPZ  # --npz-dir
+SIZE = 28  # --size: 28 (the npz files above) or 64 (MedMNIST+'s <name>_64.npz), patch 4 or 8
 METHODS = ["lora", "linear_probe", "full"]
 DATASETS: dict[str, dict[str, Any]] = {
     "breastmnist": {"classes": ["malignant", "normal_or_benign"], "abnormal": "malignant", "limit": None},
@@ -53,13 +54,18 @@ SETTINGS = {
 QUICK = {"pretrain": {"epochs": 1}, "all": {"epochs": 1}, "10": {"epochs": 1}, "limit": 40, "seeds": [0, 1], "few": "2"}
 
 
+def npz_file(name: str) -> Path:
+    """The local npz of ``name`` at :data:`SIZE` (MedMNIST's 28 px file, or MedMNIST+'s ``_64``)."""
+    return NPZ / (f"{name}.npz" if SIZE == 28 else f"{name}_{SIZE}.npz")
+
+
 def convert(name: str, work: Path, limit: int | None) -> Path:
     """The DICOM study folder of ``name`` under ``work`` (written once)."""
     from medlora.io.medmnist import convert_medmnist
 
-    root = work / "data" / f"{name}-{limit or 'all'}"
+    root = work / "data" / f"{name}-{limit or 'all'}{'' if SIZE == 28 else f'-{SIZE}px'}"
     if not (root / "labels.csv").is_file():
-        convert_medmnist(name, root, npz=NPZ / f"{name}.npz", size=28, limit=limit, card=REPO / "data_cards" / f"{name}.md")
+        convert_medmnist(name, root, npz=npz_file(name), size=SIZE, limit=limit, card=REPO / "data_cards" / f"{name}.md")
     return root
 
 
@@ -71,7 +77,7 @@ def raw_config(name: str, root: Path, work: Path, train: dict[str, Any], quick: 
         "data": {"name": f"{name}_bench", "root": str(root), "label_key": "path", "classes": info["classes"],
                  "abnormal": info["abnormal"], "card": str(REPO / "data_cards" / f"{name}.md"),
                  "split": {"column": "split", "file": str(work / "splits" / f"{root.name}.csv")}},
-        "preprocess": {"window": {"mode": "manual", "center": 128, "width": 256}, "image_size": 28},
+        "preprocess": {"window": {"mode": "manual", "center": 128, "width": 256}, "image_size": SIZE},
         "model": dict(MODEL),
         "train": {**train, "threads": 1},
         "evaluate": {"bootstrap": 100},
@@ -158,7 +164,7 @@ def bench_dataset(name: str, work: Path, quick: bool, seeds: list[int]) -> dict[
                           "epochs": pre["epochs"], "final_loss": summary.record["pretraining"]["final_loss"],
                           "card": str(summary.card)}
     print(f"[{name}] pretrained base: {summary.describe()}", flush=True)
-    result["step_cost"] = step_cost(cfg)
+    result["step_cost"] = step_cost(cfg, size=SIZE)
     print(f"[{name}] step cost: {result['step_cost']}", flush=True)
     # all data first, random and pretrained side by side: the pairs the targets compare come first
     for shots in ("all", few):
@@ -229,7 +235,7 @@ def measure_configs(paths: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     import logging
 
-    global NPZ
+    global NPZ, SIZE
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -244,10 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="the ViT's width: configs/breastmnist.yaml's (full, default) or half of it")
     p.add_argument("--decoder-depth", type=int, default=SETTINGS["pretrain"]["decoder_depth"],
                    help="MAE decoder blocks (default %(default)s)")
+    p.add_argument("--size", type=int, choices=[28, 64], default=28,
+                   help="image side: 28 (ViT patch 4) or 64 (MedMNIST+ <name>_64.npz, patch 8: 64 tokens)")
     p.add_argument("--limit", type=int, default=None,
                    help="at most this many images per split (0 or unset: all)")
     args = p.parse_args(argv)
-    MODEL["kwargs"] = {**MODEL["kwargs"], **WIDTHS[args.width]}
+    SIZE = args.size
+    MODEL["kwargs"] = {**MODEL["kwargs"], **WIDTHS[args.width], "img_size": SIZE, "patch_size": 4 if SIZE == 28 else 8}
     SETTINGS["pretrain"]["decoder_depth"] = args.decoder_depth
     if args.limit is not None:
         for info in DATASETS.values():
@@ -256,10 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     NPZ = Path(args.npz_dir)
     if args.step_cost:
         return measure_configs(args.step_cost)
-    work = Path(args.work) / ("quick" if args.quick else f"{args.width}-width")
+    work = Path(args.work) / ("quick" if args.quick else f"{args.width}-width{'' if SIZE == 28 else f'-{SIZE}px'}")
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MEDLORA_SECRET_FILE", str(work / "site.key"))
-    missing = [n for n in args.datasets if not (NPZ / f"{n}.npz").is_file()]
+    missing = [n for n in args.datasets if not npz_file(n).is_file()]
     if missing:
         print(f"missing npz files for {missing} under {NPZ}", file=sys.stderr)
         return 1
