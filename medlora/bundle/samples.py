@@ -82,10 +82,10 @@ def plan_samples(headers: dict[Path, dict[str, Any]], niftis: list[Path], rules:
 
 def sample_tensors(spec: SampleSpec, transform: Any, pre: PreprocessConfig, salt: str) -> list[tuple[str, torch.Tensor]]:
     """``(sample_id, preprocessed image)`` of each sample of ``spec`` (one, or one per view of a volume)."""
-    if spec.kind == "dicom2d" and pre.view.kind == "volume":
-        raise InputError(f"{spec.label}: a 2D image, but this bundle's model takes whole volumes "
-                         "(preprocess.view.kind: volume); give it a CT/MR series or a NIfTI volume")
     if spec.kind == "dicom2d":
+        if pre.view.kind == "volume":
+            raise InputError(f"{spec.label}: a 2D image, but this bundle's model takes whole volumes "
+                             "(preprocess.view.kind: volume); give it a CT/MR series or a NIfTI volume")
         image = transform({"image": str(spec.files[0]), "kind": "dicom2d"})["image"]
         return [(pseudonym(spec.name, salt, "smp"), image.as_subclass(torch.Tensor))]
     from ..transforms.samples import view_sample_id

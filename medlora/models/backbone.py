@@ -112,11 +112,14 @@ def _timm(name: str, num_classes: int, kwargs: dict[str, Any], volume: VolumeInp
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **extra, **kwargs)
     except (TypeError, ValueError) as err:
-        if volume is not None and ("embed_layer" in str(err) or "volume" in str(err)):
+        if volume is not None and "embed_layer" in str(err):  # an architecture without timm's embed_layer
             raise ConfigError(f"preprocess.view.kind: volume builds timm's VisionTransformer with a 3D patch "
                               f"embedding (ViT, DeiT, DINOv2 names); timm {name!r} cannot take it ({err}). Use a ViT "
                               "backbone, or a 2D view (every_k, slab, 2.5d) for this one") from None
         raise WeightsError(f"timm cannot create {name!r} with model.kwargs {kwargs}: {err}") from None
+    except ConfigError as err:  # the 3D patch embedding refused this architecture's input settings
+        raise ConfigError(f"preprocess.view.kind: volume needs timm's VisionTransformer (ViT, DeiT, DINOv2 names) with "
+                          f"a fixed input size; timm {name!r} cannot take it: {err}") from None
     except (RuntimeError, AssertionError) as err:
         raise WeightsError(f"timm cannot create {name!r} with model.kwargs {kwargs}: {err}") from None
     if volume is not None and not isinstance(getattr(model, "patch_embed", None), VolumePatchEmbed):
@@ -227,13 +230,12 @@ def create_base(cfg: ModelConfig, num_classes: int, init_dir: Path | None = None
 def architecture(info: dict[str, Any]) -> nn.Module:
     """The untrained timm architecture a :class:`BaseInfo` dict describes (a volume ViT where it has
     ``volume``): what a full fine-tune's own weights are loaded into."""
-    volume = VolumeInput(**info["volume"]) if info.get("volume") else None
-    return _timm(info["timm_name"], info["num_classes"], info.get("timm_kwargs") or {}, volume)
+    return _timm(info["timm_name"], info["num_classes"], info.get("timm_kwargs") or {}, VolumeInput.of(info))
 
 
 def rebuild_base(info: dict[str, Any]) -> nn.Module:
     """Rebuild a base from a :class:`BaseInfo` dict (``medlora.json``) and verify its content."""
-    volume = VolumeInput(**info["volume"]) if info.get("volume") else None
+    volume = VolumeInput.of(info)
     if info["source"] == "hub":
         from .hub import load_pretrained
 

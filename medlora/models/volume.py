@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, PreprocessConfig
+from ..errors import ConfigError
 
 __all__ = ["VolumeInput", "VolumePatchEmbed", "inflate_state", "volume_input"]
 
@@ -44,8 +45,18 @@ class VolumeInput:
     depth: int
     tubelet: int
 
+    def __post_init__(self) -> None:
+        if self.depth % self.tubelet:
+            raise ConfigError(f"preprocess.view.depth={self.depth} is not a multiple of the tubelet "
+                              f"(model.tubelet={self.tubelet}, the slices of one 3D patch)")
+
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> VolumeInput | None:
+        """The geometry a base record (``medlora.json``'s ``base``) carries, None for a 2D base."""
+        return cls(**record["volume"]) if record.get("volume") else None
 
     def embed_layer(self) -> Any:
         """timm's ``embed_layer`` argument for this geometry."""
@@ -73,7 +84,8 @@ class VolumePatchEmbed(nn.Module):
                  output_fmt: str | None = None, flatten: bool = True, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         if dynamic_img_pad or not strict_img_size or output_fmt not in (None, "NCHW") or not flatten:
-            raise ValueError("a volume ViT takes one fixed volume size (no dynamic_img_size / dynamic_img_pad)")
+            raise ConfigError("preprocess.view.kind: volume takes one fixed volume size: this model's patch embedding "
+                              "is dynamic or not flattened (dynamic_img_size, dynamic_img_pad, a Swin-like layout)")
         if depth % tubelet:
             raise ValueError(f"volume depth {depth} is not a multiple of the tubelet {tubelet}")
         self.img_size, self.patch_size = _pair(img_size), _pair(patch_size)
