@@ -14,7 +14,8 @@ DeLong interval, the training time per epoch and the process's peak memory, then
 Every ``--k``-th slice of a volume is a sample (``view.kind: every_k``) for all three. The fourth row,
 ``volume``, is the volume ViT (``view.kind: volume``, :mod:`medlora.models.volume`): each volume resampled to
 ``--depth`` slices is one sample, cut into 3D patches of ``--tubelet`` slices × ``--volume-patch`` pixels,
-with in-plane augmentation (the other rows train without; ``--volume-augment 0`` turns it off). The reference row for
+with in-plane augmentation (the other rows train without; ``--volume-augment 0`` turns it off); ``--stem conv``
+makes its tokens with a convolutional stem instead (random init, ``--methods full``). The reference row for
 AdrenalMNIST3D is MedMNIST v2 (Yang et al. 2023) Table: ResNet-18 + 3D, AUROC 0.863, ACC 0.721.
 
     nice -n 10 .venv/bin/python benchmarks/study_level.py [--sets phantoms adrenal] [--seeds 0 1 2] [--quick]
@@ -79,6 +80,7 @@ def raw_config(dataset: str, work: Path, how: str, method: str, seed: int, epoch
         base["preprocess"]["view"] = {"kind": "volume", "depth": args.depth, "axis": 2}
         base["preprocess"]["augment"] = bool(args.volume_augment)
         base["model"]["tubelet"] = args.tubelet
+        base["model"]["stem"] = args.stem
         base["model"]["kwargs"] = {**base["model"]["kwargs"], "patch_size": args.volume_patch}
     return {**base, "data": data}
 
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=28, help="volume: slices each volume is resampled to")
     ap.add_argument("--tubelet", type=int, default=7, help="volume: slices per 3D patch")
     ap.add_argument("--volume-patch", type=int, default=7, help="volume: in-plane patch size (7: 4 x 4 per slab at 28 px)")
+    ap.add_argument("--stem", default="patch", choices=["patch", "conv"],
+                    help="volume: one patchify convolution, or a convolutional stem (random init, --methods full)")
     ap.add_argument("--volume-augment", type=int, default=1, help="volume: in-plane flip and affine (1) or none (0)")
     ap.add_argument("--base", type=Path, default=None,
                     help="base_card.md of a pretrained 2D base for every row (its timm kwargs; inflated for volume)")
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             for how in args.aggregations:
                 for seed in args.seeds:
                     raw = raw_config(dataset, work, how, method, seed, args.epochs, args)
-                    shape = f"-d{args.depth}t{args.tubelet}p{args.volume_patch}" if how == "volume" else ""
+                    stem = "-conv" if args.stem == "conv" else ""
+                    shape = f"-d{args.depth}t{args.tubelet}p{args.volume_patch}{stem}" if how == "volume" else ""
                     shape += f"-{args.base.parent.name}" if args.base else ""
                     name = f"{dataset}-{method}-{how}{shape}-e{args.epochs}-{seed}"
                     r = run_isolated("benchmarks.study_level:one_run", {"raw": raw, "out": str(work / "runs" / name)})

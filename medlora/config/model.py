@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -50,6 +50,10 @@ class ModelConfig(Strict):
     tubelet: int = Field(
         2, ge=1, description="`preprocess.view.kind: volume`: slices per 3D patch of the ViT's volume patch embedding "
         "(each patch is `tubelet` × patch size × patch size)")
+    stem: Literal["patch", "conv"] = Field(
+        "patch", description="`preprocess.view.kind: volume`: how the volume becomes tokens: `patch` (one 3D "
+        "convolution cutting patches; a 2D base is inflated into it) or `conv` (a convolutional stem of stride-2 3×3×3 "
+        "convolutions, trained from random initialisation with `method: full`)")
     method: Method = Field("lora", description="`lora`, `linear_probe`, `full`")
     lora: LoraConfigModel = Field(default_factory=LoraConfigModel, description="the adapter of `method: lora`")
     adapter: Path | None = Field(

@@ -76,6 +76,20 @@ class Config(Strict):
                              "scores are distances, not probabilities, so they are not calibrated (use 'none')")
         return self
 
+    def _conv_stem_fits(self) -> None:
+        """``model.stem: conv`` is new weights for whole volumes, trained with the rest of the model."""
+        if self.preprocess.view.kind != "volume":
+            raise ValueError("model.stem: conv is the volume ViT's convolutional stem: set preprocess.view.kind: "
+                             "volume, or drop model.stem for 2D images")
+        if self.model.weights is not None or self.model.pretrained or self.pretrain is not None:
+            raise ValueError("model.stem: conv starts from random initialisation: a 2D base has no weights for its "
+                             "convolutions (use model.stem: patch to inflate a pretrained base into the volume ViT)")
+        methods = list(self.fewshot.methods) if self.pipeline == "fewshot" and self.fewshot else [self.model.method]
+        others = sorted(set(methods) - {"full"})
+        if others:
+            raise ValueError(f"model.stem: conv is trained with the whole model (method full); {', '.join(others)} "
+                             "would leave its convolutions at their random initialisation (use model.stem: patch)")
+
     @model_validator(mode="after")
     def _task_fits(self) -> Config:
         if self.train.pos_weight and self.data.task != "multilabel":
@@ -90,6 +104,8 @@ class Config(Strict):
         if view.kind == "volume" and view.depth % self.model.tubelet:
             raise ValueError(f"preprocess.view.depth={view.depth} must be a multiple of model.tubelet="
                              f"{self.model.tubelet} (the slices of one 3D patch)")
+        if self.model.stem == "conv":
+            self._conv_stem_fits()
         if view.kind == "volume" and self.pipeline == "oneclass":
             raise ValueError("preprocess.view.kind: volume trains a 3D ViT; pipeline: oneclass scores 2D images "
                              "(use a 2D view)")

@@ -58,7 +58,7 @@ class BaseInfo:
     num_classes: int
     # where the weights came from: hub repo + revision + file, folder, file, or pretraining run
     origin: dict[str, Any] = field(default_factory=dict)
-    volume: dict[str, int] | None = None  # VolumeInput of a volume ViT (depth, tubelet); None for 2D
+    volume: dict[str, Any] | None = None  # VolumeInput of a volume ViT (depth, tubelet, stem if not patch); None for 2D
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,6 +20,14 @@ A 2D base (hub, file, folder, or ``medlora pretrain``) is *inflated* when loaded
 Inflation is deterministic, so the base's ``state_sha256`` is that of the inflated model, and
 :func:`medlora.models.backbone.rebuild_base` re-inflates the same file to the same tensors. A
 randomly initialised volume ViT is timm's own initialisation of the 3D shapes.
+
+``model.stem: conv`` replaces the one-convolution patchify by a convolutional stem
+(:class:`VolumeConvStem`; Xiao et al., 2021, "Early convolutions help transformers see better"): 3×3×3
+convolutions of stride 2, each followed by a GroupNorm and a GELU, halve the volume ``ceil(log2 p)``
+times in-plane and ``ceil(log2 t)`` times along the slices, and a 1×1×1 convolution makes the tokens.
+It gives a transformer trained from scratch a convolution's locality. Its weights are new, so it is
+trained from random initialisation with the whole model (``method: full``); a 2D base has nothing to
+inflate into it.
 """
 
 from __future__ import annotations
@@ -35,23 +43,33 @@ from torch import nn
 from ..config import ModelConfig, PreprocessConfig
 from ..errors import ConfigError
 
-__all__ = ["VolumeInput", "VolumePatchEmbed", "inflate_state", "volume_input"]
+__all__ = ["STEMS", "VolumeConvStem", "VolumeInput", "VolumePatchEmbed", "inflate_state", "volume_input"]
+
+STEMS = ("patch", "conv")  # model.stem: one Conv3d cutting patches, or a convolutional stem
 
 
 @dataclass(frozen=True)
 class VolumeInput:
-    """The 3D geometry a volume ViT is built for: ``depth`` slices in, ``tubelet`` slices per patch."""
+    """The 3D geometry a volume ViT is built for: ``depth`` slices in, ``tubelet`` slices per patch, and
+    the ``stem`` that turns the volume into tokens (``patch`` or ``conv``)."""
 
     depth: int
     tubelet: int
+    stem: str = "patch"
 
     def __post_init__(self) -> None:
+        if self.stem not in STEMS:
+            raise ConfigError(f"model.stem={self.stem!r}: expected one of {', '.join(STEMS)}")
         if self.depth % self.tubelet:
             raise ConfigError(f"preprocess.view.depth={self.depth} is not a multiple of the tubelet "
                               f"(model.tubelet={self.tubelet}, the slices of one 3D patch)")
 
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The base record's ``volume`` (``stem`` only where it is not the default patchify)."""
+        out = asdict(self)
+        if self.stem == "patch":
+            del out["stem"]
+        return out
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> VolumeInput | None:
@@ -60,14 +78,15 @@ class VolumeInput:
 
     def embed_layer(self) -> Any:
         """timm's ``embed_layer`` argument for this geometry."""
-        return partial(VolumePatchEmbed, depth=self.depth, tubelet=self.tubelet)
+        embed = VolumeConvStem if self.stem == "conv" else VolumePatchEmbed
+        return partial(embed, depth=self.depth, tubelet=self.tubelet)
 
 
 def volume_input(pre: PreprocessConfig, model: ModelConfig) -> VolumeInput | None:
     """The volume geometry a run's model takes (``preprocess.view.kind: volume``), else None (2D)."""
     if pre.view.kind != "volume":
         return None
-    return VolumeInput(pre.view.depth, model.tubelet)
+    return VolumeInput(pre.view.depth, model.tubelet, model.stem)
 
 
 def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -94,10 +113,16 @@ class VolumePatchEmbed(nn.Module):
                           self.img_size[1] // self.patch_size[1])
         self.num_patches = math.prod(self.grid_size)
         self.strict_img_size, self.flatten, self.dynamic_img_pad = True, True, False
+        self._make_tokens(in_chans, embed_dim, bias, device, dtype)
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def _make_tokens(self, in_chans: int, embed_dim: int, bias: bool, device: Any, dtype: Any) -> None:
         kernel = (self.tubelet, *self.patch_size)
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel, bias=bias, device=device,
                               dtype=dtype)
-        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
 
     def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
         return max(self.patch_size) if as_scalar else self.patch_size
@@ -107,7 +132,35 @@ class VolumePatchEmbed(nn.Module):
         if x.ndim != 5 or tuple(x.shape[2:]) != want:
             raise ValueError(f"a volume ViT built for {want} volumes got input of shape {tuple(x.shape)}; expected "
                              f"(N, C, {want[0]}, {want[1]}, {want[2]})")
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+        return self.norm(self._tokens(x).flatten(2).transpose(1, 2))
+
+
+class VolumeConvStem(VolumePatchEmbed):
+    """A convolutional stem in place of :class:`VolumePatchEmbed`'s one patchify convolution (same input,
+    same slab-major token order): ``ceil(log2 p)`` in-plane and ``ceil(log2 t)`` depth halvings by 3×3×3
+    convolutions of stride 2 (GroupNorm, GELU), widening towards ``embed_dim``, then a 1×1×1 convolution to
+    ``embed_dim``. Its grid is ``ceil(n / 2**halvings)`` per axis: the patchify grid where ``p`` and ``t``
+    are powers of two, or where rounding up gives the same count (28 px, patch 7 → 4 × 4)."""
+
+    def _make_tokens(self, in_chans: int, embed_dim: int, bias: bool, device: Any, dtype: Any) -> None:
+        plane = max(math.ceil(math.log2(p)) for p in self.patch_size)
+        slices = math.ceil(math.log2(self.tubelet))
+        levels = max(plane, slices)
+        widths = [in_chans] + [max(16, embed_dim // 2 ** (levels - i)) for i in range(levels)]
+        layers: list[nn.Module] = []
+        for i in range(levels):
+            stride = (2 if i < slices else 1, 2 if i < plane else 1, 2 if i < plane else 1)
+            layers += [nn.Conv3d(widths[i], widths[i + 1], 3, stride=stride, padding=1, bias=False, device=device,
+                                 dtype=dtype),
+                       nn.GroupNorm(math.gcd(8, widths[i + 1]), widths[i + 1], device=device, dtype=dtype), nn.GELU()]
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv3d(widths[-1], embed_dim, 1, bias=bias, device=device, dtype=dtype)
+        self.grid_size = (math.ceil(self.depth / 2 ** slices), math.ceil(self.img_size[0] / 2 ** plane),
+                          math.ceil(self.img_size[1] / 2 ** plane))
+        self.num_patches = math.prod(self.grid_size)
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.stem(x))
 
 
 def depth_code(slabs: int, dim: int) -> torch.Tensor:
@@ -123,8 +176,8 @@ def inflate_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str,
     """``state`` of a 2D ViT made to fit the volume ViT ``model`` (see the module docstring); tensors
     that already fit, and every state of a 2D model, pass through unchanged."""
     embed = getattr(model, "patch_embed", None)
-    if not isinstance(embed, VolumePatchEmbed):
-        return state
+    if not isinstance(embed, VolumePatchEmbed) or isinstance(embed, VolumeConvStem):
+        return state  # a conv stem has no 2D counterpart: fit_state names what does not fit
     out = dict(state)
     own = model.state_dict()
     kernel = out.get("patch_embed.proj.weight")

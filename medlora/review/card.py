@@ -133,8 +133,11 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any], data_card_present:
     window = pre.get("window", {})
     view = pre.get("view") or {}
     size = pre.get("image_size")
-    inputs = (f"whole volumes resampled to {view.get('depth')} slices of {size} × {size} px (a 3D ViT, patches of "
-              f"{(base.get('volume') or {}).get('tubelet')} slices)" if view.get("kind") == "volume" else f"{size} px")
+    geometry = base.get("volume") or {}
+    tokens = ("a convolutional stem" if geometry.get("stem") == "conv" else
+              f"patches of {geometry.get('tubelet')} slices")
+    inputs = (f"whole volumes resampled to {view.get('depth')} slices of {size} × {size} px (a 3D ViT, {tokens})"
+              if view.get("kind") == "volume" else f"{size} px")
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
     adapted = (f"adapted with LoRA (r={lora.get('r')}, alpha={lora.get('alpha')}, targets `{lora.get('targets')}`) "
                "using peft; the classifier head is trained and saved with the adapter" if lora else

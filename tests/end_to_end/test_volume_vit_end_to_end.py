@@ -141,9 +141,11 @@ def test_predict_refuses_a_2d_image_for_a_volume_bundle_naming_it(volume_run, tm
     assert "takes whole volumes" in result.studies["error"].iloc[0]
 
 
-def test_a_full_fine_tune_of_a_random_volume_vit_is_reloaded_from_its_own_weights(tmp_path, tiny_cfg) -> None:
-    """A volume ViT trained end to end from random initialisation: its bundle needs no base, and
-    ``predict`` rebuilds the 3D architecture from ``medlora.json`` to reproduce the run's test scores."""
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_a_full_fine_tune_of_a_random_volume_vit_is_reloaded_from_its_own_weights(tmp_path, tiny_cfg, stem) -> None:
+    """A volume ViT trained end to end from random initialisation (patchify or a convolutional stem): its
+    bundle needs no base, and ``predict`` rebuilds the 3D architecture from ``medlora.json`` to reproduce the
+    run's test scores."""
     from medlora.bundle.predict import predict_bundles
     from medlora.config import SynthConfig
     from medlora.experiment.single import run_single
@@ -153,11 +155,15 @@ def test_a_full_fine_tune_of_a_random_volume_vit_is_reloaded_from_its_own_weight
     write_phantoms(root, SynthConfig(patients=12, images_per_patient=6, size=16, abnormal_fraction=0.5, seed=4))
     cfg = tiny_cfg(root, tmp_path, **{
         "data.name": "volumes_full", "data.volume_min_slices": 6, "preprocess.image_size": 16,
-        "model.kwargs": json.dumps(KWARGS), "model.method": "full", "model.tubelet": 3,
+        "model.kwargs": json.dumps(KWARGS), "model.method": "full", "model.tubelet": 3, "model.stem": stem,
         "preprocess.view": "{kind: volume, depth: 6}", "train.epochs": 1, "train.batch_size": 4,
         "evaluate.bootstrap": 20})
     out = tmp_path / "out"
     run_single(cfg, out)
+    meta = json.loads((out / "bundle" / "medlora.json").read_text())
+    assert meta["base"]["volume"] == {"depth": 6, "tubelet": 3, **({"stem": "conv"} if stem == "conv" else {})}
+    card = (out / "bundle" / "model_card.md").read_text()
+    assert ("a convolutional stem" if stem == "conv" else "patches of 3 slices") in card
     manifest = pd.read_csv(out / "manifest.csv")
     folders = sorted({str(Path(cfg.data.root) / p) for p in manifest.loc[manifest["split"] == "test", "path"]})
     result = predict_bundles([out / "bundle"], [Path(f) for f in folders])

@@ -108,3 +108,51 @@ def test_config_wants_depth_a_multiple_of_the_tubelet() -> None:
 
     with pytest.raises(ConfigError, match=r"depth=5 must be a multiple of model.tubelet=2"):
         config_from_dict({"data": {"root": "."}, "preprocess": {"view": {"kind": "volume", "depth": 5}}})
+
+
+def test_a_conv_stem_makes_the_patchify_grid_from_local_convolutions_and_is_rebuilt(tmp_path) -> None:
+    """``model.stem: conv``: 28³ with 7-pixel, 7-slice patches → three stride-2 halvings → the same 4 × 4 × 4
+    tokens as the patchify, independent of the batch, and the random base is rebuilt the same."""
+    from medlora.models.volume import VolumeConvStem
+
+    volume = VolumeInput(depth=28, tubelet=7, stem="conv")
+    kwargs = {**KWARGS, "img_size": 28, "patch_size": 7, "in_chans": 1}
+    model, info = create_base(ModelConfig(backbone="vit_tiny_patch16_224", kwargs=kwargs), 2, init_dir=tmp_path,
+                              volume=volume)
+    embed = model.patch_embed
+    assert isinstance(embed, VolumeConvStem) and embed.grid_size == (4, 4, 4) and model.pos_embed.shape[1] == 65
+    assert info.volume == {"depth": 28, "tubelet": 7, "stem": "conv"} and VolumeInput.of(info.to_dict()) == volume
+    x = torch.randn(1, 1, 28, 28, 28)
+    torch.testing.assert_close(rebuild_base(info.to_dict()).forward_features(x), model.forward_features(x))
+    other = torch.randn(3, 1, 28, 28, 28) * 4  # GroupNorm, not BatchNorm: a study's tokens never depend on its batch
+    torch.testing.assert_close(embed.train()(torch.cat([x, other]))[:1], embed(x))
+
+
+def test_a_conv_stem_with_tubelet_one_keeps_every_slice() -> None:
+    from medlora.models.volume import VolumeConvStem
+
+    embed = VolumeConvStem(img_size=16, patch_size=8, in_chans=1, embed_dim=32, depth=6, tubelet=1)
+    assert embed.grid_size == (6, 2, 2) and embed(torch.randn(2, 1, 6, 16, 16)).shape == (2, 24, 32)
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ({"preprocess": {"image_size": 28}}, "is the volume ViT's convolutional stem"),
+    ({"model": {"stem": "conv", "weights": "base.safetensors"}}, "starts from random initialisation"),
+    ({"model": {"stem": "conv", "method": "lora"}}, r"lora would leave its convolutions"),
+    ({"model": {"stem": "conv", "method": "full"}, "pipeline": "fewshot",
+      "fewshot": {"methods": ["full", "linear_probe"]}}, r"linear_probe would leave"),
+])
+def test_a_conv_stem_is_refused_where_it_could_not_be_trained(extra, match) -> None:
+    from medlora.config.loader import config_from_dict
+
+    raw = {"data": {"root": "."}, "model": {"stem": "conv", "method": "full"},
+           "preprocess": {"view": {"kind": "volume", "depth": 4}}}
+    for key, value in extra.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key in raw else value
+    if "image_size" in extra.get("preprocess", {}):
+        raw["preprocess"] = {"image_size": 28}  # a 2D view
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(raw)
+    ok = {"data": {"root": "."}, "model": {"stem": "conv", "method": "full"},
+          "preprocess": {"view": {"kind": "volume", "depth": 4}}}
+    assert config_from_dict(ok).model.stem == "conv"
