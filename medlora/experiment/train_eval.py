@@ -134,8 +134,10 @@ def evaluate_trained(model: nn.Module, result: TrainResult, loaders: Mapping[str
     # a study model's final scores: one row per slice with its study's score and the slice's attention
     study = how == "attention"
     if study:
-        val = dist.gather_predictions(predict_studies(model, loaders["val"], device, abnormal, head))
-        test = dist.gather_predictions(predict_studies(for_inference(model), loaders["test"], device, abnormal, head))
+        val = dist.gather_studies(predict_studies(model, loaders["val"], device, abnormal, head),
+                                  loaders["val"].dataset.study_order())
+        test = dist.gather_studies(predict_studies(for_inference(model), loaders["test"], device, abnormal, head),
+                                   loaders["test"].dataset.study_order())
     else:  # evaluation in fp32 whatever the training precision
         val = result.best_val or dist.gather_predictions(predict(model, loaders["val"], device, abnormal, head,
                                                                  autocast=False))

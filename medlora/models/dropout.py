@@ -25,13 +25,17 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
-_SHARE: ContextVar[tuple[int, int, int] | None] = ContextVar("medlora_batch_share", default=None)
+_SHARE: ContextVar[tuple[int, int, int, torch.Tensor | None] | None] = ContextVar("medlora_batch_share", default=None)
 
 
 @contextmanager
-def batch_share(rank: int, world: int, total: int) -> Iterator[None]:
-    """Within this block, batches are this rank's every ``world``-th sample of ``total`` from ``rank`` on."""
-    token = _SHARE.set((rank, world, total) if world > 1 else None)
+def batch_share(rank: int, world: int, total: int, rows: torch.Tensor | None = None,
+                rows_total: int | None = None) -> Iterator[None]:
+    """Within this block, batches are this rank's every ``world``-th sample of ``total`` from ``rank`` on;
+    or, with ``rows``, the encoder's inputs are those rows of ``rows_total`` (the real slices of a rank's bags
+    of studies among the global batch's, :class:`~medlora.train.bags.SliceShare`)."""
+    share = (rank, world, total, None) if rows is None else (rank, world, int(rows_total), rows)
+    token = _SHARE.set(share if world > 1 else None)
     try:
         yield
     finally:
@@ -45,8 +49,9 @@ class SharedMaskDropout(nn.Dropout):
         if not self.training or self.p == 0:
             return x
         share = _SHARE.get()
-        rank, world, total = share or (0, 1, x.shape[0])
-        mask = torch.empty((total, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)[rank::world]
+        rank, world, total, rows = share or (0, 1, x.shape[0], None)
+        mask = torch.empty((total, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
+        mask = mask[rank::world] if rows is None else mask[rows.to(mask.device)]
         if mask.shape[0] != x.shape[0]:
             raise ValueError(f"dropout on rank {rank} of {world}: {x.shape[0]} rows of a global batch of {total}, "
                              f"expected {mask.shape[0]} (the batch must be the tensor's first dimension)")

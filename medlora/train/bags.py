@@ -16,7 +16,9 @@ study's one score as it is (``aggregate: attention``), and reports show which sl
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import TrainConfig
 from ..device import autocast_dtype
+from ..errors import ConfigError
 from ..transforms.augment import BatchAugment
-from .distributed import Dist, GlobalBatchSampler
+from .distributed import Dist, GlobalBatchSampler, ShardSampler
 from .features import FeatureDataset
 from .head import Head
 from .inference import Predictions
@@ -58,14 +61,15 @@ def group_by_study(keys: Sequence[str]) -> list[list[int]]:
 class StudyBags(Dataset):
     """One item per study of ``samples``: its samples stacked ``(n, ...)`` with the study's label and keys.
 
-    ``max_slices`` (training) bounds a bag: a larger study gives a random, seeded subset of that many
-    samples, in their order, each time it is read; ``None`` (evaluation) keeps every sample.
+    ``max_slices`` (training) bounds a bag: a larger study gives a random subset of that many samples, in
+    their order, each time it is read; ``None`` (evaluation) keeps every sample. The subset is a function of
+    ``seed``, the study and the epoch's draw key (:class:`BagIndex`, from :class:`BagBatchSampler`), so it is
+    the same whichever torchrun rank or loader worker reads the study, and after a resume.
     """
 
     def __init__(self, samples: Dataset, max_slices: int | None = None, seed: int = 0, name: str = "") -> None:
-        self.samples, self.max_slices = samples, max_slices
+        self.samples, self.max_slices, self.seed = samples, max_slices, seed
         self.groups = group_by_study(sample_study_keys(samples))
-        self.rng = np.random.default_rng(seed)
         sizes = np.array([len(g) for g in self.groups])
         over = int((sizes > max_slices).sum()) if max_slices else 0
         if over:  # said once, when the bags are made
@@ -80,10 +84,21 @@ class StudyBags(Dataset):
         """Samples per study (before any draw)."""
         return [len(g) for g in self.groups]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        idx = self.groups[i]
+    def bag_sizes(self) -> list[int]:
+        """Samples per bag as read: each study's, at most ``max_slices``."""
+        return [min(n, self.max_slices) if self.max_slices else n for n in self.sizes()]
+
+    def study_order(self) -> dict[str, int]:
+        """Each study's position in this dataset, by ``study_key``."""
+        keys = sample_study_keys(self.samples)
+        return {keys[g[0]]: i for i, g in enumerate(self.groups)}
+
+    def __getitem__(self, index: int | BagIndex) -> dict[str, Any]:
+        at = index if isinstance(index, BagIndex) else BagIndex(int(index))
+        idx = self.groups[at.study]
         if self.max_slices and len(idx) > self.max_slices:
-            pick = np.sort(self.rng.choice(len(idx), self.max_slices, replace=False))
+            rng = np.random.default_rng([self.seed, at.draw, at.study])
+            pick = np.sort(rng.choice(len(idx), self.max_slices, replace=False))
             idx = [idx[j] for j in pick]
         items = [self.samples[j] for j in idx]
         first = items[0]
@@ -92,6 +107,8 @@ class StudyBags(Dataset):
                "sample_id": first["study_key"], "members": [str(it["sample_id"]) for it in items]}
         if "findings" in first:
             bag["findings"] = np.asarray(first["findings"], dtype=np.float32)
+        if at.total is not None:  # its slices' rows among the global batch's slices (augmentation, dropout)
+            bag["rows"], bag["rows_total"] = np.arange(at.offset, at.offset + len(items)), at.total
         return bag
 
 
@@ -106,6 +123,8 @@ def collate_bags(bags: list[dict[str, Any]]) -> dict[str, Any]:
              **{k: [b[k] for b in bags] for k in ("study_key", "patient_key", "sample_id", "members")}}
     if "findings" in bags[0]:
         batch["findings"] = torch.as_tensor(np.stack([b["findings"] for b in bags]))
+    if "rows" in bags[0]:
+        batch["share"] = SliceShare(torch.as_tensor(np.concatenate([b["rows"] for b in bags])), bags[0]["rows_total"])
     return batch
 
 
@@ -114,30 +133,87 @@ def studies_per_step(cfg: TrainConfig, max_slices: int) -> int:
     return max(1, cfg.batch_size // max_slices)
 
 
+@dataclass(frozen=True)
+class BagIndex:
+    """What a training loader asks :class:`StudyBags` for: the ``study``, the epoch's ``draw`` key (which
+    slices a bag larger than ``max_slices`` gives), and where its slices sit among the ``total`` slices of
+    the global batch (from ``offset`` on) for draws made over the whole batch."""
+
+    study: int
+    draw: int = 0
+    offset: int = 0
+    total: int | None = None
+
+
+@dataclass(frozen=True)
+class SliceShare:
+    """This rank's real slices in a global batch of bags: their ``rows`` among its ``total`` slices."""
+
+    rows: torch.Tensor
+    total: int
+
+
+class BagBatchSampler(GlobalBatchSampler):
+    """:class:`~.distributed.GlobalBatchSampler` over studies, yielding :class:`BagIndex` items: every rank
+    knows the whole global batch, so each study carries the epoch's draw key (from the epoch's seeded order,
+    the same on every rank and after a resume) and its slices' place among the global batch's slices."""
+
+    def __init__(self, bag_sizes: Sequence[int], batch_size: int, dist: Dist, generator: torch.Generator) -> None:
+        super().__init__(len(bag_sizes), batch_size, dist, True, generator)
+        self.bag_sizes = list(bag_sizes)
+
+    def __iter__(self) -> Iterator[list[BagIndex]]:
+        batches = self._batches()
+        order = np.asarray([i for b in batches for i in b], dtype=np.int64)
+        draw = zlib.crc32(order.tobytes())
+        for batch in batches:
+            counts = [self.bag_sizes[i] for i in batch]
+            offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
+            yield [BagIndex(batch[j], draw, offsets[j], int(sum(counts)))
+                   for j in range(self.dist.rank, len(batch), self.dist.world)]
+
+
 def bag_loader(bags: StudyBags, cfg: TrainConfig, shuffle: bool, studies: int, dist: Dist | None = None) -> DataLoader:
     """Batches of ``studies`` bags; a training loader (``shuffle``) draws them as
-    :func:`~.loaders.make_loader` does (:class:`~.distributed.GlobalBatchSampler`, seeded by ``train.seed``)."""
+    :func:`~.loaders.make_loader` does (:class:`BagBatchSampler`, seeded by ``train.seed``); under torchrun
+    each rank takes every ``world``-th study of a global batch, and evaluation a disjoint shard of the studies
+    (gathered with :meth:`~.distributed.Dist.gather_studies`)."""
     dist = dist or Dist()
     workers = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0, "collate_fn": collate_bags}
     if shuffle:
+        if dist.enabled and studies < dist.world:
+            raise ConfigError(f"study-level training under torchrun: a global batch of {studies} studies "
+                              f"(train.batch_size {cfg.batch_size} // preprocess.view.max_slices) cannot give each of "
+                              f"the {dist.world} processes a study; raise train.batch_size to at least "
+                              f"{dist.world * cfg.batch_size // max(studies, 1)}")
         generator = torch.Generator().manual_seed(cfg.seed)
-        sampler = GlobalBatchSampler(len(bags), studies, dist, True, generator)
+        sampler = BagBatchSampler(bags.bag_sizes(), studies, dist, generator)
         return DataLoader(bags, batch_sampler=sampler, generator=generator, **workers)
+    if dist.enabled:
+        return DataLoader(bags, batch_size=studies, sampler=ShardSampler(len(bags), dist), **workers)
     return DataLoader(bags, batch_size=studies, shuffle=False, **workers)
 
 
 class BagAugment:
     """:class:`~medlora.transforms.augment.BatchAugment` of the real slices of a batch of bags (each slice
-    its own draw); padding stays NaN. ``generator`` is the augmenter's (saved with checkpoints)."""
+    its own draw); padding stays NaN. With a :class:`SliceShare` the draws are made for the global batch's
+    slices and each slice keeps its own row's, as in one process. ``generator`` is the augmenter's (saved
+    with checkpoints)."""
 
     def __init__(self, seed: int = 0) -> None:
         self.inner = BatchAugment(seed=seed)
         self.generator = self.inner.generator
 
-    def __call__(self, bags: torch.Tensor, *_: Any) -> torch.Tensor:
+    def __call__(self, bags: torch.Tensor, share: SliceShare | None = None) -> torch.Tensor:
         mask = ~torch.isnan(bags.flatten(2)).any(-1)
+        real = bags[mask]
+        theta = self.inner.matrices(share.total if share is not None else len(real))
+        if share is not None:
+            if len(share.rows) != len(real):
+                raise ValueError(f"{len(real)} real slices in this batch of bags, {len(share.rows)} rows in its share")
+            theta = theta[share.rows]
         out = bags.clone()
-        out[mask] = self.inner(bags[mask])
+        out[mask] = self.inner.resample(real.float(), theta.to(bags.device)).to(bags.dtype)
         return out
 
 

@@ -110,6 +110,16 @@ class Dist:
             torch.distributed.all_reduce(t)
         return t.tolist()
 
+    def gather_studies(self, pred: Predictions, order: dict[str, int]) -> Predictions:
+        """Every rank's shard of a study-level evaluation (whole studies, one row per slice) back in the
+        studies' dataset ``order`` (by ``study_key``), each study's slices as scored."""
+        if not self.enabled:
+            return pred
+        shards: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(shards, pred)
+        keys = [k for s in shards for k in s.study_key]
+        return _concat(shards, np.argsort([order[k] for k in keys], kind="stable"))
+
     def gather_predictions(self, pred: Predictions) -> Predictions:
         """Every rank's shard of an evaluation (from :class:`ShardSampler`) back in dataset order."""
         if not self.enabled:
@@ -127,6 +137,21 @@ class Dist:
         multi = {} if pred.scores is None else {"names": pred.names, "scores": cat("scores"), "targets": cat("targets")}
         return Predictions(cat("sample_id").tolist(), cat("study_key").tolist(), cat("patient_key").tolist(),
                            cat("label").astype(int), cat("score").astype(np.float64), class_index=classes, **multi)
+
+
+def _concat(shards: list[Predictions], pick: np.ndarray) -> Predictions:
+    """``shards`` joined, rows ``pick`` of the joined rows (extras and per-output scores included)."""
+    first = shards[0]
+
+    def cat(field: str) -> np.ndarray:
+        return np.concatenate([np.asarray(getattr(s, field)) for s in shards])[pick]
+
+    classes = None if first.class_index is None else cat("class_index").astype(int)
+    multi = {} if first.scores is None else {"names": first.names, "scores": cat("scores"), "targets": cat("targets")}
+    extra = {k: np.concatenate([s.extra[k] for s in shards])[pick] for k in first.extra}
+    return Predictions(cat("sample_id").tolist(), cat("study_key").tolist(), cat("patient_key").tolist(),
+                       cat("label").astype(int), cat("score").astype(np.float64), class_index=classes, extra=extra,
+                       **multi)
 
 
 def from_env() -> Dist:

@@ -192,12 +192,15 @@ def fit(
             x = batch["image"].as_subclass(torch.Tensor).to(device, non_blocking=True)
             n_batch = len(batch["label"])
             batch_n = int(dist.sum(n_batch)[0]) if dist.enabled else n_batch  # the global batch's size
+            share = batch.get("share")  # bags of studies: this rank's slices among the global batch's
             if augment is not None:  # this rank's images move as in a single process's global batch
-                x = augment(x, dist.rank, dist.world, batch_n) if dist.enabled else augment(x)
+                x = augment(x, share) if share is not None else \
+                    augment(x, dist.rank, dist.world, batch_n) if dist.enabled else augment(x)
             epoch_data += time.perf_counter() - waited
             # the global batch's mean loss: DDP averages the ranks' gradients, hence x world / global size
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), \
-                    batch_share(dist.rank, dist.world, batch_n):
+                    batch_share(dist.rank, dist.world, batch_n, rows=None if share is None else share.rows,
+                                rows_total=None if share is None else share.total):
                 loss_sum = head.loss_sum(step_model(x).float(), batch, device)
             loss = loss_sum * (dist.world / batch_n)
             optimizer.zero_grad(set_to_none=True)
