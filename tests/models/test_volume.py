@@ -156,3 +156,13 @@ def test_a_conv_stem_is_refused_where_it_could_not_be_trained(extra, match) -> N
     ok = {"data": {"root": "."}, "model": {"stem": "conv", "method": "full"},
           "preprocess": {"view": {"kind": "volume", "depth": 4}}}
     assert config_from_dict(ok).model.stem == "conv"
+
+
+def test_the_shipped_conv_stem_config_builds_its_4x4x4_token_volume_vit() -> None:
+    from medlora.config import load_config
+    from medlora.models.volume import VolumeConvStem, volume_input
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "adrenalmnist3d_volume_conv.yaml")
+    model, info = create_base(cfg.model, 2, volume=volume_input(cfg.preprocess, cfg.model), save_init=False)
+    assert isinstance(model.patch_embed, VolumeConvStem) and model.patch_embed.grid_size == (4, 4, 4)
+    assert model(torch.zeros(2, 3, 28, 28, 28)).shape == (2, 2) and info.volume["stem"] == "conv"
