@@ -127,7 +127,7 @@ def write_saliency(model: nn.Module, bundle_pre: tuple, examples: list[tuple[str
                  ("call", f"{labels[int(row.call)]} (threshold {threshold:.3f})"), ("truth", labels[int(row.label)]),
                  ("saliency", method))
         if where is not None:
-            facts += (("slice shown", f"{where}, the one with the most saliency in the volume"),)
+            facts += (("slice shown", f"{where}, the one with the most saliency in the volume (empty slices passed over)"),)
         what = "the highest-scoring image of the study" if where is None else "the study's volume"
         figures.append(Figure(path, f"{names[kind]}: {what}", raw, facts))
     return figures, methods, problems

@@ -130,11 +130,21 @@ def _confusion(metrics: dict[str, Any], labels: dict[str, Any]) -> str:
             f"<td class=\"num\">{count(m.get('tn'))} (true negatives)</td></tr></tbody></table>")
 
 
+def _volume_geometry(volume: dict[str, Any] | None) -> str:
+    """How a volume ViT takes its input, for the base model row ('' for a 2D model)."""
+    if not volume:
+        return ""
+    tokens = "a convolutional stem" if volume.get("stem") == "conv" else f"3D patches of {volume.get('tubelet')} slices"
+    return f"; a volume ViT: {volume.get('depth')} slices in, {tokens}"
+
+
 def _details(meta: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """The Model section's rows."""
     base, labels, op = meta["base"], meta["labels"], meta["operating_point"]
     counts = metrics.get("counts", {})
-    aggregate = f"study score = {op.get('aggregate', 'max')} over its images"
+    volume = (meta.get("preprocess", {}).get("view") or {}).get("kind") == "volume"
+    aggregate = ("study score = its volume's score, the volume one input" if volume else
+                 f"study score = {op.get('aggregate', 'max')} over its images")
     if has_any_finding(labels):
         others = " / ".join(c for c in labels["classes"] if c != labels["abnormal"])
         point = (f"{op['policy']}: study called {labels['abnormal']} when score ≥ {op['threshold']:.4f} "
@@ -150,7 +160,8 @@ def _details(meta: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, s
                 + ", ".join(f"{f['n_positive']} {f['name']}" for f in findings))
     return [
         ("task", task(labels)),
-        ("base model", f"timm {base['timm_name']} {base.get('timm_kwargs', {})}, source {base['source']}"),
+        ("base model", f"timm {base['timm_name']} {base.get('timm_kwargs', {})}, source {base['source']}"
+                       f"{_volume_geometry(base.get('volume'))}"),
         ("method", str(meta.get("summary") or meta.get("method", "lora"))),
         ("base sha256", base["sha256"]),
         ("output", score_words(meta).replace("`", "")),

@@ -171,11 +171,16 @@ def display_image(image: torch.Tensor, mean: list[float], std: list[float]) -> n
 def display_pair(image: torch.Tensor, heat: np.ndarray, mean: list[float], std: list[float],
                  ) -> tuple[np.ndarray, np.ndarray, str | None]:
     """``(image, map, where)`` to draw: a 2D input as it is (``where`` None); for a ``(C, D, H, W)`` volume,
-    the slice holding the most saliency and its map, ``where`` naming it (``slice 5/16``)."""
+    the slice holding the most saliency and its map, ``where`` naming it (``slice 5/16``). Slices of one value
+    throughout (empty space above or below the anatomy) show a reviewer nothing and are passed over, unless
+    the whole volume is such."""
     shown = display_image(image, mean, std)
     if shown.ndim == 2:
         return shown, heat, None
-    z = int(np.asarray(heat).reshape(heat.shape[0], -1).sum(1).argmax())
+    flat = shown.reshape(shown.shape[0], -1)
+    mass = np.asarray(heat, dtype=np.float64).reshape(heat.shape[0], -1).sum(1)
+    showing = flat.max(1) - flat.min(1) > 1e-6
+    z = int(np.where(showing, mass, -np.inf).argmax()) if showing.any() else int(mass.argmax())
     return shown[z], heat[z], f"slice {z + 1}/{shown.shape[0]}"
 
 

@@ -164,6 +164,9 @@ def test_a_full_fine_tune_of_a_random_volume_vit_is_reloaded_from_its_own_weight
     assert meta["base"]["volume"] == {"depth": 6, "tubelet": 3, **({"stem": "conv"} if stem == "conv" else {})}
     card = (out / "bundle" / "model_card.md").read_text()
     assert ("a convolutional stem" if stem == "conv" else "patches of 3 slices") in card
+    report = (out / "bundle" / "report.html").read_text()
+    assert "study score = its volume&#x27;s score" in report or "study score = its volume's score" in report
+    assert ("6 slices in, a convolutional stem" if stem == "conv" else "6 slices in, 3D patches of 3 slices") in report
     manifest = pd.read_csv(out / "manifest.csv")
     folders = sorted({str(Path(cfg.data.root) / p) for p in manifest.loc[manifest["split"] == "test", "path"]})
     result = predict_bundles([out / "bundle"], [Path(f) for f in folders])

@@ -166,3 +166,19 @@ def test_the_shipped_conv_stem_config_builds_its_4x4x4_token_volume_vit() -> Non
     model, info = create_base(cfg.model, 2, volume=volume_input(cfg.preprocess, cfg.model), save_init=False)
     assert isinstance(model.patch_embed, VolumeConvStem) and model.patch_embed.grid_size == (4, 4, 4)
     assert model(torch.zeros(2, 3, 28, 28, 28)).shape == (2, 2) and info.volume["stem"] == "conv"
+
+
+def test_a_volume_is_shown_on_its_most_salient_slice_that_shows_anything() -> None:
+    """Empty slices above and below the anatomy (one value throughout) are passed over, even where a coarse
+    3D map is highest; a volume that is empty throughout still shows its most salient slice."""
+    import numpy as np
+
+    from medlora.review.saliency import display_pair
+
+    volume = torch.zeros(3, 5, 8, 8)
+    volume[:, 1:4, 2:6, 2:6] = 1.0  # anatomy on slices 2-4 of 5
+    heat = np.zeros((5, 8, 8))
+    heat[0], heat[2], heat[3] = 1.0, 0.2, 0.4  # highest on the empty first slice
+    _, shown_heat, where = display_pair(volume, heat, [0.0] * 3, [1.0] * 3)
+    assert where == "slice 4/5" and shown_heat.max() == 0.4
+    assert display_pair(torch.zeros(3, 5, 8, 8), heat, [0.0] * 3, [1.0] * 3)[2] == "slice 1/5"
