@@ -128,15 +128,7 @@ class Dist:
         torch.distributed.all_gather_object(shards, pred)
         n = sum(len(s.score) for s in shards)
         order = np.concatenate([np.arange(r, n, self.world) for r in range(self.world)])
-        back = np.argsort(order, kind="stable")
-
-        def cat(field: str) -> np.ndarray:
-            return np.concatenate([np.asarray(getattr(s, field)) for s in shards])[back]
-
-        classes = None if pred.class_index is None else cat("class_index").astype(int)
-        multi = {} if pred.scores is None else {"names": pred.names, "scores": cat("scores"), "targets": cat("targets")}
-        return Predictions(cat("sample_id").tolist(), cat("study_key").tolist(), cat("patient_key").tolist(),
-                           cat("label").astype(int), cat("score").astype(np.float64), class_index=classes, **multi)
+        return _concat(shards, np.argsort(order, kind="stable"))
 
 
 def _concat(shards: list[Predictions], pick: np.ndarray) -> Predictions:
