@@ -245,6 +245,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_alone_and_on_two_ranks(cfg_file: Path, tmp: Path) -> tuple[Path, Path]:
+    """``medlora run cfg_file`` in one process and under ``torchrun`` with two gloo processes (one thread each),
+    each a fresh interpreter with its own MLflow store; the two output folders."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {"one": [sys.executable, "-m", "medlora"],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                    "--master-port", str(free_port()), "-m", "medlora"]}
+    for name, head in runs.items():
+        done = subprocess.run([*head, "run", str(cfg_file), "--out", str(tmp / name), "--set",
+                               f"tracking.uri=sqlite:///{tmp / name}.db"], cwd=tmp, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / "one", tmp / "two"
+
+
 class MlflowServer:
     """An ``mlflow server`` subprocess on 127.0.0.1 (``stop()`` and ``start()`` again on the same port)."""
 

@@ -145,32 +145,17 @@ def test_two_torchrun_processes_train_the_study_model_as_one_does(study_run, tmp
     """torchrun (gloo, CPU): each rank takes every other study of a global batch of bags; the slices drawn
     from a study larger than ``max_slices``, their augmentation and LoRA's dropout masks are the single
     process's, and evaluation is sharded by study: the scores and attentions equal the single-process run's."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
     import yaml
 
     from medlora.config import config_to_dict
+    from tests.conftest import run_alone_and_on_two_ranks
 
     _, cfg, _ = study_run
     cfg_file = tmp_path / "study.yaml"
     raw = config_to_dict(cfg)
     raw["preprocess"]["augment"], raw["model"]["lora"]["dropout"], raw["train"]["epochs"] = True, 0.1, 2
     cfg_file.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    runs = {"one": [sys.executable, "-m", "medlora"],
-            "two": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                    "--master-port", str(port), "-m", "medlora"]}
-    for name, head in runs.items():
-        done = subprocess.run([*head, "run", str(cfg_file), "--out", str(tmp_path / name), "--set",
-                               f"tracking.uri=sqlite:///{tmp_path / name}.db"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr[-3000:]
+    run_alone_and_on_two_ranks(cfg_file, tmp_path)
     one, two = (pd.read_csv(tmp_path / d / "predictions.csv").sort_values("sample_id") for d in ("one", "two"))
     assert list(one.sample_id) == list(two.sample_id) and (one.groupby("study_key").size() == 6).all()
     np.testing.assert_allclose(two.score, one.score, atol=1e-4)
