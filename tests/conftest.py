@@ -245,12 +245,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_alone_and_on_two_ranks(cfg_file: Path, tmp: Path) -> tuple[Path, Path]:
-    """``medlora run cfg_file`` in one process and under ``torchrun`` with two gloo processes (one thread each),
-    each a fresh interpreter with its own MLflow store; the two output folders."""
+def run_alone_and_on_two_ranks(cfg, tmp: Path, **changes):
+    """``cfg`` (a :class:`~medlora.config.Config`, ``changes`` to it as dotted keys: ``{"train.epochs": 2}``) run
+    by ``medlora run`` in one process and under ``torchrun`` with two gloo processes (one thread each), each a
+    fresh interpreter with its own MLflow store; both runs' ``predictions.csv``, rows in ``sample_id`` order."""
     import subprocess
     import sys
 
+    import pandas as pd
+    import yaml
+
+    from medlora.config import config_to_dict
+
+    raw = config_to_dict(cfg)
+    for key, value in changes.items():
+        *path, leaf = key.split(".")
+        section = raw
+        for part in path:
+            section = section[part]
+        section[leaf] = value
+    cfg_file = tmp / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = {"one": [sys.executable, "-m", "medlora"],
             "two": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
@@ -260,7 +275,7 @@ def run_alone_and_on_two_ranks(cfg_file: Path, tmp: Path) -> tuple[Path, Path]:
                                f"tracking.uri=sqlite:///{tmp / name}.db"], cwd=tmp, env=env,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
-    return tmp / "one", tmp / "two"
+    return tuple(pd.read_csv(tmp / name / "predictions.csv").sort_values("sample_id") for name in runs)
 
 
 class MlflowServer:

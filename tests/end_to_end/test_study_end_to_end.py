@@ -145,18 +145,11 @@ def test_two_torchrun_processes_train_the_study_model_as_one_does(study_run, tmp
     """torchrun (gloo, CPU): each rank takes every other study of a global batch of bags; the slices drawn
     from a study larger than ``max_slices``, their augmentation and LoRA's dropout masks are the single
     process's, and evaluation is sharded by study: the scores and attentions equal the single-process run's."""
-    import yaml
-
-    from medlora.config import config_to_dict
     from tests.conftest import run_alone_and_on_two_ranks
 
     _, cfg, _ = study_run
-    cfg_file = tmp_path / "study.yaml"
-    raw = config_to_dict(cfg)
-    raw["preprocess"]["augment"], raw["model"]["lora"]["dropout"], raw["train"]["epochs"] = True, 0.1, 2
-    cfg_file.write_text(yaml.safe_dump(raw))
-    run_alone_and_on_two_ranks(cfg_file, tmp_path)
-    one, two = (pd.read_csv(tmp_path / d / "predictions.csv").sort_values("sample_id") for d in ("one", "two"))
+    one, two = run_alone_and_on_two_ranks(cfg, tmp_path, **{"preprocess.augment": True, "model.lora.dropout": 0.1,
+                                                            "train.epochs": 2})
     assert list(one.sample_id) == list(two.sample_id) and (one.groupby("study_key").size() == 6).all()
     np.testing.assert_allclose(two.score, one.score, atol=1e-4)
     np.testing.assert_allclose(two.attention, one.attention, atol=1e-4)

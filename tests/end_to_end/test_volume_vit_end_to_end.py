@@ -207,17 +207,10 @@ def test_a_fewshot_sweep_trains_every_method_on_whole_volumes(volume_run, tmp_pa
 def test_two_torchrun_processes_train_the_volume_vit_as_one_does(volume_run, tmp_path) -> None:
     """torchrun (gloo, CPU): each rank takes its share of the global batch of volumes, augmented in plane as
     the single process would; the scores equal the single-process run's."""
-    import yaml
-
-    from medlora.config import config_to_dict
     from tests.conftest import run_alone_and_on_two_ranks
 
     _, cfg, _ = volume_run
-    cfg_file = tmp_path / "volume.yaml"
-    raw = config_to_dict(cfg)
-    raw["preprocess"]["augment"], raw["model"]["lora"]["dropout"], raw["train"]["epochs"] = True, 0.0, 2
-    cfg_file.write_text(yaml.safe_dump(raw))
-    run_alone_and_on_two_ranks(cfg_file, tmp_path)
-    one, two = (pd.read_csv(tmp_path / d / "predictions.csv").sort_values("sample_id") for d in ("one", "two"))
+    one, two = run_alone_and_on_two_ranks(cfg, tmp_path, **{"preprocess.augment": True, "model.lora.dropout": 0.0,
+                                                            "train.epochs": 2})
     assert list(one.sample_id) == list(two.sample_id)
     np.testing.assert_allclose(two.score, one.score, atol=1e-4)
