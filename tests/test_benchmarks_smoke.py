@@ -33,3 +33,37 @@ def test_run_all_quick_produces_every_table(tmp_path):
     assert 0 < res["adapter"]["ratio"] < 1
     assert {t["verdict"] for t in res["targets"]} <= {"met", "missed", "n/a"}
     assert "## Targets" in proc.stdout
+
+
+def test_pretrain_quality_pools_one_seed_sweeps_per_pretraining():
+    """With one base per pretraining seed, each adapted once, the ± is over the bases: one row per method and
+    shot count, the seeds' means kept."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.pretrain_quality import pooled
+
+    rows = [{"method": m, "shots": "all", "mean": v, "sd": float("nan"), "seeds": 1}
+            for m, v in (("lora", 0.8), ("full", 0.7), ("lora", 0.9), ("full", 0.7), ("lora", 0.7))]
+    out = pooled("medlora-pretrained", rows)
+    assert [(r["method"], r["seeds"]) for r in out] == [("lora", 3), ("full", 2)]
+    lora = out[0]
+    assert lora["base"] == "medlora-pretrained" and lora["values"] == [0.8, 0.9, 0.7]
+    assert abs(lora["mean"] - 0.8) < 1e-12 and abs(lora["sd"] - 0.1) < 1e-12
+    assert out[1]["sd"] == 0.0
+
+
+@pytest.mark.slow
+def test_pretrain_quality_quick_with_a_base_per_pretraining_seed(tmp_path):
+    """The MedMNIST+ protocol (all labels; a base per pretraining seed, each adapted once) on a few images."""
+    npz = REPO.parent / "shared" / "data" / "medmnist" / "breastmnist.npz"
+    if not npz.is_file():
+        pytest.skip(f"{npz} is absent")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pretrain_quality.py"), "--quick", "--datasets",
+                           "breastmnist", "--protocol", "medmnist+", "--pretrain-seeds", "0", "1", "--work", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "quick" / "results-breastmnist.json").read_text())[0]
+    assert [b["seed"] for b in res["bases"]] == [0, 1]
+    assert res["bases"][0]["weights"] != res["bases"][1]["weights"]  # two pretrainings, not one reused
+    assert {(r["base"], r["method"], r["shots"], r["seeds"]) for r in res["rows"]} == {
+        (base, m, "all", 2) for base in ("random init", "medlora-pretrained") for m in ("lora", "linear_probe", "full")}
+    assert "mean of 2 bases" in proc.stdout
