@@ -67,3 +67,17 @@ def test_pretrain_quality_quick_with_a_base_per_pretraining_seed(tmp_path):
     assert {(r["base"], r["method"], r["shots"], r["seeds"]) for r in res["rows"]} == {
         (base, m, "all", 2) for base in ("random init", "medlora-pretrained") for m in ("lora", "linear_probe", "full")}
     assert "mean of 2 bases" in proc.stdout
+
+
+def test_base_probe_reads_each_block_s_patch_tokens(phantom_root, tmp_path):
+    """Every block's tokens line up with their patches: a random ViT's tokens still carry their patch's mean
+    intensity (the patch embedding is linear and the blocks are residual), the study probes give AUROCs."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.base_probe import probe
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(phantom_root, tmp_path, **{"data.split.train": 0.5, "data.split.val": 0.25, "data.split.test": 0.25})
+    rows = probe(cfg, tmp_path / "samples")
+    assert [r["block"] for r in rows] == [1, 2]
+    assert all(r["r2_patch_mean"] > 0.9 for r in rows), rows
+    assert all(0.0 <= r[f"{pool}_{split}"] <= 1.0 for r in rows for pool in ("mean", "max") for split in ("val", "test"))
