@@ -14,6 +14,10 @@ Everything goes through the library (``run_pretrain``, ``run_sweep``), tracked i
 Sizes are chosen for a shared 2-core CPU (see ``SETTINGS``); ``--quick`` is a smoke test.
 
     nice -n 10 .venv/bin/python benchmarks/pretrain_quality.py [--quick] [--datasets breastmnist ...]
+
+``--protocol medmnist+`` puts the rows on the published MedMNIST+ footing instead: every label, one base per
+pretraining seed (each adapted once, so the ± holds the pretraining's variance), fine-tuning run to convergence
+(:data:`PROTOCOL`); each cell then lists the seeds' values after mean ± sd.
 """
 
 from __future__ import annotations
@@ -219,7 +223,8 @@ def cell(rows: list[dict[str, Any]], base: str, method: str, shots: str) -> str:
     for r in rows:
         if (r["base"], r["method"], r["shots"]) == (base, method, shots):
             sd = f" ± {r['sd']:.3f}" if r["sd"] == r["sd"] else ""
-            return f"{r['mean']:.3f}{sd}"
+            each = f" ({' / '.join(f'{v:.3f}' for v in r['values'])})" if len(r.get("values", [])) > 1 else ""
+            return f"{r['mean']:.3f}{sd}{each}"
     return "n/a"
 
 

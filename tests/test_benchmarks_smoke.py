@@ -67,6 +67,9 @@ def test_pretrain_quality_quick_with_a_base_per_pretraining_seed(tmp_path):
     assert {(r["base"], r["method"], r["shots"], r["seeds"]) for r in res["rows"]} == {
         (base, m, "all", 2) for base in ("random init", "medlora-pretrained") for m in ("lora", "linear_probe", "full")}
     assert "mean of 2 bases" in proc.stdout
+    lora = next(line for line in proc.stdout.splitlines() if line.startswith("| lora | all |"))
+    values = next(r for r in res["rows"] if (r["base"], r["method"]) == ("medlora-pretrained", "lora"))["values"]
+    assert " / ".join(f"{v:.3f}" for v in values) in lora  # each pretraining seed's result beside the mean
 
 
 def test_base_probe_reads_each_block_s_patch_tokens(phantom_root, tmp_path):
