@@ -37,6 +37,7 @@ DEFAULT_NPZ = REPO.parent / "shared" / "data" / "medmnist"
 NPZ = DEFAULT_NPZ  # --npz-dir
 SIZE = 28  # --size: 28 (the npz files above) or 64 (MedMNIST+'s <name>_64.npz), patch 4 or 8
 METHODS = ["lora", "linear_probe", "full"]
+BASES = ["random init", "medlora-pretrained"]
 DATASETS: dict[str, dict[str, Any]] = {
     "breastmnist": {"classes": ["malignant", "normal_or_benign"], "abnormal": "malignant", "limit": None},
     # every image by default (3872 training images: about an hour on one core); --limit 300 for a quick look
@@ -198,6 +199,8 @@ def bench_dataset(name: str, work: Path, quick: bool, seeds: list[int], pretrain
         per_base: dict[str, list[dict[str, Any]]] = {}
         for (pseed, sweep_seeds), info in zip(pairs, result["bases"], strict=True):
             for base, weights in (("random init", None), ("medlora-pretrained", info["weights"])):
+                if base not in BASES:
+                    continue
                 raw = raw_config(name, root, work, {**SETTINGS[kind], **q.get(kind, {})}, quick, sweep_seeds)
                 raw["model"] = {**raw["model"], **({"weights": weights} if weights else {})}
                 tag = ("pretrained" if weights else "random") + (f"-p{pseed}" if pretrain_seeds else "")
@@ -319,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-epochs", type=int, help=f"masked-autoencoder epochs ({SETTINGS['pretrain']['epochs']})")
     p.add_argument("--epochs-all", type=int,
                    help=f"fine-tuning epochs with all training images ({SETTINGS['all']['epochs']})")
+    p.add_argument("--pretrain-lr", type=float, help=f"masked-autoencoder learning rate ({SETTINGS['pretrain']['lr']})")
+    p.add_argument("--methods", nargs="+", choices=METHODS, help="adaptation methods (default: all three)")
+    p.add_argument("--bases", nargs="+", choices=list(BASES), default=list(BASES),
+                   help="which bases to adapt (default both: random init and medlora-pretrained)")
     p.add_argument("--patience-all", type=int,
                    help=f"early-stopping patience with all training images ({SETTINGS['all']['patience']})")
     args = p.parse_args(argv)
@@ -329,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     SIZE = args.size
     MODEL["kwargs"] = {**MODEL["kwargs"], **WIDTHS[args.width], "img_size": SIZE, "patch_size": 4 if SIZE == 28 else 8}
     SETTINGS["pretrain"]["decoder_depth"] = args.decoder_depth
+    if args.pretrain_lr:
+        SETTINGS["pretrain"]["lr"] = args.pretrain_lr
+    METHODS[:] = args.methods or METHODS
+    BASES[:] = args.bases
     if args.limit is not None:
         for info in DATASETS.values():
             info["limit"] = args.limit or None

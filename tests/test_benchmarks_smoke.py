@@ -72,6 +72,22 @@ def test_pretrain_quality_quick_with_a_base_per_pretraining_seed(tmp_path):
     assert " / ".join(f"{v:.3f}" for v in values) in lora  # each pretraining seed's result beside the mean
 
 
+@pytest.mark.slow
+def test_pretrain_quality_runs_only_the_chosen_bases_and_methods_at_the_chosen_pretraining_rate(tmp_path):
+    npz = REPO.parent / "shared" / "data" / "medmnist" / "breastmnist.npz"
+    if not npz.is_file():
+        pytest.skip(f"{npz} is absent")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pretrain_quality.py"), "--quick", "--datasets",
+                           "breastmnist", "--protocol", "medmnist+", "--pretrain-seeds", "0", "--pretrain-lr", "0.0005",
+                           "--methods", "lora", "--bases", "medlora-pretrained", "--work", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "quick" / "results-breastmnist.json").read_text())[0]
+    assert {(r["base"], r["method"]) for r in res["rows"]} == {("medlora-pretrained", "lora")}
+    assert "lr: 0.0005" in Path(res["bases"][0]["card"]).read_text()
+    assert "| lora | all | n/a |" in proc.stdout  # no random-init run to compare with
+
+
 def test_base_probe_reads_each_block_s_patch_tokens(phantom_root, tmp_path):
     """Every block's tokens line up with their patches: a random ViT's tokens still carry their patch's mean
     intensity (the patch embedding is linear and the blocks are residual), the study probes give AUROCs."""
