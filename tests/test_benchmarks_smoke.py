@@ -51,17 +51,22 @@ def test_pretrain_quality_pools_one_seed_sweeps_per_pretraining():
     assert out[1]["sd"] == 0.0
 
 
-@pytest.mark.slow
-def test_pretrain_quality_quick_with_a_base_per_pretraining_seed(tmp_path):
-    """The MedMNIST+ protocol (all labels; a base per pretraining seed, each adapted once) on a few images."""
+def quick_medmnist_plus(work: Path, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``pretrain_quality.py --quick --protocol medmnist+`` on BreastMNIST with ``flags`` → (process, result)."""
     npz = REPO.parent / "shared" / "data" / "medmnist" / "breastmnist.npz"
     if not npz.is_file():
         pytest.skip(f"{npz} is absent")
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pretrain_quality.py"), "--quick", "--datasets",
-                           "breastmnist", "--protocol", "medmnist+", "--pretrain-seeds", "0", "1", "--work", str(tmp_path)],
+                           "breastmnist", "--protocol", "medmnist+", *flags, "--work", str(work)],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads((tmp_path / "quick" / "results-breastmnist.json").read_text())[0]
+    return proc, json.loads((work / "quick" / "results-breastmnist.json").read_text())[0]
+
+
+@pytest.mark.slow
+def test_pretrain_quality_quick_with_a_base_per_pretraining_seed(tmp_path):
+    """The MedMNIST+ protocol (all labels; a base per pretraining seed, each adapted once) on a few images."""
+    proc, res = quick_medmnist_plus(tmp_path, "--pretrain-seeds", "0", "1")
     assert [b["seed"] for b in res["bases"]] == [0, 1]
     assert res["bases"][0]["weights"] != res["bases"][1]["weights"]  # two pretrainings, not one reused
     assert {(r["base"], r["method"], r["shots"], r["seeds"]) for r in res["rows"]} == {
@@ -74,15 +79,8 @@ def test_pretrain_quality_quick_with_a_base_per_pretraining_seed(tmp_path):
 
 @pytest.mark.slow
 def test_pretrain_quality_runs_only_the_chosen_bases_and_methods_at_the_chosen_pretraining_rate(tmp_path):
-    npz = REPO.parent / "shared" / "data" / "medmnist" / "breastmnist.npz"
-    if not npz.is_file():
-        pytest.skip(f"{npz} is absent")
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pretrain_quality.py"), "--quick", "--datasets",
-                           "breastmnist", "--protocol", "medmnist+", "--pretrain-seeds", "0", "--pretrain-lr", "0.0005",
-                           "--methods", "lora", "--bases", "medlora-pretrained", "--work", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads((tmp_path / "quick" / "results-breastmnist.json").read_text())[0]
+    proc, res = quick_medmnist_plus(tmp_path, "--pretrain-seeds", "0", "--pretrain-lr", "0.0005", "--methods", "lora",
+                                    "--bases", "medlora-pretrained")
     assert {(r["base"], r["method"]) for r in res["rows"]} == {("medlora-pretrained", "lora")}
     assert "lr: 0.0005" in Path(res["bases"][0]["card"]).read_text()
     assert "| lora | all | n/a |" in proc.stdout  # no random-init run to compare with
