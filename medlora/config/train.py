@@ -65,7 +65,7 @@ class TrainConfig(optimiser_section(epochs=10, batch_size=32, lr=1e-3, weight_de
         "start; `false`: never")
 
 
-class PretrainConfig(optimiser_section(epochs=20, batch_size=64, lr=1.5e-3, weight_decay=0.05, warmup_epochs=2.0)):
+class PretrainConfig(optimiser_section(epochs=20, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=2.0)):
     """Masked-autoencoder pretraining of the base on a site's unlabelled studies (He et al. 2022).
 
     ``medlora pretrain CONFIG`` trains it; a config with this section makes ``medlora run`` adapt

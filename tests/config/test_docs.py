@@ -30,7 +30,7 @@ def test_every_key_has_a_row_with_a_meaning():
     table = {key: (default, meaning) for key, default, meaning in rows()}
     assert list(table) == _leaf_keys()
     assert all(default and meaning for default, meaning in table.values())
-    assert table["train.lr"][0] == "0.001" and table["pretrain.lr"][0] == "0.0015"
+    assert table["train.lr"][0] == "0.001" and table["pretrain.lr"][0] == "0.0005"
     assert table["data.root"][0] == "(required)" and table["fewshot"][0] == "none"
     assert table["data.labels"][0] == "`<root>/labels.csv`"  # a default decided at run time, shown as such
 

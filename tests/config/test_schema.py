@@ -64,7 +64,7 @@ def test_the_optimiser_keys_are_defined_once_with_each_section_s_defaults():
         assert (train.annotation, train.metadata, train.description) == (
             pretrain.annotation, pretrain.metadata, pretrain.description)
     assert (TrainConfig().epochs, TrainConfig().lr) == (10, 1e-3)
-    assert (PretrainConfig().epochs, PretrainConfig().lr, PretrainConfig().warmup_epochs) == (20, 1.5e-3, 2.0)
+    assert (PretrainConfig().epochs, PretrainConfig().lr, PretrainConfig().warmup_epochs) == (20, 5e-4, 2.0)
 
 
 def test_the_schema_validates_a_mapping_without_touching_files(monkeypatch, tmp_path):
