@@ -198,9 +198,9 @@ def bench_dataset(name: str, work: Path, quick: bool, seeds: list[int], pretrain
         kind = "10" if shots == few else "all"
         per_base: dict[str, list[dict[str, Any]]] = {}
         for (pseed, sweep_seeds), info in zip(pairs, result["bases"], strict=True):
-            for base, weights in (("random init", None), ("medlora-pretrained", info["weights"])):
-                if base not in BASES:
-                    continue
+            weights_of = {"random init": None, "medlora-pretrained": info["weights"]}
+            for base in BASES:
+                weights = weights_of[base]
                 raw = raw_config(name, root, work, {**SETTINGS[kind], **q.get(kind, {})}, quick, sweep_seeds)
                 raw["model"] = {**raw["model"], **({"weights": weights} if weights else {})}
                 tag = ("pretrained" if weights else "random") + (f"-p{pseed}" if pretrain_seeds else "")
@@ -324,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"fine-tuning epochs with all training images ({SETTINGS['all']['epochs']})")
     p.add_argument("--pretrain-lr", type=float, help=f"masked-autoencoder learning rate ({SETTINGS['pretrain']['lr']})")
     p.add_argument("--methods", nargs="+", choices=METHODS, help="adaptation methods (default: all three)")
-    p.add_argument("--bases", nargs="+", choices=list(BASES), default=list(BASES),
-                   help="which bases to adapt (default both: random init and medlora-pretrained)")
+    p.add_argument("--pretrained-only", action="store_true",
+                   help="adapt only the medlora-pretrained bases (the random-init rows of an earlier run stand)")
     p.add_argument("--patience-all", type=int,
                    help=f"early-stopping patience with all training images ({SETTINGS['all']['patience']})")
     args = p.parse_args(argv)
@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pretrain_lr:
         SETTINGS["pretrain"]["lr"] = args.pretrain_lr
     METHODS[:] = args.methods or METHODS
-    BASES[:] = args.bases
+    if args.pretrained_only:
+        BASES.remove("random init")
     if args.limit is not None:
         for info in DATASETS.values():
             info["limit"] = args.limit or None

@@ -80,7 +80,7 @@ def test_pretrain_quality_quick_with_a_base_per_pretraining_seed(tmp_path):
 @pytest.mark.slow
 def test_pretrain_quality_runs_only_the_chosen_bases_and_methods_at_the_chosen_pretraining_rate(tmp_path):
     proc, res = quick_medmnist_plus(tmp_path, "--pretrain-seeds", "0", "--pretrain-lr", "0.0005", "--methods", "lora",
-                                    "--bases", "medlora-pretrained")
+                                    "--pretrained-only")
     assert {(r["base"], r["method"]) for r in res["rows"]} == {("medlora-pretrained", "lora")}
     assert "lr: 0.0005" in Path(res["bases"][0]["card"]).read_text()
     assert "| lora | all | n/a |" in proc.stdout  # no random-init run to compare with
