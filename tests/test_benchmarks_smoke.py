@@ -80,10 +80,19 @@ def test_pretrain_quality_quick_with_a_base_per_pretraining_seed(tmp_path):
 @pytest.mark.slow
 def test_pretrain_quality_runs_only_the_chosen_bases_and_methods_at_the_chosen_pretraining_rate(tmp_path):
     proc, res = quick_medmnist_plus(tmp_path, "--pretrain-seeds", "0", "--pretrain-lr", "0.0005", "--methods", "lora",
-                                    "--pretrained-only")
+                                    "--pretrained-only", "--set", "model.lora.r=4")
     assert {(r["base"], r["method"]) for r in res["rows"]} == {("medlora-pretrained", "lora")}
     assert "lr: 0.0005" in Path(res["bases"][0]["card"]).read_text()
     assert "| lora | all | n/a |" in proc.stdout  # no random-init run to compare with
+    # the protocol's standardised head, then --set, reach the adaptation's own config (its MLflow params)
+    assert res["adapt_sets"] == ["train.head_norm=true", "model.lora.r=4"]
+    assert "adaptation with train.head_norm=true, model.lora.r=4" in proc.stdout
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'quick' / 'breastmnist' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "params.method = 'lora'")
+    assert len(runs) == 1
+    assert runs[0].data.params["train.head_norm"] == "True" and runs[0].data.params["model.lora.r"] == "4"
 
 
 def test_base_probe_reads_each_block_s_patch_tokens(phantom_root, tmp_path):

@@ -62,7 +62,8 @@ class TrainConfig(optimiser_section(epochs=10, batch_size=32, lr=1e-3, weight_de
         "protocol), then the standardisation is folded into the head's weights, so what is saved and exported is the "
         "plain timm head (`medlora/models/head_norm.py`). `auto`: only where the features are frozen (linear probe); "
         "`true`: under LoRA and full fine-tuning too, where the features drift from the statistics measured at the "
-        "start; `false`: never")
+        "start (the choice for a base pretrained as a masked autoencoder, whose features are far from unit scale); "
+        "`false`: never")
 
 
 class PretrainConfig(optimiser_section(epochs=20, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=2.0)):
