@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import statistics
@@ -223,11 +224,10 @@ def bench_dataset(name: str, work: Path, quick: bool, seeds: list[int], pretrain
 
 
 def sets_tag() -> str:
-    """A sweep folder suffix naming the ``--set`` overrides (none: no suffix, the folders of earlier runs)."""
+    """A sweep folder suffix naming the adaptation overrides (:data:`ADAPT_SETS`; none: no suffix, the folders of
+    runs made before there were any), so that differently adapted sweeps never reuse each other's points."""
     if not ADAPT_SETS:
         return ""
-    import hashlib
-
     return "-set" + hashlib.sha256("\n".join(ADAPT_SETS).encode()).hexdigest()[:8]
 
 
