@@ -18,6 +18,7 @@ from .frontmatter import render_front_matter, split_front_matter
 from .hashing import sha256_file
 
 CARD = "base_card.md"
+MAE = "masked autoencoder"  # the card's pretraining.method for a base medlora pretrained
 
 
 def render(record: dict[str, Any]) -> str:
@@ -83,6 +84,12 @@ def record_beside(weights: Path | str | None) -> dict[str, Any] | None:
     except ConfigError:
         return None
     return {**record, "card": str(card.resolve())} if record["weights"] == weights.name else None
+
+
+def pretraining_method(weights: Path | str | None) -> str | None:
+    """How the base in ``weights`` was pretrained, as its card says (:data:`MAE`); ``None`` without a card."""
+    record = record_beside(weights)
+    return record.get("pretraining", {}).get("method") if record else None
 
 
 def check_weights(weights: Path, timm_name: str, timm_kwargs: dict[str, Any]) -> None:

@@ -60,10 +60,12 @@ class TrainConfig(optimiser_section(epochs=10, batch_size=32, lr=1e-3, weight_de
         "auto", description="the classifier head trains on its input features standardised by their mean and spread "
         "over the training split's images (measured once before training, labels unused; MAE's linear-probe "
         "protocol), then the standardisation is folded into the head's weights, so what is saved and exported is the "
-        "plain timm head (`medlora/models/head_norm.py`). `auto`: only where the features are frozen (linear probe); "
-        "`true`: under LoRA and full fine-tuning too, where the features drift from the statistics measured at the "
-        "start (the choice for a base pretrained as a masked autoencoder, whose features are far from unit scale); "
-        "`false`: never")
+        "plain timm head (`medlora/models/head_norm.py`). `auto`: where the features are frozen (linear probe), and "
+        "under LoRA and full fine-tuning too where `model.weights` is a base medlora pretrained as a masked "
+        "autoencoder (its base card says so; its features are far from unit scale), except when continuing a "
+        "received adapter (`medlora/experiment/head_input.py`); the run logs the settled value. `true`: always, "
+        "also under LoRA and full fine-tuning on other bases, where the features drift from the statistics measured "
+        "at the start; `false`: never")
 
 
 class PretrainConfig(optimiser_section(epochs=20, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=2.0)):

@@ -151,7 +151,7 @@ def _record(cfg: Config, mae: MaskedAutoencoder, inputs: dict[str, Any], pdata: 
         "source": "medlora-pretrain", "mlflow_run_id": run_id,
         "data": {"name": cfg.data.name, "fingerprint": pdata.data.fingerprint, "images": pdata.images,
                  "used": pdata.used, "image_size": inputs["image_size"]},
-        "pretraining": {"method": "masked autoencoder", "key": key, "epochs": p.epochs, "mask_ratio": p.mask_ratio,
+        "pretraining": {"method": basecard.MAE, "key": key, "epochs": p.epochs, "mask_ratio": p.mask_ratio,
                         "batch_size": p.batch_size, "lr": p.lr, "decoder_dim": p.decoder_dim,
                         "decoder_depth": p.decoder_depth, "norm_pix_loss": p.norm_pix_loss,
                         "final_loss": round(result.final_loss, 6), "seconds": round(result.seconds, 1),

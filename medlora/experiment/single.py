@@ -28,6 +28,7 @@ from . import resume
 from .context import start
 from .export import run_export
 from .feature_stats import write_feature_stats
+from .head_input import settle_head_norm
 from .study import study_training
 from .train_eval import run_head, study_subgroups, train_and_evaluate
 
@@ -38,6 +39,7 @@ REMEDY = "use the same config to resume it, or another --out (or delete {}) to s
 
 def run_single(cfg: Config, out: Path) -> RunSummary:
     """Train, evaluate and export ``cfg``'s model; everything under ``out``, tracked in MLflow."""
+    cfg = settle_head_norm(cfg)
     dist = from_env()
     local_batch_size(cfg.train.batch_size, dist)  # refuse an uneven split before any work
     out = Path(out)

@@ -24,6 +24,7 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError, MedloraError, TrackingUnavailableError
 from ..experiment.context import RunContext, start
+from ..experiment.head_input import settle_head_norm
 from ..experiment.resume import find_parent, owner_tags, reconcile_children
 from ..experiment.session import run_name, run_tags
 from ..experiment.train_eval import study_subgroups
@@ -70,6 +71,7 @@ def run_sweep(cfg: Config, data: PreparedData, out: Path) -> SweepSummary:
 
     if cfg.fewshot is None:
         raise ConfigError("the fewshot pipeline needs a 'fewshot:' section in the config")
+    cfg = settle_head_norm(cfg)
     t0 = time.perf_counter()
     out = Path(out)
     check_shots(data.split("train"), cfg.fewshot, cfg.data.outputs)

@@ -123,6 +123,8 @@ def standardize_heads(model: nn.Module, train_loader, cfg: TrainConfig,
         if any(p.requires_grad and id(p) not in head_params for p in model.parameters()):
             return None
     moments = feature_moments(model, linears, training_batches(train_loader, cfg.batch_size), device)
+    log.info("train.head_norm=%s: the head trains on its input standardised by the training images' statistics",
+             cfg.head_norm)
     return StandardizedHeads(linears, moments)
 
 

@@ -290,3 +290,65 @@ def test_a_volume_runs_base_is_pretrained_on_its_slices_and_inflated_to_3d(tiny_
     kernel3d = built.model.get_base_model().patch_embed.proj.weight
     assert built.base.volume == {"depth": 4, "tubelet": 2} and kernel3d.shape == (32, 3, 2, 8, 8)
     torch.testing.assert_close(kernel3d[:, :, 0] * 2, kernel2d)
+
+
+def test_auto_head_norm_is_settled_by_the_bases_card(pretrained, tmp_path):
+    """``train.head_norm: auto`` standardises the head under LoRA and full fine-tuning on a base whose card says
+    masked autoencoder; a base without a card, an explicit choice, and a continued adapter are left alone."""
+    from medlora.experiment.head_input import settle_head_norm
+    from medlora.experiment.pretrain import with_pretrained_base
+
+    cfg, _, _, folder = pretrained
+    run_cfg = with_pretrained_base(cfg)
+    assert run_cfg.train.head_norm == "auto" and settle_head_norm(run_cfg).train.head_norm is True
+    full = run_cfg.model_copy(update={"model": run_cfg.model.model_copy(update={"method": "full"})})
+    assert settle_head_norm(full).train.head_norm is True
+    explicit = run_cfg.model_copy(update={"train": run_cfg.train.model_copy(update={"head_norm": False})})
+    assert settle_head_norm(explicit).train.head_norm is False
+    bare = tmp_path / "base.safetensors"  # the same weights, no card beside them: nothing says how they were made
+    shutil.copy(folder / "base.safetensors", bare)
+    uncarded = run_cfg.model_copy(update={"model": run_cfg.model.model_copy(update={"weights": bare})})
+    assert settle_head_norm(uncarded).train.head_norm == "auto"
+    received = run_cfg.model_copy(update={"model": run_cfg.model.model_copy(update={"adapter": tmp_path / "bundle"})})
+    assert settle_head_norm(received).train.head_norm == "auto"  # its head was trained on raw features
+
+
+def test_a_run_on_a_masked_autoencoders_base_logs_and_trains_the_settled_head_norm(pretrained, tmp_path, caplog):
+    import logging
+
+    from mlflow import MlflowClient
+
+    from medlora.experiment.pretrain import with_pretrained_base
+    from medlora.experiment.single import run_single
+
+    cfg, _, _, _ = pretrained
+    run_cfg = with_pretrained_base(cfg)
+    run_cfg = run_cfg.model_copy(update={"train": run_cfg.train.model_copy(update={"epochs": 1})})
+    assert run_cfg.train.head_norm == "auto" and run_cfg.model.method == "lora"
+    with caplog.at_level(logging.INFO, logger="medlora"):
+        summary = run_single(run_cfg, tmp_path / "run")
+    assert "train.head_norm=True: the head trains on its input standardised" in caplog.text
+    params = MlflowClient(cfg.tracking.uri).get_run(summary.run_id).data.params
+    assert params["train.head_norm"] == "True"
+
+
+def test_a_sweep_on_a_masked_autoencoders_base_settles_head_norm_for_its_points(pretrained, tmp_path):
+    from mlflow import MlflowClient
+
+    from medlora.config import FewShotConfig
+    from medlora.experiment.pretrain import with_pretrained_base
+    from medlora.sweep.driver import run_sweep
+    from medlora.transforms.samples import prepare_samples
+
+    cfg, _, _, _ = pretrained
+    run_cfg = with_pretrained_base(cfg)
+    run_cfg = run_cfg.model_copy(update={
+        "pipeline": "fewshot", "train": run_cfg.train.model_copy(update={"epochs": 1}),
+        "fewshot": FewShotConfig(shots=[1], seeds=[0], methods=["lora"], together="off")})
+    summary = run_sweep(run_cfg, prepare_samples(run_cfg.data, run_cfg.preprocess, tmp_path / "sweep"),
+                        tmp_path / "sweep")
+    client = MlflowClient(cfg.tracking.uri)
+    parent = client.get_run(summary.run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{summary.run_id}'")
+    assert parent.data.params["train.head_norm"] == "True"
+    assert [c.data.params["train.head_norm"] for c in children] == ["True"]
